@@ -1,0 +1,168 @@
+"""All access to the frozen vision-language model goes through here (open_clip).
+
+Scores follow TailorCLIP: cosine similarity × logit scale, softmax over the classes, stored as logits
+z = S⁻¹(softmax) so that downstream sigmoid/BCE machinery applies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+PROB_EPS = 1e-6  # clamp before S⁻¹ so that saturated softmax outputs stay finite
+
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image showing a {}.",
+    "a {} on a background.",
+)
+
+
+def register_model_configs() -> None:
+    """Make our custom model configs (tiny test models, the toy teacher) known to open_clip."""
+    if "mlpl-toy-rn" not in open_clip.list_models():
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def create_model(name: str, checkpoint: str | Path | None = None, trusted_legacy: bool = False,
+                 ) -> torch.nn.Module:
+    """Build an open_clip model by config name, loading weights from a local file if given.
+
+    Checkpoints load with weights_only=True; `trusted_legacy` opts into full unpickling (original
+    OpenAI TorchScript files) and must only be set for files the user trusts.
+    """
+    register_model_configs()
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {name!r}; see `open_clip.list_models()`")
+    model = open_clip.create_model(name, pretrained=None)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        open_clip.load_checkpoint(model, str(path), weights_only=not trusted_legacy)
+    return model.eval()
+
+
+def tokenizer_for(name: str):
+    register_model_configs()
+    return open_clip.get_tokenizer(name)
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def image_size_of(model: torch.nn.Module) -> int:
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def normalizer_of(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (shape [3, 1, 1]) that the visual tower expects, for inputs in [0, 1]."""
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(3, 1, 1)
+    std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD)).view(3, 1, 1)
+    return mean, std
+
+
+def normalize_images(images_u8: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """uint8 [B, 3, H, W] → float tensor normalised for the model."""
+    mean, std = normalizer_of(model)
+    return (images_u8.float() / 255.0 - mean) / std
+
+
+def class_prompts(classes: Sequence[str], templates: Sequence[str]) -> list[str]:
+    return [t.format(c.replace("_", " ")) for c in classes for t in templates]
+
+
+@torch.inference_mode()
+def encode_classes(model: torch.nn.Module, tokenizer, classes: Sequence[str],
+                   templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+    """One L2-normalised text embedding per class: the mean over templates, renormalised. [C, D]"""
+    tokens = tokenizer(class_prompts(classes, templates))
+    emb = F.normalize(model.encode_text(tokens).float(), dim=-1)
+    emb = emb.view(len(classes), len(templates), -1).mean(1)
+    return F.normalize(emb, dim=-1)
+
+
+def encode_images(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image embeddings [B, D] for normalised image tensors."""
+    return F.normalize(model.encode_image(images).float(), dim=-1)
+
+
+def logit_scale_of(model: torch.nn.Module) -> float:
+    return float(model.logit_scale.exp().clamp(max=100.0))
+
+
+def scores_to_logits(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """Cosine × scale → softmax over classes → inverse sigmoid. [B, C]"""
+    probs = (logit_scale * image_emb @ text_emb.T).softmax(dim=-1)
+    return torch.logit(probs.clamp(PROB_EPS, 1 - PROB_EPS))
+
+
+def grid_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Spatial features of the visual tower before pooling, as [B, D, H, W].
+
+    ResNet towers: the last stage's output before attention pooling. ViT towers: patch tokens.
+    """
+    out = model.visual.forward_intermediates(images, indices=1, intermediates_only=True)
+    return out["image_intermediates"][-1]
+
+
+class WeightsNotAvailable(FileNotFoundError):
+    pass
+
+
+HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def resolve_pretrained(name: str, pretrained: str, cache_dir: str | Path | None = None) -> tuple[Path, str]:
+    """Find weights for `pretrained` (a local file, or an open_clip tag) without any network access.
+
+    Tags are looked up in the Hugging Face cache (the hub repo open_clip would download from) and in
+    open_clip's URL cache. Returns (file, how it was found); raises WeightsNotAvailable naming what
+    was searched.
+    """
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return path.resolve(), "file"
+    register_model_configs()
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise WeightsNotAvailable(
+            f"teacher.pretrained={pretrained!r} is neither an existing file nor a pretrained tag of {name!r} "
+            f"(known tags: {tags or 'none'})")
+    searched = []
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id = "/".join(hub.strip("/").split("/")[:2])
+        explicit = hub.strip("/").split("/")[2:]
+        for fname in (["/".join(explicit)] if explicit else list(HF_WEIGHT_FILES)):
+            hit = try_to_load_from_cache(repo_id, fname, cache_dir=cache_dir)
+            searched.append(f"HF cache {repo_id}/{fname}")
+            if isinstance(hit, str) and Path(hit).is_file():
+                return Path(hit), "hf-cache"
+    url = cfg.get("url", "")
+    if url:
+        local = Path(cache_dir or Path.home() / ".cache" / "clip") / Path(url).name
+        searched.append(str(local))
+        if local.is_file():
+            return local, "open_clip-cache"
+    raise WeightsNotAvailable(
+        f"weights for {name} / {pretrained!r} are not available offline; searched: {'; '.join(searched)}. "
+        "Download them on a connected machine (e.g. open_clip.create_model(..., pretrained=tag) fills the "
+        "Hugging Face cache) or set teacher.pretrained to a local checkpoint file.")

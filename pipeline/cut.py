@@ -1,0 +1,112 @@
+"""The cut stage: views of an image (global, K-tile grid, M random crops) and the estimators that fuse
+their scores into initial pseudo labels (TailorCLIP eq. 7, CDUL's global-local aggregator).
+
+Boxes are (x0, y0, x1, y1) as fractions of the image side, so they are independent of resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class CutSettings:
+    grid: int = 3  # K = grid × grid tiles (CDUL)
+    crops: int = 20  # M random crops (TailorCLIP)
+    crop_area: tuple[float, float] = (0.1, 0.3)  # ρ, fraction of the image area kept
+    crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = False  # the authors' code also flips crops at random
+
+    def __post_init__(self):
+        lo, hi = self.crop_area
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_area must satisfy 0 < lo <= hi <= 1, got {self.crop_area}")
+        if self.grid < 1 or self.crops < 0:
+            raise ValueError("grid must be >= 1 and crops >= 0")
+
+
+def grid_boxes(grid: int) -> np.ndarray:
+    """The K = grid² non-overlapping tiles, row-major. [K, 4]"""
+    edges = np.linspace(0.0, 1.0, grid + 1)
+    return np.array([[edges[c], edges[r], edges[c + 1], edges[r + 1]]
+                     for r in range(grid) for c in range(grid)], dtype=np.float32)
+
+
+def random_crop_boxes(rng: np.random.Generator, n: int, area: tuple[float, float],
+                      aspect: tuple[float, float]) -> np.ndarray:
+    """n random boxes keeping an area fraction ρ ~ U(area) with log-uniform aspect ratio. [n, 4]"""
+    boxes = np.empty((n, 4), dtype=np.float32)
+    for i in range(n):
+        rho = rng.uniform(*area)
+        r = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
+        w = min(1.0, math.sqrt(rho * r))
+        h = min(1.0, rho / w)
+        x0 = rng.uniform(0, 1 - w)
+        y0 = rng.uniform(0, 1 - h)
+        boxes[i] = (x0, y0, x0 + w, y0 + h)
+    return boxes
+
+
+def view_boxes(rng: np.random.Generator, settings: CutSettings) -> tuple[np.ndarray, np.ndarray]:
+    """All view boxes of one image: global + tiles + crops [1+K+M, 4], and per-view flip flags."""
+    crops = random_crop_boxes(rng, settings.crops, settings.crop_area, settings.crop_aspect)
+    boxes = np.concatenate([np.array([[0, 0, 1, 1]], np.float32), grid_boxes(settings.grid), crops])
+    flips = np.zeros(len(boxes), dtype=bool)
+    if settings.flip:
+        flips[1 + settings.grid**2:] = rng.random(settings.crops) < 0.5
+    return boxes, flips
+
+
+def cut_views(image: torch.Tensor, boxes: np.ndarray, flips: np.ndarray, size: int) -> torch.Tensor:
+    """Cut and resize every box of one decoded image (uint8 [3, H, W]) → float [V, 3, size, size] in 0..1.
+
+    The image is decoded once; each view is a slice of it, resized with antialiasing.
+    """
+    img = image.float().unsqueeze(0) / 255.0
+    _, _, h, w = img.shape
+    views = []
+    for (x0, y0, x1, y1), flip in zip(boxes, flips, strict=True):
+        c0, r0 = int(round(x0 * w)), int(round(y0 * h))
+        c1, r1 = max(c0 + 1, int(round(x1 * w))), max(r0 + 1, int(round(y1 * h)))
+        v = img[:, :, r0:r1, c0:c1]
+        if v.shape[-2:] != (size, size):
+            v = F.interpolate(v, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        views.append(v.flip(-1) if flip else v)
+    return torch.cat(views)
+
+
+# ------------------------------------------------------------------------------------------ estimators
+
+def fuse_crops(z0: np.ndarray, crops: np.ndarray, alpha: float) -> np.ndarray:
+    """TailorCLIP eq. 7: z ← z⁰, then z ← max(z, zᵏ − α) over the crops. z0 [N, C], crops [N, M, C]."""
+    if crops.shape[1] == 0:
+        return z0.astype(np.float32)
+    return np.maximum(z0, crops.max(axis=1) - alpha).astype(np.float32)
+
+
+def cdul_aggregate(z_global: np.ndarray, z_local: np.ndarray, zeta: float) -> np.ndarray:
+    """CDUL's global-local aggregator in probability space, returned as logits.
+
+    Per class: α = max over tiles, β = min over tiles, γ = 1[α ≥ ζ]; S_agg = γα + (1−γ)β;
+    final = ½(S_global + S_agg). (The summary paper's formula is garbled; this is the original.)
+    """
+    p_global = _sigmoid(z_global)
+    p_local = _sigmoid(z_local)
+    alpha = p_local.max(axis=1)
+    beta = p_local.min(axis=1)
+    agg = np.where(alpha >= zeta, alpha, beta)
+    return _logit(0.5 * (p_global + agg))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+
+
+def _logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    p = np.clip(p, eps, 1 - eps)
+    return np.log(p / (1 - p)).astype(np.float32)

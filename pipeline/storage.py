@@ -1,0 +1,161 @@
+"""Storage formats (DESIGN.md §4): Parquet label tables, the sharded Zarr score store, atomic outputs.
+
+Tables: one row per image, `image_id`, `split`, and one `fixed_size_list<float32|int8>[C]` column per
+quantity, class names as JSON in the schema metadata, so pandas/polars/duckdb read them without us.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+CLASSES_KEY = b"classes"
+
+
+class DataError(ValueError):
+    """Input data is malformed; the message names the file and the key."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success move it into place, on failure remove it.
+
+    A killed or failing stage therefore never leaves a half-written output that DVC could cache.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        replace_path(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def replace_path(src: Path, dst: Path) -> None:
+    """Move src onto dst (file or directory), replacing dst."""
+    if dst.is_dir() and not dst.is_symlink():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old)
+    else:
+        os.replace(src, dst)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+def label_array(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"label matrix must be 2-D [N, C], got shape {values.shape}")
+    flat = pa.array(values.reshape(-1).astype(dtype.to_pandas_dtype()), type=dtype)
+    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+
+
+def write_table(path: str | Path, columns: Mapping[str, object], classes: list[str],
+                extra_metadata: Mapping[str, str] | None = None) -> None:
+    """Write a table atomically. 2-D float arrays become fixed_size_list<float32>[C], 2-D int8 arrays
+    fixed_size_list<int8>[C]; 1-D arrays/lists become plain columns."""
+    arrays, names = [], []
+    for name, col in columns.items():
+        arr = np.asarray(col)
+        if arr.ndim == 2:
+            if arr.shape[1] != len(classes):
+                raise ValueError(f"column {name!r} has {arr.shape[1]} classes, expected {len(classes)}")
+            dtype = pa.int8() if arr.dtype == np.int8 else pa.float32()
+            arrays.append(label_array(arr, dtype))
+        else:
+            arrays.append(pa.array(arr.tolist() if arr.dtype == object else arr))
+        names.append(name)
+    metadata = {CLASSES_KEY: json.dumps(list(classes)).encode()}
+    for k, v in (extra_metadata or {}).items():
+        metadata[k.encode()] = v.encode()
+    table = pa.Table.from_arrays(arrays, names=names).replace_schema_metadata(metadata)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+class Table:
+    """A label table read back: numpy arrays per column plus the class names."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: file not found (run the stage that writes it first)")
+        try:
+            self._table = pq.read_table(self.path)
+        except Exception as e:  # pyarrow raises many types for corrupt files
+            raise DataError(f"{self.path}: not a readable Parquet file ({e})") from e
+        meta = self._table.schema.metadata or {}
+        if CLASSES_KEY not in meta:
+            raise DataError(f"{self.path}: schema metadata has no 'classes' key")
+        self.classes: list[str] = json.loads(meta[CLASSES_KEY])
+        self.metadata = {k.decode(): v.decode() for k, v in meta.items() if k != CLASSES_KEY}
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def has(self, column: str) -> bool:
+        return column in self._table.column_names
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self._table.column_names:
+            raise DataError(f"{self.path}: missing column {name!r} (has {self._table.column_names})")
+        col = self._table.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(col.type):
+            return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+        return np.asarray(col.to_pylist(), dtype=object if pa.types.is_string(col.type) else None)
+
+
+# ------------------------------------------------------------------------------------------ zarr store
+
+def create_score_store(path: str | Path, arrays: Mapping[str, tuple[tuple[int, ...], str]], shard_rows: int,
+                       chunk_rows: int, attrs: Mapping[str, object]) -> zarr.Group:
+    """Create a Zarr v3 group of arrays sharded along the first axis.
+
+    `arrays` maps name → (shape, dtype). Shards hold `shard_rows` images each, so the store is a few
+    hundred files whatever N is; a writer always writes whole shards (partial-shard writes from
+    concurrent writers would silently lose data).
+    """
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    for name, (shape, dtype) in arrays.items():
+        rows = shape[0]
+        shard = (max(1, min(shard_rows, rows)),) + tuple(shape[1:])
+        chunk = (max(1, min(chunk_rows, shard[0])),) + tuple(shape[1:])
+        if shard[0] % chunk[0]:
+            chunk = shard
+        group.create_array(name, shape=shape, dtype=dtype, chunks=chunk, shards=shard, fill_value=0)
+    group.attrs.update(dict(attrs))
+    return group
+
+
+def open_store(path: str | Path, required: tuple[str, ...] = ()) -> zarr.Group:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: Zarr store not found (run `mlpl score` first)")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as e:
+        raise DataError(f"{path}: not a readable Zarr store ({e})") from e
+    missing = [k for k in required if k not in group]
+    if missing:
+        raise DataError(f"{path}: missing arrays {missing}")
+    return group

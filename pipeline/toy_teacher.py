@@ -1,0 +1,143 @@
+"""Training the toy teacher of the embedded benchmark: a small open_clip model with CLIP's iconic bias.
+
+The teacher sees scenes captioned like web alt-text: a full scene is captioned by its salient object
+only. Web photos are framed in every way, so a share of the training views are random crops captioned
+by the object that dominates the crop (DESIGN.md §6: without them the teacher is confidently wrong on
+the zoomed-in views the cut stage shows it). Views of pure background are never captioned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from pipeline.clip import DEFAULT_TEMPLATES, encode_images, normalize_images
+from pipeline.scenes import SceneConfig, dominant_object, render_scene, scene_rng
+
+TEACHER_STREAM = 1  # scene-generator stream of the teacher's own scenes (the dataset uses stream 0)
+
+
+@dataclass
+class ScenePool:
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    object_maps: np.ndarray  # int16 [N, H, W]
+    object_classes: list[list[int]]  # per scene, salient first
+
+
+def make_scene_pool(n: int, cfg: SceneConfig, seed: int, stream: int = TEACHER_STREAM) -> ScenePool:
+    scenes = [render_scene(scene_rng(seed, stream, i), cfg) for i in range(n)]
+    return ScenePool(
+        images=np.stack([s.image for s in scenes]),
+        object_maps=np.stack([s.object_map for s in scenes]),
+        object_classes=[s.object_classes for s in scenes],
+    )
+
+
+@dataclass(frozen=True)
+class ViewSampling:
+    crop_prob: float = 0.5  # share of views that are random crops rather than the full scene
+    crop_area: tuple[float, float] = (0.1, 0.5)
+    aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    min_fraction: float = 0.15  # the dominant object must cover this much of the crop
+    flip: bool = True
+
+
+def sample_crop_box(rng: np.random.Generator, size: int, area: tuple[float, float],
+                    aspect: tuple[float, float]) -> tuple[int, int, int, int]:
+    """A random box (x0, y0, x1, y1) in pixels covering `area` of a size×size image."""
+    a = rng.uniform(*area) * size * size
+    r = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
+    w = int(round(min(size, max(2, math.sqrt(a * r)))))
+    h = int(round(min(size, max(2, math.sqrt(a / r)))))
+    x0 = int(rng.integers(0, size - w + 1))
+    y0 = int(rng.integers(0, size - h + 1))
+    return x0, y0, x0 + w, y0 + h
+
+
+def sample_views(rng: np.random.Generator, pool: ScenePool, batch: int, out_size: int,
+                 sampling: ViewSampling) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of captioned training views: uint8 [B, 3, S, S] and the captioned class [B]."""
+    size = pool.images.shape[1]
+    views, labels = [], []
+    while len(views) < batch:
+        i = int(rng.integers(len(pool.images)))
+        img = torch.from_numpy(pool.images[i]).permute(2, 0, 1)
+        if rng.random() < sampling.crop_prob:
+            box = sample_crop_box(rng, size, sampling.crop_area, sampling.aspect)
+            obj = dominant_object(pool.object_maps[i], box, sampling.min_fraction)
+            if obj < 0:
+                continue  # background only: no caption would name it
+            x0, y0, x1, y1 = box
+            view = TF.resized_crop(img, y0, x0, y1 - y0, x1 - x0, [out_size, out_size], antialias=True)
+            cls = pool.object_classes[i][obj]
+        else:
+            view = TF.resize(img, [out_size, out_size], antialias=True) if size != out_size else img
+            cls = pool.object_classes[i][0]
+        if sampling.flip and rng.random() < 0.5:
+            view = view.flip(-1)
+        views.append(view)
+        labels.append(cls)
+    return torch.stack(views), torch.tensor(labels)
+
+
+def multi_positive_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_ids: torch.Tensor,
+                                    logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss in which all pairs with the same caption are positives of each other.
+
+    With only C distinct captions a batch holds many duplicates; the plain CLIP loss would treat them
+    as negatives and barely learn. Targets spread uniformly over the positives of each row/column.
+    """
+    logits = logit_scale * image_emb @ text_emb.T
+    positives = (caption_ids[:, None] == caption_ids[None, :]).float()
+    targets = positives / positives.sum(1, keepdim=True)
+    loss_i = -(targets * logits.log_softmax(dim=1)).sum(1).mean()
+    loss_t = -(targets * logits.log_softmax(dim=0)).sum(0).mean()
+    return (loss_i + loss_t) / 2
+
+
+@dataclass(frozen=True)
+class TeacherTraining:
+    steps: int = 800
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 50
+    seed: int = 0
+
+
+def train_toy_teacher(model: torch.nn.Module, tokenizer, classes: Sequence[str], pool: ScenePool,
+                      training: TeacherTraining, sampling: ViewSampling,
+                      templates: Sequence[str] = DEFAULT_TEMPLATES,
+                      on_step: Callable[[int, float], None] | None = None) -> torch.nn.Module:
+    """Train `model` in place contrastively on captioned views of `pool`; returns it in eval mode."""
+    torch.manual_seed(training.seed)
+    rng = np.random.default_rng(np.random.SeedSequence([training.seed, 17]))
+    out_size = int(model.visual.image_size if isinstance(model.visual.image_size, int)
+                   else model.visual.image_size[0])
+    # Every caption (class × template) is tokenised once; a step picks one template per view.
+    prompt_tokens = tokenizer([t.format(c) for c in classes for t in templates])
+    n_t = len(templates)
+    opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / training.warmup) * 0.5
+                                              * (1 + math.cos(math.pi * min(s, training.steps) / training.steps)))
+    model.train()
+    model.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
+    for step in range(training.steps):
+        views, cls = sample_views(rng, pool, training.batch_size, out_size, sampling)
+        tmpl = torch.from_numpy(rng.integers(0, n_t, size=len(cls)))
+        image_emb = encode_images(model, normalize_images(views, model).contiguous(memory_format=torch.channels_last))
+        text_emb = F.normalize(model.encode_text(prompt_tokens[cls * n_t + tmpl]).float(), dim=-1)
+        loss = multi_positive_contrastive_loss(image_emb, text_emb, cls, model.logit_scale.exp().clamp(max=100))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if on_step is not None:
+            on_step(step, loss.item())
+    return model.eval()

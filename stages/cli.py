@@ -1,0 +1,66 @@
+"""`mlpl`: one subcommand per DVC stage, plus user tools. dvc.yaml calls these same commands."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Multi-label pseudo-labels from a frozen CLIP-style model, as a cached DVC pipeline.")
+
+PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="Params file (run from the project root).")
+
+
+def _run_stage(name: str, params_file: Path, **kwargs) -> None:
+    from stages.common import Params, ParamsError
+    from pipeline.storage import DataError
+
+    try:
+        module = importlib.import_module(f"stages.{name}")
+        module.run(Params.load(params_file), **kwargs)
+    except (ParamsError, DataError, FileNotFoundError, ValueError) as e:
+        typer.secho(f"mlpl {name}: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _stage_command(name: str, doc: str):
+    def command(params: Path = PARAMS_OPTION) -> None:
+        _run_stage(name, params)
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+_stage_command("prepare", "Build the dataset manifest (and images of the embedded benchmark).")
+_stage_command("mask", "Choose which train labels are known, from top-level `ratio` and `seed`.")
+_stage_command("teacher", "Train the toy teacher, or resolve real open_clip weights offline.")
+_stage_command("init", "Initial pseudo labels from cached scores: z0, cut estimator, CDUL aggregate.")
+_stage_command("correct", "Order-persistent correction of the initial labels (+ known labels).")
+_stage_command("sew", "Adapt on the corrected labels and refine them by EM.")
+_stage_command("distill", "Train the standalone student on the refined labels.")
+_stage_command("evaluate", "Score every label table and model against ground truth → reports/.")
+
+
+@app.command("score")
+def score(params: Path = PARAMS_OPTION,
+          max_shards: int = typer.Option(None, "--max-shards", min=1,
+                                         help="Stop after scoring this many shards; a rerun resumes.")) -> None:
+    """Score global view, grid tiles and random crops of every image → data/scores.zarr (resumable)."""
+    _run_stage("score", params, max_shards=max_shards)
+
+
+@app.command("info")
+def info() -> None:
+    """Print the dataset, the teacher and the cached artifacts with their sizes."""
+    from stages import info as info_stage
+
+    info_stage.run()
+
+
+def main() -> None:  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(app())

@@ -1,0 +1,111 @@
+"""Shared glue for stages: params access with clear errors, canonical artifact paths, JSON output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.storage import atomic_path
+
+PARAMS_FILE = Path("params.yaml")
+DATA = Path("data")
+PREPARED = DATA / "prepared"
+IMAGES_DIR = PREPARED / "images"
+MANIFEST = PREPARED / "manifest.parquet"
+OBSERVED = PREPARED / "observed.parquet"
+TEACHER_DIR = DATA / "teacher"
+TEACHER_DESCRIPTOR = TEACHER_DIR / "descriptor.json"
+SCORES = DATA / "scores.zarr"
+SCORES_WORK = DATA / ".scores.work"  # resumable partial store, outside every DVC output
+LABELS = DATA / "labels"
+INITIAL = LABELS / "initial.parquet"
+CORRECTED = LABELS / "corrected.parquet"
+REFINED = LABELS / "refined.parquet"
+MODELS = DATA / "models"
+ADAPTER = MODELS / "adapter.pt"
+STUDENT = MODELS / "student.pt"
+REPORTS = Path("reports")
+METRICS = REPORTS / "metrics.json"
+PLOTS = REPORTS / "plots"
+
+
+class ParamsError(ValueError):
+    pass
+
+
+class Params:
+    """A view of params.yaml; `get("score.crops", int)` fails naming the key and the file."""
+
+    def __init__(self, data: dict, source: Path, prefix: str = ""):
+        self._data, self._source, self._prefix = data, source, prefix
+
+    @classmethod
+    def load(cls, path: Path = PARAMS_FILE) -> Params:
+        if not path.is_file():
+            raise ParamsError(f"{path}: params file not found (run from the project root)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ParamsError(f"{path}: not valid YAML ({e})") from e
+        return cls(data, path)
+
+    def section(self, name: str) -> Params:
+        sub = self._raw(name)
+        if not isinstance(sub, dict):
+            raise ParamsError(f"{self._source}: '{self._key(name)}' must be a mapping")
+        return Params(sub, self._source, self._key(name) + ".")
+
+    def _key(self, name: str) -> str:
+        return f"{self._prefix}{name}"
+
+    def _raw(self, name: str):
+        node: Any = self._data
+        for part in name.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ParamsError(f"{self._source}: missing key '{self._key(name)}'")
+            node = node[part]
+        return node
+
+    def get(self, name: str, kind: type | tuple = object, default: Any = ...,
+            choices: tuple | None = None, lo: float | None = None, hi: float | None = None) -> Any:
+        try:
+            value = self._raw(name)
+        except ParamsError:
+            if default is ...:
+                raise
+            return default
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is not object and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ParamsError(f"{self._source}: '{self._key(name)}' must be {want}, got {value!r}")
+        if choices is not None and value not in choices:
+            raise ParamsError(f"{self._source}: '{self._key(name)}' must be one of {list(choices)}, got {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ParamsError(f"{self._source}: '{self._key(name)}' must be in [{lo}, {hi}], got {value!r}")
+        return value
+
+    def pair(self, name: str, lo: float = 0.0, hi: float = float("inf")) -> tuple[float, float]:
+        value = self.get(name, list)
+        if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value) or not (
+                lo <= value[0] <= value[1] <= hi):
+            raise ParamsError(f"{self._source}: '{self._key(name)}' must be [low, high] within [{lo}, {hi}], "
+                              f"got {value!r}")
+        return float(value[0]), float(value[1])
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run the stage that writes it first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e

@@ -1,0 +1,18 @@
+"""Stage `mask`: which train labels are known → data/prepared/observed.parquet (top-level ratio, seed)."""
+
+from __future__ import annotations
+
+from pipeline.masking import observed_mask
+from pipeline.storage import Table, write_table
+from stages.common import MANIFEST, OBSERVED, Params
+
+
+def run(params: Params) -> None:
+    ratio = params.get("ratio", float, lo=0.0, hi=1.0)
+    seed = params.get("seed", int)
+    manifest = Table(MANIFEST)
+    split = manifest.column("split")
+    known = observed_mask(len(manifest), len(manifest.classes), split == "train", ratio, seed)
+    write_table(OBSERVED, {"image_id": manifest.column("image_id"), "known": known}, manifest.classes)
+    print(f"ratio={ratio}: {int(known.sum())} of {int((split == 'train').sum()) * known.shape[1]} "
+          f"train label entries known → {OBSERVED}")

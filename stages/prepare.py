@@ -1,0 +1,43 @@
+"""Stage `prepare`: the dataset → data/prepared/manifest.parquet (+ PNG images for the embedded set)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.scenes import SceneConfig, render_scene, scene_rng
+from pipeline.storage import atomic_path, write_table
+from stages.common import IMAGES_DIR, MANIFEST, Params
+
+DATASET_STREAM = 0  # the teacher trains on scenes of another stream: never on these
+
+
+def scene_config(p: Params) -> SceneConfig:
+    return SceneConfig(image_size=p.get("image_size", int, lo=16), n_classes=p.get("n_classes", int, lo=2, hi=8),
+                       max_small=p.get("max_small", int, lo=0, hi=5))
+
+
+def run(params: Params) -> None:
+    p = params.section("dataset")
+    source = p.get("source", str, choices=("embedded",))
+    assert source == "embedded"
+    cfg = scene_config(p)
+    seed = p.get("seed", int)
+    n_train, n_test = p.get("n_train", int, lo=1), p.get("n_test", int, lo=1)
+    ids, paths, splits, labels, salient = [], [], [], [], []
+    with atomic_path(IMAGES_DIR) as tmp:
+        tmp.mkdir()
+        for i in tqdm(range(n_train + n_test), desc="prepare", unit="img"):
+            scene = render_scene(scene_rng(seed, DATASET_STREAM, i), cfg)
+            image_id = f"scene-{i:06d}"
+            Image.fromarray(scene.image).save(tmp / f"{image_id}.png")
+            ids.append(image_id)
+            paths.append(f"{image_id}.png")
+            splits.append("train" if i < n_train else "test")
+            labels.append(scene.labels)
+            salient.append(scene.salient)
+    write_table(MANIFEST, {"image_id": ids, "path": paths, "split": splits,
+                           "labels": np.stack(labels).astype(np.int8), "salient": np.array(salient, np.int32)},
+                list(cfg.classes), extra_metadata={"root": str(IMAGES_DIR), "source": "embedded"})
+    print(f"prepared {n_train} train + {n_test} test scenes, {len(cfg.classes)} classes → {MANIFEST}")

@@ -1,0 +1,93 @@
+"""Stage `teacher`: the frozen vision-language model → data/teacher/descriptor.json (+ toy checkpoint).
+
+`teacher.pretrained: embedded` trains the toy teacher of the embedded benchmark; any other value is an
+open_clip pretrained tag or a local weights file, resolved offline and recorded with its sha256.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline import clip
+from pipeline.scenes import SceneConfig
+from pipeline.toy_teacher import TeacherTraining, ViewSampling, make_scene_pool, train_toy_teacher
+from pipeline.storage import atomic_path
+from stages.common import TEACHER_DESCRIPTOR, TEACHER_DIR, Params, write_json
+from stages.prepare import scene_config
+
+CHECKPOINT_NAME = "teacher.pt"
+HELDOUT_STREAM = 2  # scenes for the teacher's own sanity check, distinct from training and dataset
+
+
+def run(params: Params) -> None:
+    p = params.section("teacher")
+    name = p.get("model", str)
+    pretrained = p.get("pretrained", str)
+    if pretrained == "embedded":
+        descriptor = train_embedded(p, scene_config(params.section("dataset")), name)
+    else:
+        weights, how = clip.resolve_pretrained(name, pretrained)
+        trusted = p.get("trusted_legacy", bool, default=False)
+        clip.create_model(name, weights, trusted_legacy=trusted)  # fail now, not in `score`
+        descriptor = {"model": name, "pretrained": pretrained, "weights": str(weights), "found_in": how,
+                      "sha256": clip.sha256_of(weights), "trusted_legacy": trusted}
+        with atomic_path(TEACHER_DIR) as tmp:
+            tmp.mkdir()
+            write_json(tmp / TEACHER_DESCRIPTOR.name, descriptor)
+    print(f"teacher: {descriptor['model']} ({descriptor['pretrained']}), sha256 {descriptor['sha256'][:12]}…")
+
+
+def train_embedded(p: Params, scenes: SceneConfig, name: str) -> dict:
+    t = p.section("train")
+    seed = t.get("seed", int)
+    torch.manual_seed(seed)  # initial weights depend on the seed only
+    model = clip.create_model(name)
+    if clip.image_size_of(model) != scenes.image_size:
+        raise ValueError(f"teacher.model {name} expects {clip.image_size_of(model)} px images but "
+                         f"dataset.image_size is {scenes.image_size}")
+    tokenizer = clip.tokenizer_for(name)
+    pool = make_scene_pool(t.get("scenes", int, lo=1), scenes, seed)
+    training = TeacherTraining(steps=t.get("steps", int, lo=1), batch_size=t.get("batch_size", int, lo=2),
+                               lr=t.get("lr", float, lo=0.0), seed=seed)
+    sampling = ViewSampling(crop_prob=t.get("crop_prob", float, lo=0.0, hi=1.0),
+                            crop_area=t.pair("crop_area", 0.0, 1.0))
+    bar = tqdm(total=training.steps, desc="teacher", unit="step")
+    started = time.time()
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+    train_toy_teacher(model, tokenizer, scenes.classes, pool, training, sampling, on_step=on_step)
+    bar.close()
+    top1 = heldout_salient_top1(model, tokenizer, scenes, seed)
+    print(f"teacher trained in {time.time() - started:.0f}s; held-out salient top-1 {top1:.3f}")
+    with atomic_path(TEACHER_DIR) as tmp:
+        tmp.mkdir()
+        ckpt = tmp / CHECKPOINT_NAME
+        torch.save({"state_dict": model.state_dict(), "model": name, "classes": list(scenes.classes)}, ckpt)
+        descriptor = {"model": name, "pretrained": "embedded", "weights": str(TEACHER_DIR / CHECKPOINT_NAME),
+                      "found_in": "trained", "sha256": clip.sha256_of(ckpt), "trusted_legacy": False,
+                      "classes": list(scenes.classes), "heldout_salient_top1": top1}
+        write_json(tmp / TEACHER_DESCRIPTOR.name, descriptor)
+    return descriptor
+
+
+def heldout_salient_top1(model, tokenizer, scenes: SceneConfig, seed: int, n: int = 256) -> float:
+    pool = make_scene_pool(n, scenes, seed, stream=HELDOUT_STREAM)
+    with torch.inference_mode():
+        text = clip.encode_classes(model, tokenizer, scenes.classes)
+        x = clip.normalize_images(torch.from_numpy(pool.images).permute(0, 3, 1, 2), model)
+        z = clip.scores_to_logits(clip.encode_images(model, x), text, clip.logit_scale_of(model))
+    salient = np.array([c[0] for c in pool.object_classes])
+    return float((z.argmax(1).numpy() == salient).mean())
+
+
+def load_teacher(descriptor: dict) -> torch.nn.Module:
+    return clip.create_model(descriptor["model"], descriptor["weights"],
+                             trusted_legacy=bool(descriptor.get("trusted_legacy", False)))
