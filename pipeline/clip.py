@@ -102,7 +102,7 @@ def encode_images(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def logit_scale_of(model: torch.nn.Module) -> float:
-    return float(model.logit_scale.exp().clamp(max=100.0))
+    return float(model.logit_scale.detach().exp().clamp(max=100.0))
 
 
 def scores_to_logits(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: float) -> torch.Tensor:

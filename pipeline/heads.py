@@ -37,7 +37,9 @@ def train_em_head(features: np.ndarray, z_init: np.ndarray, training: HeadTraini
     x = torch.tensor(np.asarray(features), dtype=torch.float32)
     z0 = torch.tensor(np.asarray(z_init), dtype=torch.float32)
     z = torch.nn.Parameter(z0.clone())
-    keep = torch.tensor(np.asarray(frozen), dtype=torch.bool) if frozen is not None else torch.zeros_like(z0, dtype=torch.bool)
+    keep = torch.zeros_like(z0, dtype=torch.bool)
+    if frozen is not None:
+        keep = torch.tensor(np.asarray(frozen), dtype=torch.bool)
     head = torch.nn.Linear(x.shape[1], z0.shape[1])
     opt = torch.optim.AdamW([{"params": head.parameters(), "lr": training.lr, "weight_decay": training.weight_decay},
                              {"params": [z], "lr": training.estimator_lr, "weight_decay": 0.0}])

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pipeline.clip import encode_images, image_size_of, normalizer_of, scores_to_logits
+from pipeline.clip import encode_images, image_size_of, logit_scale_of, normalizer_of, scores_to_logits
 from pipeline.cut import CutSettings, cut_views, view_boxes
 from pipeline.storage import create_score_store
 
@@ -134,7 +134,7 @@ def score_to_store(model: torch.nn.Module, text_emb: torch.Tensor, paths: Sequen
     dataset = ViewDataset(paths, image_ids, s, image_size_of(model), job.seed)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=job.num_workers, collate_fn=_collate)
     mean, std = normalizer_of(model)
-    scale = float(model.logit_scale.exp().clamp(max=100.0))
+    scale = logit_scale_of(model)
     model = model.to(memory_format=torch.channels_last)
     text_emb = text_emb.float()
     buffers: dict[int, dict[str, np.ndarray]] = {}

@@ -16,8 +16,8 @@ PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="Params
 
 
 def _run_stage(name: str, params_file: Path, **kwargs) -> None:
-    from stages.common import Params, ParamsError
     from pipeline.storage import DataError
+    from stages.common import Params, ParamsError
 
     try:
         module = importlib.import_module(f"stages.{name}")

@@ -9,11 +9,22 @@ import math
 import numpy as np
 import torch
 
-from pipeline.heads import HeadTraining, predict_head, train_soft_head
 from pipeline.correct import POSITIVE_LOGIT
+from pipeline.heads import HeadTraining, predict_head, train_soft_head
 from pipeline.metrics import classification_report, inversions, mean_ap, per_class_ap
 from pipeline.storage import Table, atomic_path, open_store
-from stages.common import CORRECTED, INITIAL, MANIFEST, METRICS, PLOTS, REFINED, SCORES, STUDENT, Params, write_json
+from stages.common import (
+    CORRECTED,
+    INITIAL,
+    MANIFEST,
+    METRICS,
+    PLOTS,
+    REFINED,
+    SCORES,
+    STUDENT,
+    Params,
+    write_json,
+)
 
 
 def run(params: Params) -> None:

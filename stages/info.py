@@ -5,8 +5,18 @@ from __future__ import annotations
 import json
 
 from stages.common import (
-    ADAPTER, CORRECTED, INITIAL, MANIFEST, METRICS, OBSERVED, REFINED, SCORES, SCORES_WORK, STUDENT,
-    TEACHER_DESCRIPTOR, read_json,
+    ADAPTER,
+    CORRECTED,
+    INITIAL,
+    MANIFEST,
+    METRICS,
+    OBSERVED,
+    REFINED,
+    SCORES,
+    SCORES_WORK,
+    STUDENT,
+    TEACHER_DESCRIPTOR,
+    read_json,
 )
 
 

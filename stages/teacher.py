@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 from pipeline import clip
 from pipeline.scenes import SceneConfig
-from pipeline.toy_teacher import TeacherTraining, ViewSampling, make_scene_pool, train_toy_teacher
 from pipeline.storage import atomic_path
+from pipeline.toy_teacher import TeacherTraining, ViewSampling, make_scene_pool, train_toy_teacher
 from stages.common import TEACHER_DESCRIPTOR, TEACHER_DIR, Params, write_json
 from stages.prepare import scene_config
 

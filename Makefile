@@ -1,0 +1,26 @@
+# `make repro` and `make test` create the virtual environment once (.venv) and reuse it afterwards.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: repro test lint env
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# torch first, pinned: these wheels are the ones served from the machine's local store
+	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+repro: $(STAMP)
+	dvc repro
+
+lint: $(STAMP)
+	ruff check pipeline stages tests benchmarks
+
+test: $(STAMP) lint
+	pytest -q

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline import clip
+from tests.conftest import TINY_MODEL
+
+
+def test_tiny_model_through_open_clip(tiny_model, tiny_tokenizer):
+    text = clip.encode_classes(tiny_model, tiny_tokenizer, ["circle", "square", "ring"], ["a {}.", "the {}"])
+    assert text.shape == (3, 32) and torch.allclose(text.norm(dim=-1), torch.ones(3), atol=1e-5)
+    x = clip.normalize_images(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), tiny_model)
+    emb = clip.encode_images(tiny_model, x)
+    assert emb.shape == (2, 32)
+    grid = clip.grid_features(tiny_model, x)
+    assert grid.shape[0] == 2 and grid.ndim == 4 and grid.shape[-1] == 1  # 32 px / 32 stride
+
+
+def test_scores_are_inverse_sigmoid_of_softmax():
+    img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    z = clip.scores_to_logits(img, txt, 50.0)
+    assert torch.allclose(torch.sigmoid(z), (50 * img @ txt.T).softmax(-1).clamp(1e-6, 1 - 1e-6), atol=1e-6)
+
+
+def test_checkpoint_roundtrip_weights_only(tmp_path, tiny_model):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"state_dict": tiny_model.state_dict(), "model": TINY_MODEL, "classes": ["a"]}, path)
+    loaded = clip.create_model(TINY_MODEL, path)
+    for (k, a), (_, b) in zip(tiny_model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_pickled_module_refused_unless_trusted(tmp_path, tiny_model):
+    path = tmp_path / "legacy.pt"
+    torch.save(tiny_model, path)  # a whole pickled module, as legacy checkpoints are
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+        clip.create_model(TINY_MODEL, path)
+
+
+def test_resolve_pretrained_local_file_and_clear_errors(tmp_path):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"abc")
+    assert clip.resolve_pretrained("RN50-quickgelu", str(f)) == (f.resolve(), "file")
+    with pytest.raises(clip.WeightsNotAvailable, match="not available offline"):
+        clip.resolve_pretrained("RN50-quickgelu", "openai", cache_dir=tmp_path)
+    with pytest.raises(clip.WeightsNotAvailable, match="neither an existing file nor a pretrained tag"):
+        clip.resolve_pretrained("RN50-quickgelu", "no-such-tag", cache_dir=tmp_path)
+
+
+def test_resolve_pretrained_finds_hf_cache(tmp_path):
+    # Lay out a Hugging Face cache entry exactly as huggingface_hub writes it.
+    repo = tmp_path / "models--timm--resnet50_clip.openai"
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (snap / "open_clip_model.safetensors").write_bytes(b"weights")
+    path, how = clip.resolve_pretrained("RN50-quickgelu", "openai", cache_dir=tmp_path)
+    assert how == "hf-cache" and path.read_bytes() == b"weights"
+    assert clip.sha256_of(path) == __import__("hashlib").sha256(b"weights").hexdigest()
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        clip.create_model("no-such-model")
+
+
+def test_class_prompts():
+    assert clip.class_prompts(["a_b"], ["x {}", "{} y"]) == ["x a b", "a b y"]
+    assert np.isfinite(clip.PROB_EPS)

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from pipeline.correct import NEGATIVE_LOGIT, POSITIVE_LOGIT, apply_known_labels, correct_labels, top_beta_mask
+
+
+def sig(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def test_sqrt_correction_on_hand_made_row():
+    z = np.array([[2.0, -1.0, 0.0, -3.0]])
+    out = correct_labels(z, beta=1, method="sqrt")
+    assert sig(out[0, 0]) == pytest.approx(np.sqrt(sig(2.0)), rel=1e-5)
+    assert np.array_equal(out[0, 1:], z[0, 1:].astype(np.float32))
+    out2 = correct_labels(z, beta=2, method="sqrt")
+    assert sig(out2[0, 2]) == pytest.approx(np.sqrt(0.5), rel=1e-5)
+    assert out2[0, 1] == -1.0 and out2[0, 3] == -3.0
+
+
+@pytest.mark.parametrize("method", ["sqrt", "linear"])
+@pytest.mark.parametrize("beta", [1, 2, 3])
+def test_monotone_corrections_preserve_order_within_every_image(method, beta):
+    z = np.random.default_rng(beta).normal(0, 3, size=(300, 6))
+    out = correct_labels(z, beta, method)
+    assert np.array_equal(np.argsort(-z, axis=1, kind="stable"), np.argsort(-out, axis=1, kind="stable"))
+    assert (out >= z.astype(np.float32) - 1e-6).all()
+    changed = out != z.astype(np.float32)
+    assert (changed.sum(1) <= beta).all() and np.array_equal(changed, top_beta_mask(z, beta) & changed)
+
+
+def test_hard_sets_confident_top_entries_positive():
+    z = np.array([[2.0, 1.0, -1.0], [-0.5, -2.0, -3.0]])
+    out = correct_labels(z, beta=1, method="hard", hard_threshold=0.5)
+    assert out[0, 0] == pytest.approx(POSITIVE_LOGIT) and out[0, 1] == 1.0
+    assert out[1, 0] == -0.5  # top-1 but below threshold: unchanged
+
+
+def test_bad_method_is_rejected():
+    with pytest.raises(ValueError, match="correct.method"):
+        correct_labels(np.zeros((1, 2)), 1, "magic")
+
+
+def test_known_labels_override():
+    z = np.zeros((2, 2), np.float32)
+    out = apply_known_labels(z, np.array([[1, 0], [1, 1]]), np.array([[1, 1], [0, 1]]))
+    assert out[0].tolist() == [pytest.approx(POSITIVE_LOGIT), 0.0]
+    assert out[1].tolist() == [pytest.approx(NEGATIVE_LOGIT), pytest.approx(POSITIVE_LOGIT)]

@@ -1,0 +1,98 @@
+"""End to end through the real `dvc` CLI in a temporary git repository, on a tiny config."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ALL_STAGES = {"prepare", "mask", "teacher", "score", "init", "correct", "sew", "distill", "evaluate"}
+
+
+def sh(cmd, cwd, check=True, **kw):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    r = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True, env=env, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def project_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    return [f for f in out if (ROOT / f).is_file() and not f.startswith(("data/", "reports/", "dvc.lock"))]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    proj = tmp_path_factory.mktemp("proj")
+    for rel in project_files():
+        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, proj / rel)
+    shutil.copy2(ROOT / "tests" / "tiny_params.yaml", proj / "params.yaml")
+    sh("git init -q && git add -A && git commit -qm init", proj)
+    return proj
+
+
+def test_repro_builds_everything(project):
+    r = sh("dvc repro", project)
+    assert stages_run(r.stdout) == ALL_STAGES
+    import json
+
+    m = json.loads((project / "reports" / "metrics.json").read_text())
+    for table in ("z0", "cdul", "cut", "corrected", "refined"):
+        assert 0 <= m["labels"][table]["map"] <= 1 and m["labels"][table]["inversions"] >= 0
+    for model in ("zero_shot", "student", "ceiling"):
+        assert set(m["test"][model]) >= {"map", "cf1", "of1", "hamming"}
+    assert 0 <= m["teacher"]["salient_top1"] <= 1
+    assert (project / "reports" / "plots" / "per_class_ap.csv").read_text().startswith("class,")
+    sh("git add -A && git commit -qm repro", project)
+
+
+def test_second_repro_does_nothing(project):
+    r = sh("dvc repro", project)
+    assert stages_run(r.stdout) == set(), r.stdout
+
+
+def test_ratio_ablation_never_recomputes_scores(project):
+    r = sh("dvc exp run -S ratio=0.1", project)
+    assert stages_run(r.stdout) == {"mask", "correct", "sew", "distill", "evaluate"}, r.stdout
+    show = sh("dvc exp show --no-pager --csv", project).stdout
+    assert "0.1" in show and "test.student.map" in show
+
+
+def test_killed_scoring_resumes_byte_identical(project):
+    store = project / "data" / "scores.zarr"
+    reference = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    shutil.rmtree(store)
+    work = project / "data" / ".scores.work" / "done"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(["mlpl", "score"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not any(work.glob("shard-*")):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not store.exists(), "scoring finished before it could be killed"
+    assert 0 < len(list(work.glob("shard-*"))) < 9
+    r = sh("mlpl score", project)
+    assert "resuming" in r.stdout + r.stderr
+    resumed = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    assert resumed.keys() == reference.keys()
+    for k in reference:
+        assert resumed[k] == reference[k], k
+    assert not (project / "data" / ".scores.work").exists()
