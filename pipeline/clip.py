@@ -111,12 +111,12 @@ def scores_to_logits(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
     return torch.logit(probs.clamp(PROB_EPS, 1 - PROB_EPS))
 
 
-def grid_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Spatial features of the visual tower before pooling, as [B, D, H, W].
+def grid_features(visual: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Spatial features of a visual tower (`model.visual`) before pooling, as [B, D, H, W].
 
     ResNet towers: the last stage's output before attention pooling. ViT towers: patch tokens.
     """
-    out = model.visual.forward_intermediates(images, indices=1, intermediates_only=True)
+    out = visual.forward_intermediates(images, indices=1, intermediates_only=True)
     return out["image_intermediates"][-1]
 
 

@@ -88,3 +88,14 @@ def classification_report(y_true: np.ndarray, scores_logit: np.ndarray, threshol
         f"cf1_top{top_k}": cf1_k, f"of1_top{top_k}": of1_k,
         "hamming": hamming_loss(y_true, pred),
     }
+
+
+def precision_recall_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) at every distinct threshold, from the highest score down."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp = np.cumsum(y)[last]
+    return tp / (last + 1), tp / max(int(y.sum()), 1)

@@ -17,30 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline.clip import encode_images, image_size_of, logit_scale_of, normalizer_of, scores_to_logits
 from pipeline.cut import CutSettings, cut_views, view_boxes
+from pipeline.images import decode_image
 from pipeline.storage import create_score_store
 
 STORE_NAME = "store.zarr"
 DONE_NAME = "done"
-
-
-class ImageDecodeError(RuntimeError):
-    pass
-
-
-def decode_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file once to uint8 RGB [3, H, W]."""
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as e:  # PIL raises many kinds for bad files
-        raise ImageDecodeError(f"cannot decode image {path}: {e}") from e
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 def image_seed(seed: int, image_id: str) -> np.random.SeedSequence:

@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -41,7 +42,8 @@ _stage_command("teacher", "Train the toy teacher, or resolve real open_clip weig
 _stage_command("init", "Initial pseudo labels from cached scores: z0, cut estimator, CDUL aggregate.")
 _stage_command("correct", "Order-persistent correction of the initial labels (+ known labels).")
 _stage_command("sew", "Adapt on the corrected labels and refine them by EM.")
-_stage_command("distill", "Train the standalone student on the refined labels.")
+_stage_command("ceiling", "Train the same adapter on the true train labels (supervised ceiling).")
+_stage_command("distill", "Export or train the standalone student from the refined labels.")
 _stage_command("evaluate", "Score every label table and model against ground truth → reports/.")
 
 
@@ -51,6 +53,24 @@ def score(params: Path = PARAMS_OPTION,
                                          help="Stop after scoring this many shards; a rerun resumes.")) -> None:
     """Score global view, grid tiles and random crops of every image → data/scores.zarr (resumable)."""
     _run_stage("score", params, max_shards=max_shards)
+
+
+@app.command("predict")
+def predict(images_dir: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+            out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet table.")] = Path("preds.parquet"),
+            model: Annotated[Path, typer.Option("--model", "-m", help="Student checkpoint.")] = Path(
+                "data/models/student.pt"),
+            batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+            num_workers: Annotated[int, typer.Option("--num-workers", min=0)] = 0) -> None:
+    """Run the standalone student on every image of a folder → per-class logits and probabilities."""
+    from pipeline.images import ImageDecodeError
+    from stages import predict as predict_stage
+
+    try:
+        predict_stage.run(images_dir, out, model, batch_size, num_workers)
+    except (FileNotFoundError, ValueError, ImageDecodeError) as e:
+        typer.secho(f"mlpl predict: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("info")

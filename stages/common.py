@@ -27,9 +27,11 @@ REFINED = LABELS / "refined.parquet"
 MODELS = DATA / "models"
 ADAPTER = MODELS / "adapter.pt"
 STUDENT = MODELS / "student.pt"
+CEILING = MODELS / "ceiling.pt"
 REPORTS = Path("reports")
 METRICS = REPORTS / "metrics.json"
 PLOTS = REPORTS / "plots"
+REPORT = REPORTS / "report.html"
 
 
 class ParamsError(ValueError):

@@ -1,26 +1,45 @@
-"""Stage `distill`: refined labels → the standalone student, data/models/student.pt."""
+"""Stage `distill`: the standalone student → data/models/student.pt.
+
+`distill.student: frozen_tower` exports the teacher's visual tower + the sew adapter as one module;
+`small_cnn` trains a small CNN on the refined labels with CDUL's consistency term.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from pipeline.heads import train_soft_head
-from pipeline.storage import Table, atomic_path, open_store
-from stages.common import MANIFEST, REFINED, SCORES, STUDENT, TEACHER_DESCRIPTOR, Params, read_json
-from stages.sew import head_training
+from pipeline.images import ResizedImages
+from pipeline.storage import Table, atomic_path
+from pipeline.student import KINDS, StudentTraining, frozen_tower_checkpoint, small_cnn_checkpoint, train_small_cnn
+from stages.common import ADAPTER, MANIFEST, REFINED, STUDENT, TEACHER_DESCRIPTOR, Params, read_json
+from stages.teacher import load_teacher
 
 
 def run(params: Params) -> None:
     p = params.section("distill")
-    refined = Table(REFINED)
-    store = open_store(SCORES, required=("image_emb",))
-    ids = list(Table(MANIFEST).column("image_id"))
-    row = {image_id: i for i, image_id in enumerate(ids)}
-    rows = np.array([row[i] for i in refined.column("image_id")])
-    features = np.asarray(store["image_emb"][:], dtype=np.float32)[rows]
-    head = train_soft_head(features, refined.column("z"), head_training(p))
+    kind = p.get("student", str, choices=KINDS)
+    if kind == "frozen_tower":
+        ckpt = frozen_tower_checkpoint(torch.load(ADAPTER, weights_only=True),
+                                       load_teacher(read_json(TEACHER_DESCRIPTOR)))
+    else:
+        c = p.section("small_cnn")
+        training = StudentTraining(epochs=c.get("epochs", int, lo=1), batch_size=c.get("batch_size", int, lo=2),
+                                   lr=c.get("lr", float, lo=0.0), consistency=c.get("consistency", float, lo=0.0),
+                                   width=c.get("width", int, lo=1), seed=c.get("seed", int))
+        refined, manifest = Table(REFINED), Table(MANIFEST)
+        path_of = dict(zip(manifest.column("image_id"), manifest.column("path"), strict=True))
+        root = Path(manifest.metadata.get("root", "."))
+        paths = [root / path_of[i] for i in refined.column("image_id")]
+        size = int(c.get("image_size", int, lo=8))
+        steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))
+        with tqdm(total=steps, desc="distill", unit="step") as bar:
+            model = train_small_cnn(ResizedImages(paths, size), refined.column("z"), size, training,
+                                    on_step=lambda s, loss: bar.update(1))
+        ckpt = small_cnn_checkpoint(model, refined.classes)
     with atomic_path(STUDENT) as tmp:
-        torch.save({"kind": "teacher-embedding+linear", "state_dict": head.state_dict(), "in_dim": features.shape[1],
-                    "classes": refined.classes, "teacher": read_json(TEACHER_DESCRIPTOR)}, tmp)
-    print(f"student distilled from {len(rows)} refined rows → {STUDENT}")
+        torch.save(ckpt, tmp)
+    print(f"student ({kind}) → {STUDENT}")

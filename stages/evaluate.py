@@ -1,94 +1,109 @@
 """Stage `evaluate`: every label table (train split) and model (test split) against ground truth →
-reports/metrics.json, reports/plots/*.csv."""
+reports/metrics.json, reports/plots/, reports/report.html."""
 
 from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.correct import POSITIVE_LOGIT
-from pipeline.heads import HeadTraining, predict_head, train_soft_head
-from pipeline.metrics import classification_report, inversions, mean_ap, per_class_ap
+from pipeline.metrics import classification_report, inversions, mean_ap, per_class_ap, precision_recall_curve
+from pipeline.report import render_report
 from pipeline.storage import Table, atomic_path, open_store
+from pipeline.student import adapter_module, load_student, predict_paths
 from stages.common import (
+    CEILING,
     CORRECTED,
     INITIAL,
     MANIFEST,
     METRICS,
     PLOTS,
     REFINED,
+    REPORT,
     SCORES,
     STUDENT,
+    TEACHER_DESCRIPTOR,
     Params,
+    read_json,
     write_json,
 )
+from stages.teacher import load_teacher
+
+LADDER = {"z0": (INITIAL, "z0"), "cdul": (INITIAL, "cdul"), "cut": (INITIAL, "cut"),
+          "corrected": (CORRECTED, "target"), "refined": (REFINED, "z")}
 
 
 def run(params: Params) -> None:
     p = params.section("evaluate")
     threshold, top_k = p.get("threshold", float, lo=0.0, hi=1.0), p.get("top_k", int, lo=1)
     manifest = Table(MANIFEST)
-    metrics: dict = {}
     if not manifest.has("labels"):
-        write_json(METRICS, metrics)
+        write_json(METRICS, {})
         print("dataset has no ground truth: nothing to evaluate")
         return
     truth = manifest.column("labels").astype(np.int8)
     split = manifest.column("split")
     train, test = split == "train", split == "test"
     row = {image_id: i for i, image_id in enumerate(manifest.column("image_id"))}
+    metrics: dict = {"labels": {}}
 
-    # Label quality ladder on the train split.
-    initial, corrected, refined = Table(INITIAL), Table(CORRECTED), Table(REFINED)
-    tables = {"z0": (initial, "z0"), "cdul": (initial, "cdul"), "cut": (initial, "cut"),
-              "corrected": (corrected, "target"), "refined": (refined, "z")}
-    for name, (table, column) in tables.items():
+    for name, (path, column) in LADDER.items():  # label quality on the train split
+        table = Table(path)
         rows = np.array([row[i] for i in table.column("image_id")])
         keep = train[rows]
         y, z = truth[rows][keep], table.column(column)[keep]
-        metrics.setdefault("labels", {})[name] = {"map": mean_ap(y, z), "inversions": inversions(y, z)}
+        metrics["labels"][name] = {"map": mean_ap(y, z), "inversions": inversions(y, z)}
 
-    # Models on the test split.
-    store = open_store(SCORES, required=("global", "image_emb"))
-    z0 = np.asarray(store["global"][:], dtype=np.float32)
-    emb = np.asarray(store["image_emb"][:], dtype=np.float32)
+    z0 = np.asarray(open_store(SCORES, required=("global",))["global"][:], dtype=np.float32)
     if manifest.has("salient"):
-        salient = manifest.column("salient")
-        metrics["teacher"] = {"salient_top1": float((z0[test].argmax(1) == salient[test]).mean())}
-    student = torch.load(STUDENT, weights_only=True)
-    head = torch.nn.Linear(student["in_dim"], len(manifest.classes))
-    head.load_state_dict(student["state_dict"])
-    ceiling = train_soft_head(emb[train], np.where(truth[train] > 0, POSITIVE_LOGIT, -POSITIVE_LOGIT),
-                              HeadTraining(epochs=p.get("ceiling_epochs", int, lo=1), seed=0))
-    predictions = {"zero_shot": z0[test], "student": predict_head(head, emb[test]),
-                   "ceiling": predict_head(ceiling, emb[test])}
-    metrics["test"] = {m: classification_report(truth[test], z, threshold, top_k) for m, z in predictions.items()}
+        metrics["teacher"] = {"salient_top1": float((z0[test].argmax(1) == manifest.column("salient")[test]).mean())}
+    root = Path(manifest.metadata.get("root", "."))
+    test_paths = [root / rel for rel in manifest.column("path")[test]]
+    predictions = {"zero_shot": z0[test]}
+    student, _, size = load_student(STUDENT)
+    predictions["student"] = predict_paths(student, size, test_paths)
+    ceiling = torch.load(CEILING, weights_only=True)
+    if ceiling.get("kind") == "adapter":
+        module = adapter_module(ceiling, load_teacher(read_json(TEACHER_DESCRIPTOR)))
+        predictions["ceiling"] = predict_paths(module, module.image_size, test_paths)
+    y_test = truth[test]
+    metrics["test"] = {m: classification_report(y_test, z, threshold, top_k) for m, z in predictions.items()}
     t = metrics["test"]
-    denom = t["ceiling"]["map"] - t["zero_shot"]["map"]
-    if abs(denom) > 1e-9:
-        metrics["gap_closure"] = (t["student"]["map"] - t["zero_shot"]["map"]) / denom
-    write_json(METRICS, _finite(metrics))
-    write_plots(manifest.classes, truth[test], predictions,
-                {name: metrics["labels"][name]["map"] for name in tables})
+    if "ceiling" in t and abs(t["ceiling"]["map"] - t["zero_shot"]["map"]) > 1e-9:
+        metrics["gap_closure"] = (t["student"]["map"] - t["zero_shot"]["map"]) / (
+            t["ceiling"]["map"] - t["zero_shot"]["map"])
+    metrics = _finite(metrics)
+    write_json(METRICS, metrics)
+    per_class = {m: per_class_ap(y_test, z) for m, z in predictions.items()}
+    write_plots(manifest.classes, y_test, predictions, per_class, metrics["labels"])
+    html = render_report(metrics, manifest.classes, per_class, test_paths, y_test, predictions["student"],
+                         n_examples=p.get("examples", int, lo=0, default=12))
+    with atomic_path(REPORT) as tmp:
+        tmp.write_text(html)
     _print_summary(metrics)
 
 
-def write_plots(classes, truth, predictions, ladder) -> None:
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def write_plots(classes, truth, predictions, per_class, ladder) -> None:
     PLOTS.mkdir(parents=True, exist_ok=True)
-    aps = {m: per_class_ap(truth, z) for m, z in predictions.items()}
-    with atomic_path(PLOTS / "per_class_ap.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class", *aps])
-        for c, name in enumerate(classes):
-            w.writerow([name, *(f"{aps[m][c]:.4f}" for m in aps)])
-    with atomic_path(PLOTS / "ladder.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["table", "map"])
-        for name, value in ladder.items():
-            w.writerow([name, f"{value:.4f}"])
+    models = list(predictions)
+    _write_csv(PLOTS / "per_class_ap.csv", ["class", *models],
+               ([name, *(f"{per_class[m][c]:.4f}" for m in models)] for c, name in enumerate(classes)))
+    _write_csv(PLOTS / "ladder.csv", ["table", "map"], ([k, f"{v['map']:.4f}"] for k, v in ladder.items()))
+    for m, z in predictions.items():  # micro-averaged precision-recall, thinned to ≤ 200 points
+        precision, recall = precision_recall_curve(truth.ravel(), z.ravel())
+        keep = np.unique(np.linspace(0, len(recall) - 1, min(200, len(recall))).astype(int))
+        _write_csv(PLOTS / f"pr_{m}.csv", ["recall", "precision"],
+                   ([f"{recall[i]:.4f}", f"{precision[i]:.4f}"] for i in keep))
 
 
 def _finite(obj):
@@ -99,10 +114,10 @@ def _finite(obj):
 
 
 def _print_summary(m: dict) -> None:
-    ladder = "  →  ".join(f"{k} {v['map']:.3f}" for k, v in m["labels"].items())
-    print(f"train label mAP: {ladder}")
+    print("train label mAP: " + "  →  ".join(f"{k} {v['map']:.3f}" for k, v in m["labels"].items()))
     for name, r in m["test"].items():
-        print(f"test {name:9s} mAP {r['map']:.3f}  CF1 {r['cf1']:.3f}  OF1 {r['of1']:.3f}  hamming {r['hamming']:.3f}")
+        print(f"test {name:9s} mAP {r['map']:.3f}  CF1 {r['cf1']:.3f}  OF1 {r['of1']:.3f}  "
+              f"hamming {r['hamming']:.3f}")
     if "teacher" in m:
         print(f"teacher salient top-1 {m['teacher']['salient_top1']:.3f}")
     if "gap_closure" in m:

@@ -1,31 +1,85 @@
-"""Stage `sew`: corrected labels → EM refinement → data/models/adapter.pt, data/labels/refined.parquet."""
+"""Stage `sew`: corrected labels → multi-object blend adaptation with EM (TailorCLIP Algorithm 1) →
+data/models/adapter.pt and data/labels/refined.parquet (Z after EM)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from pipeline.heads import HeadTraining, train_em_head
-from pipeline.storage import Table, atomic_path, open_store, write_table
-from stages.common import ADAPTER, CORRECTED, OBSERVED, REFINED, SCORES, Params
+from pipeline import clip
+from pipeline.adapter import adapter_for
+from pipeline.sew import SewDataset, SewSettings, overlay_pool, train_adapter_em
+from pipeline.storage import Table, atomic_path, write_table
+from stages.common import (
+    ADAPTER,
+    CORRECTED,
+    INITIAL,
+    MANIFEST,
+    OBSERVED,
+    REFINED,
+    TEACHER_DESCRIPTOR,
+    Params,
+    read_json,
+)
+from stages.teacher import load_teacher
 
 
-def head_training(p: Params) -> HeadTraining:
-    return HeadTraining(epochs=p.get("epochs", int, lo=1), batch_size=p.get("batch_size", int, lo=1),
-                        lr=p.get("lr", float, lo=0.0), estimator_lr=p.get("estimator_lr", float, lo=0.0, default=0.0),
-                        seed=p.get("seed", int))
+def sew_settings(p: Params) -> SewSettings:
+    return SewSettings(p=p.get("p", float), q=p.get("q", float), max_overlays=p.get("L", int),
+                       pool_k=p.get("k", int), epochs=p.get("epochs", int, lo=1),
+                       batch_size=p.get("batch_size", int, lo=2), lr=p.get("lr", float, lo=0.0),
+                       estimator_lr=p.get("estimator_lr", float, lo=0.0), seed=p.get("seed", int))
+
+
+def adapter_options(p: Params) -> dict:
+    a = p.section("adapter")
+    return {"hidden": a.get("hidden", int, lo=1), "layers": a.get("layers", int, lo=1),
+            "heads": a.get("heads", int, lo=1), "residual": a.get("residual", float, lo=0.0, hi=1.0)}
+
+
+def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc: str):
+    """Shared by `sew` and the supervised ceiling: train an adapter on composites of the train split.
+
+    Returns (checkpoint dict, refined Z of the train rows, train mask).
+    """
+    p = params.section("sew")
+    settings = sew_settings(p)
+    manifest = Table(MANIFEST)
+    train = manifest.column("split") == "train"
+    root = Path(manifest.metadata.get("root", "."))
+    paths = [root / rel for rel in manifest.column("path")[train]]
+    z0 = Table(INITIAL).column("z0")[train]
+    descriptor = read_json(TEACHER_DESCRIPTOR)
+    model = load_teacher(descriptor)
+    torch.manual_seed(settings.seed)
+    size = p.get("image_size", int, lo=8)
+    adapter = adapter_for(model, len(manifest.classes), size, **adapter_options(p))
+    dataset = SewDataset(paths, size, overlay_pool(z0, settings.pool_k), settings)
+    steps = settings.epochs * max(1, len(dataset) // settings.batch_size)
+    bar = tqdm(total=steps, desc=desc, unit="step")
+
+    def on_step(epoch: int, step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", refresh=False)
+
+    refined = train_adapter_em(model.visual, clip.normalizer_of(model), adapter, dataset, targets[train],
+                               frozen[train], settings, num_workers=p.get("num_workers", int, lo=0),
+                               on_step=on_step)
+    bar.close()
+    ckpt = {"kind": "adapter", "adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(),
+            "image_size": size, "classes": manifest.classes, "teacher": descriptor}
+    return ckpt, refined, train
 
 
 def run(params: Params) -> None:
-    p = params.section("sew")
     corrected, observed = Table(CORRECTED), Table(OBSERVED)
-    train = corrected.column("split") == "train"
-    features = np.asarray(open_store(SCORES, required=("image_emb",))["image_emb"][:], dtype=np.float32)
-    head, refined = train_em_head(features[train], corrected.column("target")[train], head_training(p),
-                                  frozen=observed.column("known")[train].astype(bool))
+    ckpt, refined, train = train_adapter(params, corrected.column("target"),
+                                         observed.column("known").astype(bool), "sew")
     with atomic_path(ADAPTER) as tmp:
-        torch.save({"kind": "linear-em", "state_dict": head.state_dict(), "in_dim": features.shape[1],
-                    "classes": corrected.classes}, tmp)
-    write_table(REFINED, {"image_id": corrected.column("image_id")[train], "split": corrected.column("split")[train],
-                          "z": refined}, corrected.classes)
-    print(f"EM refined {int(train.sum())} train label rows → {REFINED}, head → {ADAPTER}")
+        torch.save(ckpt, tmp)
+    write_table(REFINED, {"image_id": corrected.column("image_id")[train],
+                          "split": corrected.column("split")[train], "z": refined}, corrected.classes)
+    print(f"adapter → {ADAPTER}; EM-refined labels of {int(train.sum())} train images → {REFINED}")

@@ -12,7 +12,7 @@ def test_tiny_model_through_open_clip(tiny_model, tiny_tokenizer):
     x = clip.normalize_images(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), tiny_model)
     emb = clip.encode_images(tiny_model, x)
     assert emb.shape == (2, 32)
-    grid = clip.grid_features(tiny_model, x)
+    grid = clip.grid_features(tiny_model.visual, x)
     assert grid.shape[0] == 2 and grid.ndim == 4 and grid.shape[-1] == 1  # 32 px / 32 stride
 
 

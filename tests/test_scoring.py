@@ -5,8 +5,9 @@ from PIL import Image
 
 from pipeline import clip
 from pipeline.cut import CutSettings
+from pipeline.images import ImageDecodeError, decode_image
 from pipeline.scenes import SceneConfig, render_scene, scene_rng
-from pipeline.scoring import ImageDecodeError, ScoreJob, decode_image, score_to_store
+from pipeline.scoring import ScoreJob, score_to_store
 
 CLASSES = ["circle", "square", "triangle", "cross"]
 ARRAYS = ("global", "local", "crops", "boxes", "image_emb", "text_emb")

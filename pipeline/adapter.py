@@ -1,0 +1,96 @@
+"""The adapter of TailorCLIP §3.4 on the frozen visual tower's grid features, and the exported student.
+
+grid features F [B, D, H, W] → bottleneck f_b with residual mix → 1×1 projection + BN → positional
+embeddings → Transformer decoder with one learnable query per class → per-query linear (the diagonal
+of a full linear layer) → logits [B, C].
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from pipeline import clip
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    in_dim: int
+    n_classes: int
+    grid: tuple[int, int]
+    hidden: int = 128
+    reduction: int = 4  # bottleneck width = in_dim / reduction
+    residual: float = 0.2  # share of the bottleneck output in the mix with the frozen features
+    layers: int = 1
+    heads: int = 4
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "grid": list(self.grid)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AdapterConfig:
+        return cls(**{**d, "grid": tuple(d["grid"])})
+
+
+class Adapter(nn.Module):
+    def __init__(self, cfg: AdapterConfig):
+        super().__init__()
+        self.cfg = cfg
+        mid = max(1, cfg.in_dim // cfg.reduction)
+        self.bottleneck = nn.Sequential(nn.Conv2d(cfg.in_dim, mid, 1, bias=False), nn.ReLU(inplace=True),
+                                        nn.Conv2d(mid, cfg.in_dim, 1, bias=False), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(nn.Conv2d(cfg.in_dim, cfg.hidden, 1, bias=False), nn.BatchNorm2d(cfg.hidden))
+        n_tokens = cfg.grid[0] * cfg.grid[1]
+        self.pos = nn.Parameter(torch.randn(1, n_tokens, cfg.hidden) * 0.02)
+        layer = nn.TransformerDecoderLayer(cfg.hidden, cfg.heads, 4 * cfg.hidden, cfg.dropout, batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, cfg.layers)
+        self.queries = nn.Parameter(torch.randn(cfg.n_classes, cfg.hidden) * 0.02)
+        # Per-query linear: class c's logit reads only query c's output (the diagonal of a C×C linear map).
+        self.fc_weight = nn.Parameter(torch.randn(cfg.n_classes, cfg.hidden) * cfg.hidden ** -0.5)
+        self.fc_bias = nn.Parameter(torch.zeros(cfg.n_classes))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        r = self.cfg.residual
+        x = r * self.bottleneck(features) + (1 - r) * features
+        x = self.project(x).flatten(2).transpose(1, 2)  # [B, HW, hidden]
+        if x.shape[1] != self.pos.shape[1]:
+            raise ValueError(f"adapter expects a {self.cfg.grid} feature grid, got {x.shape[1]} tokens")
+        memory = x + self.pos
+        queries = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
+        out = self.decoder(queries, memory)  # [B, C, hidden]
+        return (out * self.fc_weight).sum(-1) + self.fc_bias
+
+
+def adapter_for(model: nn.Module, n_classes: int, image_size: int, **overrides) -> Adapter:
+    """An adapter sized for `model`'s visual tower fed image_size² inputs (probed with one dummy image).
+
+    The tower sees images at `image_size`, which may exceed its pretraining size (TailorCLIP feeds
+    448 px to CLIP's 224 px towers): a finer feature grid keeps small objects visible.
+    """
+    size = image_size
+    with torch.inference_mode():
+        f = clip.grid_features(model.visual, torch.zeros(1, 3, size, size))
+    return Adapter(AdapterConfig(in_dim=f.shape[1], n_classes=n_classes, grid=(f.shape[2], f.shape[3]), **overrides))
+
+
+class FrozenTowerClassifier(nn.Module):
+    """The standalone student: the teacher's frozen visual tower + the trained adapter, one module.
+
+    Input: uint8 images [B, 3, S, S] with S = image_size; output: logits [B, C].
+    """
+
+    def __init__(self, model: nn.Module, adapter: Adapter, image_size: int):
+        super().__init__()
+        self.visual = model.visual
+        self.adapter = adapter
+        mean, std = clip.normalizer_of(model)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.image_size = image_size
+
+    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
+        x = (images_u8.float() / 255.0 - self.mean) / self.std
+        return self.adapter(clip.grid_features(self.visual, x))

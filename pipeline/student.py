@@ -1,0 +1,156 @@
+"""Standalone students and their checkpoints.
+
+`frozen_tower` (default): the teacher's visual tower + the sew adapter, exported as one module.
+`small_cnn`: a small CNN trained from scratch on the refined labels with CDUL's consistency term
+(predictions on an image and on its augmented view should agree).
+Checkpoints are plain dicts of tensors and configs, loadable with weights_only=True.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline import clip
+from pipeline.adapter import Adapter, AdapterConfig, FrozenTowerClassifier
+from pipeline.images import ResizedImages
+
+KINDS = ("frozen_tower", "small_cnn")
+
+
+class SmallCNN(nn.Module):
+    """Four conv-BN-ReLU blocks, global average pooling, a linear classifier. Input uint8 [B, 3, S, S]."""
+
+    def __init__(self, n_classes: int, width: int = 32, image_size: int = 64):
+        super().__init__()
+        self.config = {"n_classes": n_classes, "width": width, "image_size": image_size}
+        self.image_size = image_size
+        chans = [3, width, 2 * width, 4 * width, 4 * width]
+        blocks = []
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+            blocks += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
+                       nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Linear(chans[-1], n_classes)
+
+    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
+        x = images_u8.float() / 127.5 - 1.0
+        return self.head(self.features(x).mean((2, 3)))
+
+
+@dataclass(frozen=True)
+class StudentTraining:
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 2e-3
+    consistency: float = 1.0  # weight of CDUL's consistency term
+    width: int = 32
+    seed: int = 0
+
+
+def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random horizontal flip and a random shift by up to 1/8 of the side (reflect-padded)."""
+    b, _, s, _ = images.shape
+    x = images.float()
+    flip = torch.rand(b, generator=gen) < 0.5
+    x[flip] = x[flip].flip(-1)
+    pad = max(1, s // 8)
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dx, dy = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=gen))
+    return x[:, :, dy:dy + s, dx:dx + s]
+
+
+class _Targets(Dataset):
+    def __init__(self, images: Dataset, targets: np.ndarray):
+        self.images, self.targets = images, torch.tensor(np.asarray(targets), dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        _, img = self.images[i]
+        return img, self.targets[i]
+
+
+def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int, training: StudentTraining,
+                    on_step: Callable[[int, float], None] | None = None) -> SmallCNN:
+    """BCE to σ(refined labels) + λ · MSE between σ(f(x)) and σ(f(aug(x))) (CDUL consistency)."""
+    torch.manual_seed(training.seed)
+    gen = torch.Generator().manual_seed(training.seed)
+    model = SmallCNN(targets_logit.shape[1], training.width, image_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=1e-4)
+    data = _Targets(images, targets_logit)
+    step = 0
+    for _ in range(training.epochs):
+        model.train()
+        for x, z in DataLoader(data, batch_size=training.batch_size, shuffle=True, generator=gen):
+            logits = model(augment(x, gen))
+            loss = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(z))
+            if training.consistency > 0:
+                other = model(augment(x, gen))
+                loss = loss + training.consistency * F.mse_loss(torch.sigmoid(logits), torch.sigmoid(other))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if on_step is not None:
+                on_step(step, loss.item())
+            step += 1
+    return model.eval()
+
+
+def frozen_tower_checkpoint(adapter_ckpt: dict, model: nn.Module) -> dict:
+    """student.pt for the default student: the tower's weights travel with it, so it stands alone."""
+    return {"kind": "frozen_tower", "model": adapter_ckpt["teacher"]["model"],
+            "teacher_sha256": adapter_ckpt["teacher"]["sha256"], "visual_state_dict": model.visual.state_dict(),
+            "adapter_config": adapter_ckpt["adapter_config"], "adapter_state_dict": adapter_ckpt["state_dict"],
+            "image_size": adapter_ckpt["image_size"], "classes": adapter_ckpt["classes"]}
+
+
+def small_cnn_checkpoint(model: SmallCNN, classes: Sequence[str]) -> dict:
+    return {"kind": "small_cnn", "config": model.config, "state_dict": model.state_dict(), "classes": list(classes)}
+
+
+def adapter_module(adapter_ckpt: dict, teacher: nn.Module) -> FrozenTowerClassifier:
+    """Frozen tower + adapter from an adapter.pt / ceiling.pt checkpoint dict."""
+    adapter = Adapter(AdapterConfig.from_dict(adapter_ckpt["adapter_config"]))
+    adapter.load_state_dict(adapter_ckpt["state_dict"])
+    return FrozenTowerClassifier(teacher, adapter, int(adapter_ckpt["image_size"])).eval()
+
+
+def load_student(path) -> tuple[nn.Module, list[str], int]:
+    """(module taking uint8 images, class names, input size) from a student.pt file."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    kind = ckpt.get("kind")
+    if kind == "frozen_tower":
+        model = clip.create_model(ckpt["model"])
+        model.visual.load_state_dict(ckpt["visual_state_dict"])
+        module = adapter_module({"adapter_config": ckpt["adapter_config"], "state_dict": ckpt["adapter_state_dict"],
+                                 "image_size": ckpt["image_size"]}, model)
+        return module, ckpt["classes"], module.image_size
+    if kind == "small_cnn":
+        module = SmallCNN(**ckpt["config"])
+        module.load_state_dict(ckpt["state_dict"])
+        return module.eval(), ckpt["classes"], module.image_size
+    raise ValueError(f"{path}: unknown student kind {kind!r} (expected one of {KINDS})")
+
+
+@torch.inference_mode()
+def predict_paths(module: nn.Module, image_size: int, paths: Sequence, batch_size: int = 64, num_workers: int = 0,
+                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Logits [len(paths), C] of a module taking uint8 images, decoding files in batches."""
+    if not len(paths):
+        raise ValueError("no images to predict")
+    module.eval()
+    loader = DataLoader(ResizedImages(paths, image_size), batch_size=batch_size, num_workers=num_workers)
+    out = []
+    for _, images in loader:
+        out.append(module(images).float().numpy())
+        if on_batch is not None:
+            on_batch(len(images))
+    return np.concatenate(out)
