@@ -7,6 +7,7 @@ z = S⁻¹(softmax) so that downstream sigmoid/BCE machinery applies.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,7 +42,11 @@ def create_model(name: str, checkpoint: str | Path | None = None, trusted_legacy
     register_model_configs()
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {name!r}; see `open_clip.list_models()`")
-    model = open_clip.create_model(name, pretrained=None)
+    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were given: we load our own
+    try:
+        model = open_clip.create_model(name, pretrained=None)
+    finally:
+        logging.disable(logging.NOTSET)
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():

@@ -6,12 +6,14 @@ import json
 
 from stages.common import (
     ADAPTER,
+    CEILING,
     CORRECTED,
     INITIAL,
     MANIFEST,
     METRICS,
     OBSERVED,
     REFINED,
+    REPORT,
     SCORES,
     SCORES_WORK,
     STUDENT,
@@ -56,7 +58,7 @@ def run() -> None:
     else:
         print("teacher   not resolved")
     print("artifacts")
-    for path in (MANIFEST, OBSERVED, SCORES, INITIAL, CORRECTED, REFINED, ADAPTER, STUDENT, METRICS):
+    for path in (MANIFEST, OBSERVED, SCORES, INITIAL, CORRECTED, REFINED, ADAPTER, CEILING, STUDENT, METRICS, REPORT):
         state = f"{_human(_size(path)):>10}  {_files(path):>5} file(s)" if path.exists() else "   missing"
         print(f"  {str(path):36s}{state}")
     if SCORES_WORK.exists():

@@ -1,5 +1,7 @@
 """End to end through the real `dvc` CLI in a temporary git repository, on a tiny config."""
 
+import csv
+import io
 import os
 import re
 import shutil
@@ -13,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ALL_STAGES = {"prepare", "mask", "teacher", "score", "init", "correct", "sew", "distill", "evaluate"}
+ALL_STAGES = {"prepare", "mask", "teacher", "score", "init", "correct", "sew", "ceiling", "distill", "evaluate"}
 
 
 def sh(cmd, cwd, check=True, **kw):
@@ -59,6 +61,9 @@ def test_repro_builds_everything(project):
         assert set(m["test"][model]) >= {"map", "cf1", "of1", "hamming"}
     assert 0 <= m["teacher"]["salient_top1"] <= 1
     assert (project / "reports" / "plots" / "per_class_ap.csv").read_text().startswith("class,")
+    assert "<svg" in (project / "reports" / "report.html").read_text()
+    info = sh("mlpl info", project).stdout
+    assert "data/scores.zarr" in info and "missing" not in info
     sh("git add -A && git commit -qm repro", project)
 
 
@@ -72,6 +77,21 @@ def test_ratio_ablation_never_recomputes_scores(project):
     assert stages_run(r.stdout) == {"mask", "correct", "sew", "distill", "evaluate"}, r.stdout
     show = sh("dvc exp show --no-pager --csv", project).stdout
     assert "0.1" in show and "test.student.map" in show
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("correct.method=hard", {"correct", "sew", "distill", "evaluate"}),
+    ("sew.L=0", {"sew", "ceiling", "distill", "evaluate"}),
+])
+def test_method_ablations_reuse_cached_scores(project, change, expected):
+    r = sh(f"dvc exp run -S {change}", project)
+    assert stages_run(r.stdout) == expected, r.stdout
+    rows = list(csv.reader(io.StringIO(sh("dvc exp show --no-pager --csv", project).stdout)))
+    header = rows[0]
+    key = change.split("=")[0]
+    assert key in header and "test.student.map" in header
+    values = {row[header.index(key)] for row in rows[1:]}
+    assert change.split("=")[1] in values  # the ablation is listed next to the baseline
 
 
 def test_killed_scoring_resumes_byte_identical(project):

@@ -1,0 +1,113 @@
+import numpy as np
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.adapter import adapter_for
+from pipeline.images import ResizedImages
+from pipeline.report import render_report
+from pipeline.student import (
+    StudentTraining,
+    adapter_module,
+    augment,
+    frozen_tower_checkpoint,
+    load_student,
+    predict_paths,
+    small_cnn_checkpoint,
+    train_small_cnn,
+)
+from stages.cli import app
+from tests.conftest import TINY_MODEL
+
+
+def test_adapter_shapes_and_per_query_diagonal(tiny_model):
+    torch.manual_seed(0)
+    adapter = adapter_for(tiny_model, 3, 64, hidden=16, heads=2).eval()
+    assert adapter.cfg.grid == (2, 2)  # 64 px into a 32-stride tower
+    feats = torch.randn(2, adapter.cfg.in_dim, 2, 2)
+    out = adapter(feats)
+    assert out.shape == (2, 3)
+    with torch.no_grad():
+        adapter.fc_weight[1] += 1.0
+    changed = adapter(feats) != out
+    assert changed[:, 1].all() and not changed[:, [0, 2]].any()
+
+
+def _images(tmp_path, n=6):
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_frozen_tower_student_roundtrip(tmp_path, tiny_model):
+    torch.manual_seed(0)
+    adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2).eval()
+    ckpt = {"adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(), "image_size": 32,
+            "classes": ["a", "b", "c"], "teacher": {"model": TINY_MODEL, "sha256": "x"}}
+    paths = _images(tmp_path)
+    direct = predict_paths(adapter_module(ckpt, tiny_model), 32, paths, batch_size=4)
+    torch.save(frozen_tower_checkpoint(ckpt, tiny_model), tmp_path / "student.pt")
+    module, classes, size = load_student(tmp_path / "student.pt")  # weights_only load
+    assert classes == ["a", "b", "c"] and size == 32
+    assert np.allclose(predict_paths(module, size, paths, batch_size=3), direct, atol=1e-5)
+
+
+def test_small_cnn_learns_and_roundtrips(tmp_path):
+    paths = _images(tmp_path, 8)
+    # class 0: bright images; the CNN must fit a simple brightness rule
+    bright = np.array([np.asarray(Image.open(p)).mean() > 127 for p in paths])
+    targets = np.stack([np.where(bright, 4.0, -4.0), np.zeros(8)], 1).astype(np.float32)
+    losses = []
+    model = train_small_cnn(ResizedImages(paths, 16), targets, 16, StudentTraining(epochs=30, batch_size=4, width=4),
+                            on_step=lambda s, loss: losses.append(loss))
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    torch.save(small_cnn_checkpoint(model, ["a", "b"]), tmp_path / "cnn.pt")
+    module, classes, size = load_student(tmp_path / "cnn.pt")
+    assert size == 16 and classes == ["a", "b"]
+    assert np.allclose(predict_paths(module, 16, paths), predict_paths(model, 16, paths), atol=1e-6)
+
+
+def test_augment_keeps_shape_and_is_seeded():
+    x = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
+    a = augment(x, torch.Generator().manual_seed(0))
+    b = augment(x, torch.Generator().manual_seed(0))
+    assert a.shape == (4, 3, 16, 16) and torch.equal(a, b)
+
+
+def test_predict_command(tmp_path, tiny_model):
+    torch.manual_seed(0)
+    adapter = adapter_for(tiny_model, 2, 32, hidden=16, heads=2).eval()
+    ckpt = {"adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(), "image_size": 32,
+            "classes": ["a", "b"], "teacher": {"model": TINY_MODEL, "sha256": "x"}}
+    torch.save(frozen_tower_checkpoint(ckpt, tiny_model), tmp_path / "student.pt")
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    _images(folder, 3)
+    _images(folder / "sub", 2)
+    (folder / "notes.txt").write_text("not an image")
+    runner = CliRunner()
+    r = runner.invoke(app, ["predict", str(folder), "--out", str(tmp_path / "p.parquet"), "--model",
+                            str(tmp_path / "student.pt")])
+    assert r.exit_code == 0, r.output
+    import pandas as pd
+
+    df = pd.read_parquet(tmp_path / "p.parquet")
+    assert len(df) == 5 and "sub/img0.png" in set(df.image_id)
+    probs = np.stack(df.probs)
+    assert probs.shape == (5, 2) and ((probs > 0) & (probs < 1)).all()
+    r = runner.invoke(app, ["predict", str(tmp_path / "missing"), "--model", str(tmp_path / "student.pt")])
+    assert r.exit_code == 2 and "not a directory" in r.output
+
+
+def test_report_shows_ladder_and_examples(tmp_path):
+    paths = _images(tmp_path, 2)
+    metrics = {"labels": {"z0": {"map": 0.5, "inversions": 3}, "cut": {"map": 0.75, "inversions": 1}},
+               "test": {"student": {"map": 0.8, "cf1": 0.7, "of1": 0.6, "hamming": 0.1}}, "gap_closure": 0.42}
+    html = render_report(metrics, ["a", "b"], {"student": np.array([0.9, np.nan])}, paths,
+                         np.array([[1, 0], [0, 1]]), np.array([[3.0, -3.0], [-3.0, -3.0]]), n_examples=2)
+    assert "<svg" in html and "0.750" in html and "0.420" in html
+    assert html.count("data:image/png;base64,") == 2
+    assert 'class="hit">a' in html and 'class="miss">b' in html
