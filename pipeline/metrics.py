@@ -6,23 +6,23 @@ import numpy as np
 
 
 def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Non-interpolated AP of one class, equal to scikit-learn's `average_precision_score`.
+    """Non-interpolated AP of one class, equal to scikit-learn's `average_precision_score`:
+    Σ (R_k − R_{k−1}) P_k over distinct thresholds (items sharing a score enter the ranking together)."""
+    if not np.asarray(y_true).astype(bool).any():
+        return float("nan")
+    precision, recall = precision_recall_curve(y_true, score)
+    return float((precision * np.diff(np.r_[0.0, recall])).sum())
 
-    Ties are handled as scikit-learn does: all items sharing a score enter the ranking together.
-    """
+
+def precision_recall_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) at every distinct threshold, from the highest score down."""
     y = np.asarray(y_true).astype(bool)
     s = np.asarray(score, dtype=np.float64)
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        return float("nan")
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
-    # Last index of each block of equal scores: precision/recall are evaluated per distinct threshold.
     last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
     tp = np.cumsum(y)[last]
-    precision = tp / (last + 1)
-    recall_gain = np.diff(np.r_[0, tp]) / n_pos
-    return float((precision * recall_gain).sum())
+    return tp / (last + 1), tp / max(int(y.sum()), 1)
 
 
 def per_class_ap(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -89,13 +89,3 @@ def classification_report(y_true: np.ndarray, scores_logit: np.ndarray, threshol
         "hamming": hamming_loss(y_true, pred),
     }
 
-
-def precision_recall_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(precision, recall) at every distinct threshold, from the highest score down."""
-    y = np.asarray(y_true).astype(bool)
-    s = np.asarray(score, dtype=np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tp = np.cumsum(y)[last]
-    return tp / (last + 1), tp / max(int(y.sum()), 1)
