@@ -65,14 +65,18 @@ def sample_views(rng: np.random.Generator, pool: ScenePool, batch: int, out_size
     """A batch of captioned training views: uint8 [B, 3, S, S] and the captioned class [B]."""
     size = pool.images.shape[1]
     views, labels = [], []
+    misses = 0
     while len(views) < batch:
         i = int(rng.integers(len(pool.images)))
         img = torch.from_numpy(pool.images[i]).permute(2, 0, 1)
-        if rng.random() < sampling.crop_prob:
+        # After many background-only crops in a row, fall back to a full view rather than loop forever.
+        if misses < 100 and rng.random() < sampling.crop_prob:
             box = sample_crop_box(rng, size, sampling.crop_area, sampling.aspect)
             obj = dominant_object(pool.object_maps[i], box, sampling.min_fraction)
             if obj < 0:
+                misses += 1
                 continue  # background only: no caption would name it
+            misses = 0
             x0, y0, x1, y1 = box
             view = TF.resized_crop(img, y0, x0, y1 - y0, x1 - x0, [out_size, out_size], antialias=True)
             cls = pool.object_classes[i][obj]

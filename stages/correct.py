@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline.correct import METHODS, apply_known_labels, correct_labels
+from pipeline.metrics import inversions
 from pipeline.storage import Table, write_table
 from stages.common import CORRECTED, INITIAL, MANIFEST, OBSERVED, Params
 
@@ -20,3 +21,8 @@ def run(params: Params) -> None:
     write_table(CORRECTED, {"image_id": initial.column("image_id"), "split": initial.column("split"),
                             "target": target}, initial.classes)
     print(f"corrected {source} with {method} on top-{beta}; {int(known.sum())} known entries fixed → {CORRECTED}")
+    if manifest.has("labels"):  # a person tuning β wants to see at once what the correction did to the order
+        train = initial.column("split") == "train"
+        truth = manifest.column("labels")[train]
+        print(f"train inversions: {inversions(truth, initial.column(source)[train])} before, "
+              f"{inversions(truth, target[train])} after")

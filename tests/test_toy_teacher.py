@@ -51,3 +51,9 @@ def test_training_lowers_the_loss(tiny_tokenizer):
                       on_step=lambda s, loss: losses.append(loss))
     assert not model.training
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_impossible_crops_fall_back_to_full_views():
+    pool = make_scene_pool(4, SceneConfig(image_size=32, n_classes=4), seed=0)
+    views, cls = sample_views(np.random.default_rng(0), pool, 8, 32, ViewSampling(crop_prob=1.0, min_fraction=1.1))
+    assert len(cls) == 8 and set(cls.tolist()) <= {c[0] for c in pool.object_classes}
