@@ -2,51 +2,21 @@
 
 import csv
 import io
-import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from tests.dvcproject import env, make_project, sh, stages_run
+
 ALL_STAGES = {"prepare", "mask", "teacher", "score", "init", "correct", "sew", "ceiling", "distill", "evaluate"}
-
-
-def sh(cmd, cwd, check=True, **kw):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    r = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True, env=env, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def project_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout.split()
-    return [f for f in out if (ROOT / f).is_file() and not f.startswith(("data/", "reports/", "dvc.lock"))]
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    proj = tmp_path_factory.mktemp("proj")
-    for rel in project_files():
-        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, proj / rel)
-    shutil.copy2(ROOT / "tests" / "tiny_params.yaml", proj / "params.yaml")
-    sh("git init -q && git add -A && git commit -qm init", proj)
-    return proj
+    return make_project(tmp_path_factory.mktemp("proj"))
 
 
 def test_repro_builds_everything(project):
@@ -99,8 +69,7 @@ def test_killed_scoring_resumes_byte_identical(project):
     reference = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
     shutil.rmtree(store)
     work = project / "data" / ".scores.work" / "done"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen(["mlpl", "score"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(["mlpl", "score"], cwd=project, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not any(work.glob("shard-*")):

@@ -1,0 +1,40 @@
+"""Helpers for end-to-end tests: a copy of this project in a temporary git repo, driven by the real CLIs."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def env() -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1",
+            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def sh(cmd: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, cwd=cwd, shell=True, capture_output=True, text=True, env=env())
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def make_project(dest: Path, params: Path = ROOT / "tests" / "tiny_params.yaml") -> Path:
+    """Copy the project's tracked files (not data, reports or dvc.lock) and commit them in a new repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file() and not rel.startswith(("data/", "reports/", "dvc.lock")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    shutil.copy2(params, dest / "params.yaml")
+    sh("git init -q && git add -A && git commit -qm init", dest)
+    return dest
