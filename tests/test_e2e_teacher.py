@@ -1,0 +1,48 @@
+"""Real-teacher mode: weights from a local checkpoint file, with no network; clear error when absent."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from pipeline import clip
+from tests.conftest import TINY_MODEL
+from tests.dvcproject import make_project, sh
+
+NO_NETWORK = "unshare -n" if shutil.which("unshare") and sh("unshare -n true", ".", check=False).returncode == 0 else ""
+
+
+def set_params(project, **teacher):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["teacher"].update(teacher)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_local_checkpoint_teacher_scores_offline(tmp_path, tiny_model):
+    ckpt = tmp_path / "weights" / "tiny.pt"
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": tiny_model.state_dict()}, ckpt)
+    (tmp_path / "p").mkdir()
+    project = make_project(tmp_path / "p")
+    set_params(project, model=TINY_MODEL, pretrained=str(ckpt))
+    sh(f"HF_HUB_OFFLINE=1 {NO_NETWORK} sh -c 'mlpl prepare && mlpl teacher && mlpl score'", project)
+    descriptor = json.loads((project / "data" / "teacher" / "descriptor.json").read_text())
+    assert descriptor["found_in"] == "file" and descriptor["weights"] == str(ckpt.resolve())
+    assert descriptor["sha256"] == clip.sha256_of(ckpt)
+    attrs = json.loads((project / "data" / "scores.zarr" / "zarr.json").read_text())["attributes"]
+    assert attrs["weights_sha256"] == descriptor["sha256"] and attrs["model"] == TINY_MODEL
+
+
+@pytest.mark.parametrize("pretrained, message", [
+    ("openai", "not available offline"),
+    ("no-such-tag", "neither an existing file nor a pretrained tag"),
+])
+def test_missing_weights_fail_clearly(tmp_path, pretrained, message):
+    (tmp_path / "p").mkdir()
+    project = make_project(tmp_path / "p")
+    set_params(project, model="RN50-quickgelu", pretrained=pretrained)
+    r = sh(f"HF_HOME={tmp_path / 'empty-hf'} HF_HUB_OFFLINE=1 mlpl teacher", project, check=False)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr + r.stdout
+    assert not (project / "data" / "teacher").exists()
