@@ -1,0 +1,91 @@
+"""Dataset importers: each turns a dataset on disk into the manifest columns of DESIGN.md §4.
+
+`folder`: a directory of images plus a CSV or Parquet table with columns `image` (path relative to the
+root), `labels` (class names separated by `;`, empty for none) and optionally `split` (train/test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipeline.storage import DataError
+
+
+@dataclass
+class ImportedDataset:
+    image_ids: list[str]
+    paths: list[str]  # relative to root
+    splits: list[str]
+    labels: np.ndarray  # int8 [N, C]
+    classes: list[str]
+    root: Path
+
+
+def _inside(root: Path, rel: str) -> bool:
+    """True if root/rel stays inside root (annotation files must not point elsewhere)."""
+    try:
+        (root / rel).resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def read_folder(root: str | Path, table: str | Path, classes: list[str] | None, test_fraction: float,
+                seed: int) -> ImportedDataset:
+    """Import a folder dataset. Rows without a `split` are assigned by a seeded draw with test_fraction."""
+    root, table = Path(root), Path(table)
+    if not root.is_dir():
+        raise DataError(f"dataset.root {root}: not a directory")
+    if not table.is_file():
+        raise DataError(f"dataset.labels {table}: file not found")
+    try:
+        t = pq.read_table(table) if table.suffix == ".parquet" else pacsv.read_csv(
+            table, convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types={
+                "image": "string", "labels": "string", "split": "string"}))
+    except Exception as e:
+        raise DataError(f"dataset.labels {table}: cannot read ({e})") from e
+    for col in ("image", "labels"):
+        if col not in t.column_names:
+            raise DataError(f"dataset.labels {table}: missing column {col!r} (has {t.column_names})")
+    images = [str(v) for v in t.column("image").to_pylist()]
+    if not images:
+        raise DataError(f"dataset.labels {table}: no rows")
+    names = [[c.strip() for c in (v or "").split(";") if c.strip()] for v in t.column("labels").to_pylist()]
+    seen: set[str] = set()
+    for rel in images:
+        if rel in seen:
+            raise DataError(f"dataset.labels {table}: image {rel!r} listed twice")
+        seen.add(rel)
+        if not _inside(root, rel):
+            raise DataError(f"dataset.labels {table}: image path {rel!r} escapes dataset.root")
+    missing = [rel for rel in images if not (root / rel).is_file()]
+    if missing:
+        raise DataError(f"dataset.labels {table}: {len(missing)} listed image(s) absent under {root}, e.g. "
+                        f"{missing[:3]}")
+    all_names = sorted({n for row in names for n in row})
+    if classes is None:
+        classes = all_names
+    unknown = sorted(set(all_names) - set(classes))
+    if unknown:
+        raise DataError(f"dataset.labels {table}: labels not in dataset.classes: {unknown}")
+    if not classes:
+        raise DataError(f"dataset.labels {table}: no class names found")
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.zeros((len(images), len(classes)), dtype=np.int8)
+    for r, row in enumerate(names):
+        labels[r, [index[n] for n in row]] = 1
+    if "split" in t.column_names:
+        splits = [str(s) for s in t.column("split").to_pylist()]
+        bad = sorted(set(splits) - {"train", "test"})
+        if bad:
+            raise DataError(f"dataset.labels {table}: split must be train or test, got {bad}")
+    else:
+        draw = np.random.default_rng(np.random.SeedSequence([seed, 5])).random(len(images))
+        splits = ["test" if u < test_fraction else "train" for u in draw]
+    return ImportedDataset(image_ids=images, paths=images, splits=splits, labels=labels, classes=list(classes),
+                           root=root)

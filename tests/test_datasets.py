@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline.datasets import read_folder
+from pipeline.storage import DataError, Table
+from tests.dvcproject import make_project, sh
+
+
+def folder(tmp_path, rows, sizes=None):
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.png", "b.jpg", "sub/c.png", "d.png"]):
+        w, h = (sizes or {}).get(name, (40, 30))
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(root / name)
+    table = tmp_path / "labels.csv"
+    table.write_text("\n".join(rows) + "\n")
+    return root, table
+
+
+def test_folder_import_with_splits(tmp_path):
+    root, table = folder(tmp_path, ["image,labels,split", "a.png,circle;square,train", "b.jpg,,test",
+                                    "sub/c.png,square,train"])
+    d = read_folder(root, table, None, 0.5, 0)
+    assert d.classes == ["circle", "square"] and d.paths == ["a.png", "b.jpg", "sub/c.png"]
+    assert d.labels.tolist() == [[1, 1], [0, 0], [0, 1]] and d.splits == ["train", "test", "train"]
+    d2 = read_folder(root, table, ["square", "circle", "ring"], 0.5, 0)
+    assert d2.labels.tolist() == [[1, 1, 0], [0, 0, 0], [1, 0, 0]]
+
+
+def test_folder_seeded_split_without_split_column(tmp_path):
+    root, table = folder(tmp_path, ["image,labels", "a.png,x", "b.jpg,y", "sub/c.png,x", "d.png,y"])
+    a = read_folder(root, table, None, 0.5, 1).splits
+    assert a == read_folder(root, table, None, 0.5, 1).splits and set(a) <= {"train", "test"}
+    assert set(read_folder(root, table, None, 0.0, 1).splits) == {"train"}
+
+
+@pytest.mark.parametrize("rows, message", [
+    (["image,labels", "a.png,x", "missing.png,x"], "absent"),
+    (["image,labels", "a.png,x", "a.png,y"], "listed twice"),
+    (["image,labels", "../labels.csv,x"], "escapes dataset.root"),
+    (["image,labels", "a.png,zebra"], "not in dataset.classes"),
+    (["image,tags", "a.png,x"], "missing column 'labels'"),
+    (["image,labels,split", "a.png,x,val"], "split must be train or test"),
+    (["image,labels"], "no rows"),
+])
+def test_folder_bad_input_is_named(tmp_path, rows, message):
+    root, table = folder(tmp_path, rows)
+    classes = ["x", "y"] if "zebra" in "".join(rows) else None
+    with pytest.raises(DataError, match=message):
+        read_folder(root, table, classes, 0.2, 0)
+
+
+def test_prepare_and_score_a_folder_dataset(tmp_path):
+    root, table = folder(tmp_path, ["image,labels,split", "a.png,circle,train", "b.jpg,square;cross,train",
+                                    "sub/c.png,triangle,test", "d.png,,test"], sizes={"d.png": (25, 60)})
+    (tmp_path / "p").mkdir()
+    project = make_project(tmp_path / "p")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["dataset"].update(format="folder", root=str(root), labels=str(table),
+                             classes=["circle", "square", "triangle", "cross"])
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("mlpl prepare && mlpl teacher && mlpl score && mlpl init", project)
+    manifest = Table(project / "data" / "prepared" / "manifest.parquet")
+    assert list(manifest.column("path")) == ["a.png", "b.jpg", "sub/c.png", "d.png"]
+    assert manifest.column("labels").tolist()[1] == [0, 1, 0, 1]
+    initial = Table(project / "data" / "labels" / "initial.parquet")
+    assert initial.column("cut").shape == (4, 4) and np.isfinite(initial.column("cut")).all()
+    params["dataset"]["labels"] = str(tmp_path / "nope.csv")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    r = sh("mlpl prepare", project, check=False)
+    assert r.returncode == 2 and "nope.csv" in r.stderr and "Traceback" not in r.stderr
+    assert (project / "data" / "prepared" / "manifest.parquet").is_file()  # finished work is kept
