@@ -71,8 +71,12 @@ def adapter_for(model: nn.Module, n_classes: int, image_size: int, **overrides) 
     448 px to CLIP's 224 px towers): a finer feature grid keeps small objects visible.
     """
     size = image_size
-    with torch.inference_mode():
-        f = clip.grid_features(model.visual, torch.zeros(1, 3, size, size))
+    try:
+        with torch.inference_mode():
+            f = clip.grid_features(model.visual, torch.zeros(1, 3, size, size))
+    except RuntimeError as e:  # ViT towers have a fixed positional embedding
+        raise ValueError(f"the visual tower cannot take {size} px inputs (native size "
+                         f"{clip.image_size_of(model)} px); set sew.image_size accordingly") from e
     return Adapter(AdapterConfig(in_dim=f.shape[1], n_classes=n_classes, grid=(f.shape[2], f.shape[3]), **overrides))
 
 

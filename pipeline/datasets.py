@@ -89,3 +89,58 @@ def read_folder(root: str | Path, table: str | Path, classes: list[str] | None, 
         splits = ["test" if u < test_fraction else "train" for u in draw]
     return ImportedDataset(image_ids=images, paths=images, splits=splits, labels=labels, classes=list(classes),
                            root=root)
+
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+
+def _voc_ids(root: Path, image_set: str) -> list[str]:
+    path = root / "ImageSets" / "Main" / f"{image_set}.txt"
+    if not path.is_file():
+        raise DataError(f"dataset.root {root}: image set file {path} not found")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _voc_labels(xml_path: Path, include_difficult: bool, classes: tuple[str, ...]) -> np.ndarray:
+    import defusedxml.ElementTree as SafeET  # forbids entity expansion (billion laughs) and external entities
+
+    if not xml_path.is_file():
+        raise DataError(f"{xml_path}: annotation file not found")
+    try:
+        tree = SafeET.parse(xml_path)
+    except Exception as e:  # ParseError, EntitiesForbidden, DTDForbidden…
+        raise DataError(f"{xml_path}: unsafe or malformed XML ({type(e).__name__}: {e})") from e
+    labels = np.zeros(len(classes), dtype=np.int8)
+    for obj in tree.getroot().iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in classes:
+            raise DataError(f"{xml_path}: unknown class {name!r}")
+        if include_difficult or (obj.findtext("difficult") or "0").strip() != "1":
+            labels[classes.index(name)] = 1
+    return labels
+
+
+def read_voc(root: str | Path, train_set: str = "trainval", test_set: str = "test",
+             include_difficult: bool = True) -> ImportedDataset:
+    """Import a VOC20xx directory (JPEGImages/, Annotations/, ImageSets/Main/) with its standard image sets.
+
+    Objects marked `difficult` count as present when include_difficult, else they are ignored.
+    """
+    root = Path(root)
+    if not (root / "JPEGImages").is_dir():
+        raise DataError(f"dataset.root {root}: not a VOC directory (no JPEGImages/; point it at VOCdevkit/VOC2007)")
+    ids, splits = [], []
+    for split, image_set in (("train", train_set), ("test", test_set)):
+        for i in _voc_ids(root, image_set):
+            ids.append(i)
+            splits.append(split)
+    if len(set(ids)) != len(ids):
+        raise DataError(f"dataset.root {root}: an image is in both {train_set} and {test_set}")
+    paths = [f"JPEGImages/{i}.jpg" for i in ids]
+    missing = [p for p in paths if not (root / p).is_file()]
+    if missing:
+        raise DataError(f"dataset.root {root}: {len(missing)} listed image(s) absent, e.g. {missing[:3]}")
+    labels = np.stack([_voc_labels(root / "Annotations" / f"{i}.xml", include_difficult, VOC_CLASSES) for i in ids])
+    return ImportedDataset(image_ids=ids, paths=paths, splits=splits, labels=labels, classes=list(VOC_CLASSES),
+                           root=root)

@@ -1,8 +1,8 @@
 """Stage `prepare`: the dataset → data/prepared/manifest.parquet.
 
 `dataset.format: embedded` generates the seeded scene benchmark (PNG files in data/prepared/images);
-`folder` imports a directory of images with a CSV/Parquet label table (images stay where they are;
-data/prepared/images then only holds a note naming the root).
+`folder` imports a directory of images with a CSV/Parquet label table, `voc` a VOC20xx directory
+(images stay where they are; data/prepared/images then only holds a note naming the root).
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.datasets import read_folder
+from pipeline.datasets import ImportedDataset, read_folder, read_voc
 from pipeline.scenes import SceneConfig, render_scene, scene_rng
 from pipeline.storage import atomic_path, write_table
 from stages.common import IMAGES_DIR, MANIFEST, Params
 
 DATASET_STREAM = 0  # the teacher trains on scenes of another stream: never on these
-FORMATS = ("embedded", "folder")
+FORMATS = ("embedded", "folder", "voc")
 
 
 def scene_config(p: Params) -> SceneConfig:
@@ -27,8 +27,16 @@ def scene_config(p: Params) -> SceneConfig:
 
 def run(params: Params) -> None:
     p = params.section("dataset")
-    if p.get("format", str, choices=FORMATS) == "folder":
-        return run_folder(p)
+    fmt = p.get("format", str, choices=FORMATS)
+    if fmt == "folder":
+        classes = p.get("classes", (list, type(None)), default=None)
+        return write_imported(read_folder(p.get("root", str), p.get("labels", str), classes,
+                                          p.get("test_fraction", float, lo=0.0, hi=1.0, default=0.2),
+                                          p.get("seed", int)), fmt)
+    if fmt == "voc":
+        return write_imported(read_voc(p.get("root", str), p.get("train_set", str, default="trainval"),
+                                       p.get("test_set", str, default="test"),
+                                       p.get("include_difficult", bool, default=True)), fmt)
     cfg = scene_config(p)
     seed = p.get("seed", int)
     n_train, n_test = p.get("n_train", int, lo=1), p.get("n_test", int, lo=1)
@@ -50,16 +58,13 @@ def run(params: Params) -> None:
     print(f"prepared {n_train} train + {n_test} test scenes, {len(cfg.classes)} classes → {MANIFEST}")
 
 
-def run_folder(p: Params) -> None:
-    classes = p.get("classes", (list, type(None)), default=None)
-    data = read_folder(p.get("root", str), p.get("labels", str), classes,
-                       p.get("test_fraction", float, lo=0.0, hi=1.0, default=0.2), p.get("seed", int))
+def write_imported(data: ImportedDataset, fmt: str) -> None:
     with atomic_path(IMAGES_DIR) as tmp:
         tmp.mkdir()
         (tmp / "SOURCE.txt").write_text(f"images are read in place from {data.root}\n")
     write_table(MANIFEST, {"image_id": data.image_ids, "path": data.paths, "split": data.splits,
                            "labels": data.labels}, data.classes,
-                extra_metadata={"root": str(data.root), "source": "folder"})
+                extra_metadata={"root": str(data.root), "source": fmt})
     n_test = sum(s == "test" for s in data.splits)
     print(f"imported {len(data.paths) - n_test} train + {n_test} test images, {len(data.classes)} classes "
-          f"from {data.root} → {MANIFEST}")
+          f"from {data.root} ({fmt}) → {MANIFEST}")

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -111,3 +112,17 @@ def test_report_shows_ladder_and_examples(tmp_path):
     assert "<svg" in html and "0.750" in html and "0.420" in html
     assert html.count("data:image/png;base64,") == 2
     assert 'class="hit">a' in html and 'class="miss">b' in html
+
+
+def test_vit_tower_patch_tokens_feed_the_adapter():
+    from pipeline.clip import create_model
+
+    torch.manual_seed(0)
+    vit = create_model("mlpl-tiny-vit")
+    adapter = adapter_for(vit, 3, 32, hidden=16, heads=2).eval()
+    assert adapter.cfg.grid == (4, 4)  # 32 px / 8 px patches
+    out = adapter_module({"adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(),
+                          "image_size": 32}, vit)(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    assert out.shape == (2, 3)
+    with pytest.raises(ValueError, match="sew.image_size"):
+        adapter_for(vit, 3, 64)
