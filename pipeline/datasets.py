@@ -144,3 +144,52 @@ def read_voc(root: str | Path, train_set: str = "trainval", test_set: str = "tes
     labels = np.stack([_voc_labels(root / "Annotations" / f"{i}.xml", include_difficult, VOC_CLASSES) for i in ids])
     return ImportedDataset(image_ids=ids, paths=paths, splits=splits, labels=labels, classes=list(VOC_CLASSES),
                            root=root)
+
+
+def _coco_split(root: Path, annotations: str, images: str, split: str, classes: list[str] | None):
+    import json
+
+    path = root / annotations
+    if not path.is_file():
+        raise DataError(f"{path}: COCO annotation file not found")
+    try:
+        data = json.loads(path.read_text())
+        cats = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+        files = {int(im["id"]): str(im["file_name"]) for im in data["images"]}
+        anns = [(int(a["image_id"]), int(a["category_id"])) for a in data["annotations"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a COCO instances file ({type(e).__name__}: {e})") from e
+    names = classes if classes is not None else [cats[k] for k in sorted(cats)]
+    index = {name: i for i, name in enumerate(names)}
+    labels = {image_id: np.zeros(len(names), dtype=np.int8) for image_id in files}
+    for image_id, cat in anns:
+        if cat not in cats or cats[cat] not in index:
+            raise DataError(f"{path}: annotation with unknown category id {cat}")
+        if image_id not in labels:
+            raise DataError(f"{path}: annotation for unknown image id {image_id}")
+        labels[image_id][index[cats[cat]]] = 1
+    order = sorted(files)
+    rel = [f"{images}/{files[i]}" for i in order]
+    for r in rel:
+        if not _inside(root, r):
+            raise DataError(f"{path}: image path {r!r} escapes dataset.root")
+    missing = [r for r in rel if not (root / r).is_file()]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} listed image(s) absent under {root}, e.g. {missing[:3]}")
+    return [Path(files[i]).stem for i in order], rel, [split] * len(order), [labels[i] for i in order], names
+
+
+def read_coco(root: str | Path, train_annotations: str = "annotations/instances_train2014.json",
+              train_images: str = "train2014", test_annotations: str = "annotations/instances_val2014.json",
+              test_images: str = "val2014") -> ImportedDataset:
+    """Import COCO instances files: train2014 → train split, val2014 → test split, 80 categories by id."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset.root {root}: not a directory")
+    ids, paths, splits, labels, classes = _coco_split(root, train_annotations, train_images, "train", None)
+    t_ids, t_paths, t_splits, t_labels, _ = _coco_split(root, test_annotations, test_images, "test", classes)
+    ids, paths, splits, labels = ids + t_ids, paths + t_paths, splits + t_splits, labels + t_labels
+    if len(set(ids)) != len(ids):
+        raise DataError(f"dataset.root {root}: duplicate image ids across the COCO splits")
+    return ImportedDataset(image_ids=ids, paths=paths, splits=splits, labels=np.stack(labels), classes=classes,
+                           root=root)

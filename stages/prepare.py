@@ -1,7 +1,8 @@
 """Stage `prepare`: the dataset → data/prepared/manifest.parquet.
 
 `dataset.format: embedded` generates the seeded scene benchmark (PNG files in data/prepared/images);
-`folder` imports a directory of images with a CSV/Parquet label table, `voc` a VOC20xx directory
+`folder` imports a directory of images with a CSV/Parquet label table, `voc` a VOC20xx directory, `coco`
+a COCO 2014 directory (train2014 → train, val2014 → test)
 (images stay where they are; data/prepared/images then only holds a note naming the root).
 """
 
@@ -11,13 +12,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.datasets import ImportedDataset, read_folder, read_voc
+from pipeline.datasets import ImportedDataset, read_coco, read_folder, read_voc
 from pipeline.scenes import SceneConfig, render_scene, scene_rng
 from pipeline.storage import atomic_path, write_table
 from stages.common import IMAGES_DIR, MANIFEST, Params
 
 DATASET_STREAM = 0  # the teacher trains on scenes of another stream: never on these
-FORMATS = ("embedded", "folder", "voc")
+FORMATS = ("embedded", "folder", "voc", "coco")
 
 
 def scene_config(p: Params) -> SceneConfig:
@@ -37,6 +38,8 @@ def run(params: Params) -> None:
         return write_imported(read_voc(p.get("root", str), p.get("train_set", str, default="trainval"),
                                        p.get("test_set", str, default="test"),
                                        p.get("include_difficult", bool, default=True)), fmt)
+    if fmt == "coco":
+        return write_imported(read_coco(p.get("root", str)), fmt)
     cfg = scene_config(p)
     seed = p.get("seed", int)
     n_train, n_test = p.get("n_train", int, lo=1), p.get("n_test", int, lo=1)
