@@ -2,11 +2,12 @@
 
 `folder`: a directory of images plus a CSV or Parquet table with columns `image` (path relative to the
 root), `labels` (class names separated by `;`, empty for none) and optionally `split` (train/test).
+`voc`, `coco`, `nuswide`: the datasets' own on-disk layouts (see each reader).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ class ImportedDataset:
     labels: np.ndarray  # int8 [N, C]
     classes: list[str]
     root: Path
+    skipped: list[str] = field(default_factory=list)  # listed but absent images that were left out
 
 
 def _inside(root: Path, rel: str) -> bool:
@@ -193,3 +195,48 @@ def read_coco(root: str | Path, train_annotations: str = "annotations/instances_
         raise DataError(f"dataset.root {root}: duplicate image ids across the COCO splits")
     return ImportedDataset(image_ids=ids, paths=paths, splits=splits, labels=np.stack(labels), classes=classes,
                            root=root)
+
+
+def read_nuswide(root: str | Path, images_dir: str = "Flickr") -> ImportedDataset:
+    """Import NUS-WIDE: ImageList/{Train,Test}Imagelist.txt, Concepts81.txt and
+    TrainTestLabels/Labels_<concept>_{Train,Test}.txt (one 0/1 per listed image).
+
+    Listed images absent on disk are common (dead Flickr links): they are skipped and counted in
+    `skipped`, never silently.
+    """
+    root = Path(root)
+    concepts_file = root / "Concepts81.txt"
+    if not concepts_file.is_file():
+        raise DataError(f"dataset.root {root}: Concepts81.txt not found (not a NUS-WIDE directory)")
+    classes = [c.strip() for c in concepts_file.read_text().splitlines() if c.strip()]
+    ids, paths, splits, rows, skipped = [], [], [], [], []
+    for split, name in (("train", "Train"), ("test", "Test")):
+        listing = root / "ImageList" / f"{name}Imagelist.txt"
+        if not listing.is_file():
+            raise DataError(f"{listing}: image list not found")
+        rels = [f"{images_dir}/{line.strip().replace(chr(92), '/')}" for line in listing.read_text().splitlines()
+                if line.strip()]
+        columns = []
+        for c in classes:
+            label_file = root / "TrainTestLabels" / f"Labels_{c}_{name}.txt"
+            if not label_file.is_file():
+                raise DataError(f"{label_file}: label file not found")
+            values = [v.strip() for v in label_file.read_text().splitlines() if v.strip()]
+            if len(values) != len(rels) or not set(values) <= {"0", "1"}:
+                raise DataError(f"{label_file}: expected {len(rels)} lines of 0/1 (one per image of {listing.name})")
+            columns.append(np.array(values, dtype=np.int8))
+        labels = np.stack(columns, axis=1) if columns else np.zeros((len(rels), 0), np.int8)
+        for rel, row in zip(rels, labels, strict=True):
+            if not _inside(root, rel):
+                raise DataError(f"{listing}: image path {rel!r} escapes dataset.root")
+            if not (root / rel).is_file():
+                skipped.append(rel)
+                continue
+            ids.append(rel.split("/", 1)[1])
+            paths.append(rel)
+            splits.append(split)
+            rows.append(row)
+    if not rows:
+        raise DataError(f"dataset.root {root}: none of the listed images is present under {root / images_dir}")
+    return ImportedDataset(image_ids=ids, paths=paths, splits=splits, labels=np.stack(rows), classes=classes,
+                           root=root, skipped=skipped)

@@ -2,7 +2,7 @@
 
 `dataset.format: embedded` generates the seeded scene benchmark (PNG files in data/prepared/images);
 `folder` imports a directory of images with a CSV/Parquet label table, `voc` a VOC20xx directory, `coco`
-a COCO 2014 directory (train2014 → train, val2014 → test)
+a COCO 2014 directory (train2014 → train, val2014 → test), `nuswide` NUS-WIDE's lists and label files
 (images stay where they are; data/prepared/images then only holds a note naming the root).
 """
 
@@ -12,13 +12,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.datasets import ImportedDataset, read_coco, read_folder, read_voc
+from pipeline.datasets import ImportedDataset, read_coco, read_folder, read_nuswide, read_voc
 from pipeline.scenes import SceneConfig, render_scene, scene_rng
 from pipeline.storage import atomic_path, write_table
 from stages.common import IMAGES_DIR, MANIFEST, Params
 
 DATASET_STREAM = 0  # the teacher trains on scenes of another stream: never on these
-FORMATS = ("embedded", "folder", "voc", "coco")
+FORMATS = ("embedded", "folder", "voc", "coco", "nuswide")
 
 
 def scene_config(p: Params) -> SceneConfig:
@@ -40,6 +40,8 @@ def run(params: Params) -> None:
                                        p.get("include_difficult", bool, default=True)), fmt)
     if fmt == "coco":
         return write_imported(read_coco(p.get("root", str)), fmt)
+    if fmt == "nuswide":
+        return write_imported(read_nuswide(p.get("root", str), p.get("images_dir", str, default="Flickr")), fmt)
     cfg = scene_config(p)
     seed = p.get("seed", int)
     n_train, n_test = p.get("n_train", int, lo=1), p.get("n_test", int, lo=1)
@@ -71,3 +73,5 @@ def write_imported(data: ImportedDataset, fmt: str) -> None:
     n_test = sum(s == "test" for s in data.splits)
     print(f"imported {len(data.paths) - n_test} train + {n_test} test images, {len(data.classes)} classes "
           f"from {data.root} ({fmt}) → {MANIFEST}")
+    if data.skipped:
+        print(f"skipped {len(data.skipped)} listed image(s) absent on disk, e.g. {data.skipped[:3]}")

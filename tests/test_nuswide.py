@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.datasets import read_nuswide
+from pipeline.storage import DataError
+
+
+def nus_tree(tmp_path, present=("actor/1.jpg", "actor/2.jpg", "sky/3.jpg")):
+    root = tmp_path / "nus"
+    (root / "ImageList").mkdir(parents=True)
+    (root / "TrainTestLabels").mkdir()
+    (root / "Concepts81.txt").write_text("sky\nperson\n")
+    (root / "ImageList" / "TrainImagelist.txt").write_text("actor\\1.jpg\nactor\\2.jpg\n")
+    (root / "ImageList" / "TestImagelist.txt").write_text("sky\\3.jpg\n")
+    for concept, train, test in (("sky", "0\n1\n", "1\n"), ("person", "1\n1\n", "0\n")):
+        (root / "TrainTestLabels" / f"Labels_{concept}_Train.txt").write_text(train)
+        (root / "TrainTestLabels" / f"Labels_{concept}_Test.txt").write_text(test)
+    for rel in present:
+        (root / "Flickr" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "Flickr" / rel)
+    return root
+
+
+def test_nuswide_lists_and_labels(tmp_path):
+    d = read_nuswide(nus_tree(tmp_path))
+    assert d.classes == ["sky", "person"] and d.splits == ["train", "train", "test"]
+    assert d.paths[0] == "Flickr/actor/1.jpg" and d.image_ids[2] == "sky/3.jpg"
+    assert d.labels.tolist() == [[0, 1], [1, 1], [1, 0]] and d.skipped == []
+
+
+def test_nuswide_absent_images_are_skipped_and_counted(tmp_path):
+    d = read_nuswide(nus_tree(tmp_path, present=("actor/1.jpg", "sky/3.jpg")))
+    assert d.skipped == ["Flickr/actor/2.jpg"] and d.labels.tolist() == [[0, 1], [1, 0]]
+    with pytest.raises(DataError, match="none of the listed images"):
+        read_nuswide(nus_tree(tmp_path / "empty", present=()))
+
+
+def test_nuswide_bad_label_file_is_named(tmp_path):
+    root = nus_tree(tmp_path)
+    (root / "TrainTestLabels" / "Labels_person_Train.txt").write_text("1\n")
+    with pytest.raises(DataError, match="Labels_person_Train.txt: expected 2 lines"):
+        read_nuswide(root)
+    with pytest.raises(DataError, match="not a NUS-WIDE directory"):
+        read_nuswide(tmp_path)
