@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,7 +52,13 @@ def create_model(name: str, checkpoint: str | Path | None = None, trusted_legacy
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {path}")
-        open_clip.load_checkpoint(model, str(path), weights_only=not trusted_legacy)
+        try:
+            open_clip.load_checkpoint(model, str(path), weights_only=not trusted_legacy)
+        except (RuntimeError, pickle.UnpicklingError) as e:
+            if trusted_legacy or "weights_only" not in str(e):
+                raise
+            raise ValueError(f"{path} is a TorchScript or pickled checkpoint, which can run code when loaded; "
+                             "set teacher.trusted_legacy: true only if you trust the file") from e
     return model.eval()
 
 

@@ -34,7 +34,16 @@ def test_checkpoint_roundtrip_weights_only(tmp_path, tiny_model):
 def test_pickled_module_refused_unless_trusted(tmp_path, tiny_model):
     path = tmp_path / "legacy.pt"
     torch.save(tiny_model, path)  # a whole pickled module, as legacy checkpoints are
-    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+    with pytest.raises(ValueError, match="trusted_legacy"):
+        clip.create_model(TINY_MODEL, path)
+
+
+def test_torchscript_archive_refused_unless_trusted(tmp_path, tiny_model, tiny_tokenizer):
+    path = tmp_path / "ts.pt"
+    traced = torch.jit.trace(tiny_model, (torch.zeros(1, 3, 32, 32), tiny_tokenizer(["a"])), check_trace=False,
+                             strict=False)
+    traced.save(path)
+    with pytest.raises(ValueError, match="TorchScript or pickled checkpoint.*trusted_legacy"):
         clip.create_model(TINY_MODEL, path)
 
 
