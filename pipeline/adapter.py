@@ -96,5 +96,4 @@ class FrozenTowerClassifier(nn.Module):
         self.image_size = image_size
 
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
-        x = (images_u8.float() / 255.0 - self.mean) / self.std
-        return self.adapter(clip.grid_features(self.visual, x))
+        return self.adapter(clip.grid_features(self.visual, clip.normalize_u8(images_u8, self.mean, self.std)))

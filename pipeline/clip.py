@@ -62,6 +62,12 @@ def create_model(name: str, checkpoint: str | Path | None = None, trusted_legacy
     return model.eval()
 
 
+def load_teacher(descriptor: dict) -> torch.nn.Module:
+    """The model a teacher descriptor (data/teacher/descriptor.json) names, with its resolved weights."""
+    return create_model(descriptor["model"], descriptor["weights"],
+                        trusted_legacy=bool(descriptor.get("trusted_legacy", False)))
+
+
 def tokenizer_for(name: str):
     register_model_configs()
     return open_clip.get_tokenizer(name)
@@ -88,10 +94,14 @@ def normalizer_of(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
+def normalize_u8(images_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] → float tensor, scaled to 0..1 then standardised with mean/std [3, 1, 1]."""
+    return (images_u8.float() / 255.0 - mean) / std
+
+
 def normalize_images(images_u8: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     """uint8 [B, 3, H, W] → float tensor normalised for the model."""
-    mean, std = normalizer_of(model)
-    return (images_u8.float() / 255.0 - mean) / std
+    return normalize_u8(images_u8, *normalizer_of(model))
 
 
 def class_prompts(classes: Sequence[str], templates: Sequence[str]) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -108,8 +109,6 @@ def score_to_store(model: torch.nn.Module, text_emb: torch.Tensor, paths: Sequen
         group["text_emb"][:] = text_emb.numpy()
         done_dir.mkdir(parents=True, exist_ok=True)
         done = set()
-    import zarr
-
     group = zarr.open_group(str(store_path), mode="r+")
     todo = [k for k, _ in enumerate(job.shards(n)) if k not in done]
     if max_shards is not None:
@@ -167,8 +166,6 @@ def _resume_state(store_path: Path, done_dir: Path, fp: str, log) -> set[int] | 
     """Shards already done by an earlier run with the same fingerprint, or None to start afresh."""
     if not (store_path / "zarr.json").is_file():
         return None
-    import zarr
-
     try:
         old = zarr.open_group(str(store_path), mode="r").attrs.get("fingerprint")
     except Exception:

@@ -140,7 +140,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
         adapter.train()
         for step, (images, sources) in enumerate(loader):
             with torch.no_grad():
-                feats = clip.grid_features(visual, (images.float() / 255.0 - mean) / std)
+                feats = clip.grid_features(visual, clip.normalize_u8(images, mean, std))
             p = adapter(feats)
             zs = composite_logits(torch.where(keep, z0, z), sources)
             m_loss = F.binary_cross_entropy_with_logits(p, torch.sigmoid(zs).detach())

@@ -125,6 +125,13 @@ class Table:
         return np.asarray(col.to_pylist(), dtype=object if pa.types.is_string(col.type) else None)
 
 
+def manifest_paths(manifest: Table) -> np.ndarray:
+    """Absolute-or-cwd-relative image paths of a manifest (its `path` column under metadata `root`), as an
+    object array so that callers can select rows with a split mask."""
+    root = Path(manifest.metadata.get("root", "."))
+    return np.array([root / rel for rel in manifest.column("path")], dtype=object)
+
+
 # ------------------------------------------------------------------------------------------ zarr store
 
 def create_score_store(path: str | Path, arrays: Mapping[str, tuple[tuple[int, ...], str]], shard_rows: int,

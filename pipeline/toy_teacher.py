@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from pipeline.clip import DEFAULT_TEMPLATES, encode_images, normalize_images
+from pipeline.clip import DEFAULT_TEMPLATES, encode_images, image_size_of, normalize_images
 from pipeline.scenes import SceneConfig, dominant_object, render_scene, scene_rng
 
 TEACHER_STREAM = 1  # scene-generator stream of the teacher's own scenes (the dataset uses stream 0)
@@ -122,8 +122,7 @@ def train_toy_teacher(model: torch.nn.Module, tokenizer, classes: Sequence[str],
     """Train `model` in place contrastively on captioned views of `pool`; returns it in eval mode."""
     torch.manual_seed(training.seed)
     rng = np.random.default_rng(np.random.SeedSequence([training.seed, 17]))
-    out_size = int(model.visual.image_size if isinstance(model.visual.image_size, int)
-                   else model.visual.image_size[0])
+    out_size = image_size_of(model)
     # Every caption (class × template) is tokenised once; a step picks one template per view.
     prompt_tokens = tokenizer([t.format(c) for c in classes for t in templates])
     n_t = len(templates)

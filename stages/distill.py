@@ -6,17 +6,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline import clip
 from pipeline.images import ResizedImages
-from pipeline.storage import Table, atomic_path
+from pipeline.storage import Table, atomic_path, manifest_paths
 from pipeline.student import KINDS, StudentTraining, frozen_tower_checkpoint, small_cnn_checkpoint, train_small_cnn
 from stages.common import ADAPTER, MANIFEST, REFINED, STUDENT, TEACHER_DESCRIPTOR, Params, read_json
-from stages.teacher import load_teacher
 
 
 def run(params: Params) -> None:
@@ -24,16 +22,15 @@ def run(params: Params) -> None:
     kind = p.get("student", str, choices=KINDS)
     if kind == "frozen_tower":
         ckpt = frozen_tower_checkpoint(torch.load(ADAPTER, weights_only=True),
-                                       load_teacher(read_json(TEACHER_DESCRIPTOR)))
+                                       clip.load_teacher(read_json(TEACHER_DESCRIPTOR)))
     else:
         c = p.section("small_cnn")
         training = StudentTraining(epochs=c.get("epochs", int, lo=1), batch_size=c.get("batch_size", int, lo=2),
                                    lr=c.get("lr", float, lo=0.0), consistency=c.get("consistency", float, lo=0.0),
                                    width=c.get("width", int, lo=1), seed=c.get("seed", int))
         refined, manifest = Table(REFINED), Table(MANIFEST)
-        path_of = dict(zip(manifest.column("image_id"), manifest.column("path"), strict=True))
-        root = Path(manifest.metadata.get("root", "."))
-        paths = [root / path_of[i] for i in refined.column("image_id")]
+        path_of = dict(zip(manifest.column("image_id"), manifest_paths(manifest), strict=True))
+        paths = [path_of[i] for i in refined.column("image_id")]
         size = int(c.get("image_size", int, lo=8))
         steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))
         with tqdm(total=steps, desc="distill", unit="step") as bar:

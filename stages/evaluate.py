@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import clip
 from pipeline.metrics import classification_report, inversions, mean_ap, per_class_ap, precision_recall_curve
 from pipeline.report import render_report
-from pipeline.storage import Table, atomic_path, open_store
+from pipeline.storage import Table, atomic_path, manifest_paths, open_store
 from pipeline.student import adapter_module, load_student, predict_paths
 from stages.common import (
     CEILING,
@@ -30,7 +31,6 @@ from stages.common import (
     read_json,
     write_json,
 )
-from stages.teacher import load_teacher
 
 LADDER = {"z0": (INITIAL, "z0"), "cdul": (INITIAL, "cdul"), "cut": (INITIAL, "cut"),
           "corrected": (CORRECTED, "target"), "refined": (REFINED, "z")}
@@ -60,14 +60,13 @@ def run(params: Params) -> None:
     z0 = np.asarray(open_store(SCORES, required=("global",))["global"][:], dtype=np.float32)
     if manifest.has("salient"):
         metrics["teacher"] = {"salient_top1": float((z0[test].argmax(1) == manifest.column("salient")[test]).mean())}
-    root = Path(manifest.metadata.get("root", "."))
-    test_paths = [root / rel for rel in manifest.column("path")[test]]
+    test_paths = list(manifest_paths(manifest)[test])
     predictions = {"zero_shot": z0[test]}
     student, _, size = load_student(STUDENT)
     predictions["student"] = predict_paths(student, size, test_paths)
     ceiling = torch.load(CEILING, weights_only=True)
     if ceiling.get("kind") == "adapter":
-        module = adapter_module(ceiling, load_teacher(read_json(TEACHER_DESCRIPTOR)))
+        module = adapter_module(ceiling, clip.load_teacher(read_json(TEACHER_DESCRIPTOR)))
         predictions["ceiling"] = predict_paths(module, module.image_size, test_paths)
     y_test = truth[test]
     metrics["test"] = {m: classification_report(y_test, z, threshold, top_k) for m, z in predictions.items()}

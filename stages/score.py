@@ -7,14 +7,12 @@ continues there. Only a complete store is moved into place as data/scores.zarr.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from pipeline import clip
 from pipeline.cut import CutSettings
 from pipeline.scoring import STORE_NAME, ScoreJob, score_to_store
-from pipeline.storage import Table, replace_path
+from pipeline.storage import Table, manifest_paths, replace_path
 from stages.common import MANIFEST, SCORES, SCORES_WORK, TEACHER_DESCRIPTOR, Params, ParamsError, read_json
-from stages.teacher import load_teacher
 
 
 def cut_settings(p: Params) -> CutSettings:
@@ -32,10 +30,9 @@ def run(params: Params, max_shards: int | None = None) -> None:
     if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
         raise ParamsError("params.yaml: 'score.templates' must be a non-empty list of strings containing '{}'")
     manifest = Table(MANIFEST)
-    root = Path(manifest.metadata.get("root", "."))
-    paths = [root / rel for rel in manifest.column("path")]
+    paths = list(manifest_paths(manifest))
     descriptor = read_json(TEACHER_DESCRIPTOR)
-    model = load_teacher(descriptor)
+    model = clip.load_teacher(descriptor)
     tokenizer = clip.tokenizer_for(descriptor["model"])
     text_emb = clip.encode_classes(model, tokenizer, manifest.classes, templates)
     attrs = {"model": descriptor["model"], "pretrained": descriptor["pretrained"], "weights_sha256":

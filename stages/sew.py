@@ -3,8 +3,6 @@ data/models/adapter.pt and data/labels/refined.parquet (Z after EM)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -12,7 +10,7 @@ from tqdm import tqdm
 from pipeline import clip
 from pipeline.adapter import adapter_for
 from pipeline.sew import SewDataset, SewSettings, overlay_pool, train_adapter_em
-from pipeline.storage import Table, atomic_path, write_table
+from pipeline.storage import Table, atomic_path, manifest_paths, write_table
 from stages.common import (
     ADAPTER,
     CORRECTED,
@@ -24,7 +22,6 @@ from stages.common import (
     Params,
     read_json,
 )
-from stages.teacher import load_teacher
 
 
 def sew_settings(p: Params) -> SewSettings:
@@ -49,11 +46,10 @@ def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc:
     settings = sew_settings(p)
     manifest = Table(MANIFEST)
     train = manifest.column("split") == "train"
-    root = Path(manifest.metadata.get("root", "."))
-    paths = [root / rel for rel in manifest.column("path")[train]]
+    paths = list(manifest_paths(manifest)[train])
     z0 = Table(INITIAL).column("z0")[train]
     descriptor = read_json(TEACHER_DESCRIPTOR)
-    model = load_teacher(descriptor)
+    model = clip.load_teacher(descriptor)
     torch.manual_seed(settings.seed)
     size = p.get("image_size", int, lo=8)
     adapter = adapter_for(model, len(manifest.classes), size, **adapter_options(p))

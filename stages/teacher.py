@@ -87,7 +87,3 @@ def heldout_salient_top1(model, tokenizer, scenes: SceneConfig, seed: int, n: in
     salient = np.array([c[0] for c in pool.object_classes])
     return float((z.argmax(1).numpy() == salient).mean())
 
-
-def load_teacher(descriptor: dict) -> torch.nn.Module:
-    return clip.create_model(descriptor["model"], descriptor["weights"],
-                             trusted_legacy=bool(descriptor.get("trusted_legacy", False)))
