@@ -1,6 +1,7 @@
 """Standalone students and their checkpoints.
 
-`frozen_tower` (default): the teacher's visual tower + the sew adapter, exported as one module.
+`frozen_tower` (default): the adapter's frozen backbone tower (the teacher's, by default) + the sew
+adapter, exported as one module.
 `small_cnn`: a small CNN trained from scratch on the refined labels with CDUL's consistency term
 (predictions on an image and on its augmented view should agree).
 Checkpoints are plain dicts of tensors and configs, loadable with weights_only=True.
@@ -106,8 +107,8 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
 
 def frozen_tower_checkpoint(adapter_ckpt: dict, model: nn.Module) -> dict:
     """student.pt for the default student: the tower's weights travel with it, so it stands alone."""
-    return {"kind": "frozen_tower", "model": adapter_ckpt["teacher"]["model"],
-            "teacher_sha256": adapter_ckpt["teacher"]["sha256"], "visual_state_dict": model.visual.state_dict(),
+    return {"kind": "frozen_tower", "model": adapter_ckpt["backbone"]["model"],
+            "backbone_sha256": adapter_ckpt["backbone"]["sha256"], "visual_state_dict": model.visual.state_dict(),
             "adapter_config": adapter_ckpt["adapter_config"], "adapter_state_dict": adapter_ckpt["state_dict"],
             "image_size": adapter_ckpt["image_size"], "classes": adapter_ckpt["classes"]}
 
@@ -116,11 +117,11 @@ def small_cnn_checkpoint(model: SmallCNN, classes: Sequence[str]) -> dict:
     return {"kind": "small_cnn", "config": model.config, "state_dict": model.state_dict(), "classes": list(classes)}
 
 
-def adapter_module(adapter_ckpt: dict, teacher: nn.Module) -> FrozenTowerClassifier:
+def adapter_module(adapter_ckpt: dict, backbone: nn.Module) -> FrozenTowerClassifier:
     """Frozen tower + adapter from an adapter.pt / ceiling.pt checkpoint dict."""
     adapter = Adapter(AdapterConfig.from_dict(adapter_ckpt["adapter_config"]))
     adapter.load_state_dict(adapter_ckpt["state_dict"])
-    return FrozenTowerClassifier(teacher, adapter, int(adapter_ckpt["image_size"])).eval()
+    return FrozenTowerClassifier(backbone, adapter, int(adapter_ckpt["image_size"])).eval()
 
 
 def load_student(path) -> tuple[nn.Module, list[str], int]:

@@ -14,15 +14,15 @@ from pipeline import clip
 from pipeline.images import ResizedImages
 from pipeline.storage import Table, atomic_path, manifest_paths
 from pipeline.student import KINDS, StudentTraining, frozen_tower_checkpoint, small_cnn_checkpoint, train_small_cnn
-from stages.common import ADAPTER, MANIFEST, REFINED, STUDENT, TEACHER_DESCRIPTOR, Params, read_json
+from stages.common import ADAPTER, MANIFEST, REFINED, STUDENT, Params
 
 
 def run(params: Params) -> None:
     p = params.section("distill")
     kind = p.get("student", str, choices=KINDS)
     if kind == "frozen_tower":
-        ckpt = frozen_tower_checkpoint(torch.load(ADAPTER, weights_only=True),
-                                       clip.load_teacher(read_json(TEACHER_DESCRIPTOR)))
+        adapter = torch.load(ADAPTER, weights_only=True)
+        ckpt = frozen_tower_checkpoint(adapter, clip.load_described(adapter["backbone"]))
     else:
         c = p.section("small_cnn")
         training = StudentTraining(epochs=c.get("epochs", int, lo=1), batch_size=c.get("batch_size", int, lo=2),

@@ -26,9 +26,7 @@ from stages.common import (
     REPORT,
     SCORES,
     STUDENT,
-    TEACHER_DESCRIPTOR,
     Params,
-    read_json,
     write_json,
 )
 
@@ -66,7 +64,7 @@ def run(params: Params) -> None:
     predictions["student"] = predict_paths(student, size, test_paths)
     ceiling = torch.load(CEILING, weights_only=True)
     if ceiling.get("kind") == "adapter":
-        module = adapter_module(ceiling, clip.load_teacher(read_json(TEACHER_DESCRIPTOR)))
+        module = adapter_module(ceiling, clip.load_described(ceiling["backbone"]))
         predictions["ceiling"] = predict_paths(module, module.image_size, test_paths)
     y_test = truth[test]
     metrics["test"] = {m: classification_report(y_test, z, threshold, top_k) for m, z in predictions.items()}

@@ -3,10 +3,13 @@
 `dataset.format: embedded` generates the seeded scene benchmark (PNG files in data/prepared/images);
 `folder` imports a directory of images with a CSV/Parquet label table, `voc` a VOC20xx directory, `coco`
 a COCO 2014 directory (train2014 → train, val2014 → test), `nuswide` NUS-WIDE's lists and label files
-(images stay where they are; data/prepared/images then only holds a note naming the root).
+(images stay where they are; data/prepared/images then only holds a note naming the root and each
+image's size and mtime).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -66,7 +69,11 @@ def run(params: Params) -> None:
 def write_imported(data: ImportedDataset, fmt: str) -> None:
     with atomic_path(IMAGES_DIR) as tmp:
         tmp.mkdir()
-        (tmp / "SOURCE.txt").write_text(f"images are read in place from {data.root}\n")
+        # Size and mtime of every image: `score` depends on this file, so an image edited in place
+        # reruns it after `dvc repro -f prepare`, without DVC hashing a dataset outside the project.
+        stats = "".join(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n"
+                        for rel in data.paths for st in [Path(data.root, rel).stat()])
+        (tmp / "SOURCE.txt").write_text(f"images are read in place from {data.root}\n{stats}")
     write_table(MANIFEST, {"image_id": data.image_ids, "path": data.paths, "split": data.splits,
                            "labels": data.labels}, data.classes,
                 extra_metadata={"root": str(data.root), "source": fmt})

@@ -37,6 +37,16 @@ def adapter_options(p: Params) -> dict:
             "heads": a.get("heads", int, lo=1), "residual": a.get("residual", float, lo=0.0, hi=1.0)}
 
 
+def backbone_descriptor(p: Params) -> dict:
+    """The frozen tower the adapter trains on: the teacher's (default) or a model of its own, as the
+    papers score with RN50x64 and adapt RN101."""
+    b = p.section("backbone")
+    name = b.get("model", str)
+    if name == "teacher":
+        return read_json(TEACHER_DESCRIPTOR)
+    return clip.describe(name, b.get("pretrained", str), b.get("trust_checkpoint", bool, default=False))
+
+
 def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc: str):
     """Shared by `sew` and the supervised ceiling: train an adapter on composites of the train split.
 
@@ -48,8 +58,8 @@ def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc:
     train = manifest.column("split") == "train"
     paths = list(manifest_paths(manifest)[train])
     z0 = Table(INITIAL).column("z0")[train]
-    descriptor = read_json(TEACHER_DESCRIPTOR)
-    model = clip.load_teacher(descriptor)
+    descriptor = backbone_descriptor(p)
+    model = clip.load_described(descriptor)
     torch.manual_seed(settings.seed)
     size = p.get("image_size", int, lo=8)
     adapter = adapter_for(model, len(manifest.classes), size, **adapter_options(p))
@@ -66,7 +76,7 @@ def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc:
                                on_step=on_step)
     bar.close()
     ckpt = {"kind": "adapter", "adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(),
-            "image_size": size, "classes": manifest.classes, "teacher": descriptor}
+            "image_size": size, "classes": manifest.classes, "backbone": descriptor}
     return ckpt, refined, train
 
 

@@ -30,11 +30,7 @@ def run(params: Params) -> None:
     if pretrained == "embedded":
         descriptor = train_embedded(p, scene_config(params.section("dataset")), name)
     else:
-        weights, how = clip.resolve_pretrained(name, pretrained)
-        trusted = p.get("trusted_legacy", bool, default=False)
-        clip.create_model(name, weights, trusted_legacy=trusted)  # fail now, not in `score`
-        descriptor = {"model": name, "pretrained": pretrained, "weights": str(weights), "found_in": how,
-                      "sha256": clip.sha256_of(weights), "trusted_legacy": trusted}
+        descriptor = clip.describe(name, pretrained, p.get("trust_checkpoint", bool, default=False))
         with atomic_path(TEACHER_DIR) as tmp:
             tmp.mkdir()
             write_json(tmp / TEACHER_DESCRIPTOR.name, descriptor)
@@ -72,7 +68,7 @@ def train_embedded(p: Params, scenes: SceneConfig, name: str) -> dict:
         ckpt = tmp / CHECKPOINT_NAME
         torch.save({"state_dict": model.state_dict(), "model": name, "classes": list(scenes.classes)}, ckpt)
         descriptor = {"model": name, "pretrained": "embedded", "weights": str(TEACHER_DIR / CHECKPOINT_NAME),
-                      "found_in": "trained", "sha256": clip.sha256_of(ckpt), "trusted_legacy": False,
+                      "found_in": "trained", "sha256": clip.sha256_of(ckpt), "trust_checkpoint": False,
                       "classes": list(scenes.classes), "heldout_salient_top1": top1}
         write_json(tmp / TEACHER_DESCRIPTOR.name, descriptor)
     return descriptor
