@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline import clip
 from pipeline.adapter import Adapter, AdapterConfig, FrozenTowerClassifier
 from pipeline.images import ResizedImages
+from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
 
 KINDS = ("frozen_tower", "small_cnn")
 
@@ -67,41 +68,58 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x[:, :, dy:dy + s, dx:dx + s]
 
 
-class _Targets(Dataset):
-    def __init__(self, images: Dataset, targets: np.ndarray):
-        self.images, self.targets = images, torch.tensor(np.asarray(targets), dtype=torch.float32)
+class _Indexed(Dataset):
+    def __init__(self, images: Dataset):
+        self.images = images
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return len(self.images)
 
     def __getitem__(self, i: int):
         _, img = self.images[i]
-        return img, self.targets[i]
+        return img, i
 
 
 def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int, training: StudentTraining,
-                    on_step: Callable[[int, float], None] | None = None) -> SmallCNN:
-    """BCE to σ(refined labels) + λ · MSE between σ(f(x)) and σ(f(aug(x))) (CDUL consistency)."""
+                    on_step: Callable[[int, float], None] | None = None, known: np.ndarray | None = None,
+                    rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None) -> SmallCNN:
+    """BCE to σ(refined labels) + λ · MSE between σ(f(x)) and σ(f(aug(x))) (CDUL consistency).
+
+    With partial labels, `known` entries keep their labels; a `rule` (pipeline.rules) weights the BCE
+    (large_loss, label_distribution with `weights`) or moves the other labels after each epoch
+    (plmcl, g2netpl) towards the predictions made on them during that epoch.
+    """
     torch.manual_seed(training.seed)
     gen = torch.Generator().manual_seed(training.seed)
-    model = SmallCNN(targets_logit.shape[1], training.width, image_size)
+    n, n_cls = targets_logit.shape
+    model = SmallCNN(n_cls, training.width, image_size)
     opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=1e-4)
-    data = _Targets(images, targets_logit)
+    targets = torch.sigmoid(torch.tensor(np.asarray(targets_logit), dtype=torch.float32))
+    known_t = torch.zeros((n, n_cls), dtype=torch.bool) if known is None else torch.tensor(np.asarray(known, bool))
+    w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
+    y_prev = targets.numpy().astype(np.float64)
     step = 0
-    for _ in range(training.epochs):
+    for epoch in range(training.epochs):
         model.train()
-        for x, z in DataLoader(data, batch_size=training.batch_size, shuffle=True, generator=gen):
+        seen = np.zeros((n, n_cls))
+        for x, idx in DataLoader(_Indexed(images), batch_size=training.batch_size, shuffle=True, generator=gen):
             logits = model(augment(x, gen))
-            loss = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(z))
+            loss = rule_loss(logits, targets[idx], known_t[idx], rule, epoch, None if w_all is None else w_all[idx])
             if training.consistency > 0:
                 other = model(augment(x, gen))
                 loss = loss + training.consistency * F.mse_loss(torch.sigmoid(logits), torch.sigmoid(other))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            seen[idx.numpy()] = torch.sigmoid(logits).detach().numpy()
             if on_step is not None:
                 on_step(step, loss.item())
             step += 1
+        if rule.updates_labels:
+            y = targets.numpy().astype(np.float64)
+            new = update_pseudo_labels(y, y_prev, seen, known_t.numpy(), rule)
+            y_prev = y
+            targets = torch.tensor(new, dtype=torch.float32)
     return model.eval()
 
 

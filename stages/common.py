@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from pipeline.storage import atomic_path
+from pipeline.rules import RULES, RuleSettings, label_distribution_weights
+from pipeline.storage import atomic_path, open_store
 
 PARAMS_FILE = Path("params.yaml")
 DATA = Path("data")
@@ -24,6 +26,7 @@ LABELS = DATA / "labels"
 INITIAL = LABELS / "initial.parquet"
 CORRECTED = LABELS / "corrected.parquet"
 REFINED = LABELS / "refined.parquet"
+PROTOTYPES = DATA / "prototypes.zarr"
 MODELS = DATA / "models"
 ADAPTER = MODELS / "adapter.pt"
 STUDENT = MODELS / "student.pt"
@@ -111,3 +114,25 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def rule_settings(params: Params) -> RuleSettings:
+    """The partial-label training rule (top-level `rule`) with the constants of its own section."""
+    name = params.get("rule", str, choices=RULES)
+    pl, g2, ll, ld = (params.section(k) for k in ("plmcl", "g2netpl", "large_loss", "label_distribution"))
+    return RuleSettings(
+        name=name, plmcl_eta=pl.get("eta", float, lo=0.0, hi=1.0), plmcl_alpha=pl.get("alpha", float, lo=0.0, hi=1.0),
+        plmcl_beta=pl.get("beta", float, lo=0.0, hi=1.0), g2netpl_eta=g2.get("eta", float, lo=0.0),
+        g2netpl_lr=g2.get("lr", float, lo=0.0), g2netpl_steps=g2.get("steps", int, lo=0),
+        ll_delta=ll.get("delta", float, lo=0.0, hi=1.0), ll_max_rate=ll.get("max_rate", float, lo=0.0, hi=1.0),
+        ld_sigma=ld.get("sigma", float, lo=1e-6))
+
+
+def rule_weights(rule: RuleSettings, targets_logit: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+    """label_distribution weights [len(rows), C] from the scored embeddings; None for other rules."""
+    if rule.name != "label_distribution":
+        return None
+    scores = open_store(SCORES, required=("image_emb", "text_emb"))
+    emb = np.asarray(scores["image_emb"][:], np.float32)[rows]
+    return label_distribution_weights(emb, np.asarray(scores["text_emb"][:], np.float32), targets_logit > 0,
+                                      rule.ld_sigma)

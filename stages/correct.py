@@ -1,11 +1,31 @@
-"""Stage `correct`: initial labels (+ known labels) → data/labels/corrected.parquet (column `target`)."""
+"""Stage `correct`: initial labels (+ known labels) → data/labels/corrected.parquet (column `target`)
+and data/prototypes.zarr.
+
+With known labels (ratio > 0) the `prototypes` and `cooccurrence` sections transfer them to unknown
+entries (pipeline.transfer); known entries are then written over everything, so they always win.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
 from pipeline.correct import METHODS, apply_known_labels, correct_labels
 from pipeline.metrics import inversions
-from pipeline.storage import Table, write_table
-from stages.common import CORRECTED, INITIAL, MANIFEST, OBSERVED, Params
+from pipeline.storage import Table, open_store, write_small_store, write_table
+from pipeline.transfer import (
+    THRESHOLDS,
+    ThresholdRule,
+    apply_transfer,
+    transfer_by_cooccurrence,
+    transfer_by_prototypes,
+)
+from stages.common import CORRECTED, INITIAL, MANIFEST, OBSERVED, PROTOTYPES, SCORES, Params
+
+
+def threshold_rule(p: Params) -> ThresholdRule:
+    return ThresholdRule(method=p.get("threshold", str), momentum=p.get("momentum", float, lo=0.0, hi=1.0),
+                         batch_size=p.get("batch_size", int, lo=1), temperature=p.get("temperature", float, lo=1e-6),
+                         lr=p.get("lr", float, lo=0.0), steps=p.get("steps", int, lo=0), seed=p.get("seed", int))
 
 
 def run(params: Params) -> None:
@@ -13,16 +33,41 @@ def run(params: Params) -> None:
     source = p.get("source", str, choices=("z0", "cut", "cdul"))
     method = p.get("method", str, choices=METHODS)
     beta = p.get("beta", int, lo=0)
+    protos_p, cooc_p = params.section("prototypes"), params.section("cooccurrence")
+    use_protos = protos_p.get("threshold", str, choices=THRESHOLDS) != "none"
+    use_cooc = cooc_p.get("threshold", str, choices=THRESHOLDS) != "none"
     initial, observed, manifest = Table(INITIAL), Table(OBSERVED), Table(MANIFEST)
     target = correct_labels(initial.column(source), beta, method, p.get("hard_threshold", float, lo=0.0, hi=1.0))
-    known = observed.column("known")
+    known = observed.column("known").astype(bool)
+    labels = manifest.column("labels") if known.any() else np.zeros(known.shape, np.int8)
+    up = np.zeros(known.shape, bool)
+    down = up.copy()
+    store: dict = {}
+    if known.any() and use_protos:
+        scores = open_store(SCORES, required=("image_emb", "text_emb"))
+        emb, text = np.asarray(scores["image_emb"][:], np.float32), np.asarray(scores["text_emb"][:], np.float32)
+        up, down, bank, sims = transfer_by_prototypes(emb, text, target, known, labels, threshold_rule(protos_p),
+                                                      protos_p.get("k", int, lo=1), protos_p.get("bank", int, lo=1))
+        store = {"visual": bank.visual, "counts": bank.counts, "text": bank.text, **sims}
+        target = apply_transfer(target, up, down, protos_p.get("raise_logit", float, lo=0.0))
+    if known.any() and use_cooc:
+        up_c, store["cooccurrence"] = transfer_by_cooccurrence(known, labels, threshold_rule(cooc_p))
+        target = apply_transfer(target, up_c, np.zeros_like(up_c), cooc_p.get("raise_logit", float, lo=0.0))
+        up |= up_c
+    write_small_store(PROTOTYPES, store, {"prototypes": use_protos and known.any(),
+                                          "cooccurrence": use_cooc and known.any(), "classes": initial.classes})
     if known.any():  # partial labels: what is known is never guessed
         target = apply_known_labels(target, known, manifest.column("labels"))
     write_table(CORRECTED, {"image_id": initial.column("image_id"), "split": initial.column("split"),
                             "target": target}, initial.classes)
-    print(f"corrected {source} with {method} on top-{beta}; {int(known.sum())} known entries fixed → {CORRECTED}")
+    print(f"corrected {source} with {method} on top-{beta}; {int(known.sum())} known entries fixed; "
+          f"{int(up.sum())} unknown entries raised, {int(down.sum())} lowered by transfer → {CORRECTED}")
     if manifest.has("labels"):  # a person tuning β wants to see at once what the correction did to the order
         train = initial.column("split") == "train"
-        truth = manifest.column("labels")[train]
-        print(f"train inversions: {inversions(truth, initial.column(source)[train])} before, "
-              f"{inversions(truth, target[train])} after")
+        truth = manifest.column("labels")
+        print(f"train inversions: {inversions(truth[train], initial.column(source)[train])} before, "
+              f"{inversions(truth[train], target[train])} after")
+        if up.any():
+            print(f"raised entries truly positive: {truth[up].mean():.3f}")
+        if down.any():
+            print(f"lowered entries truly negative: {1 - truth[down].mean():.3f}")

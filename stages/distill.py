@@ -14,7 +14,7 @@ from pipeline import clip
 from pipeline.images import ResizedImages
 from pipeline.storage import Table, atomic_path, manifest_paths
 from pipeline.student import KINDS, StudentTraining, frozen_tower_checkpoint, small_cnn_checkpoint, train_small_cnn
-from stages.common import ADAPTER, MANIFEST, REFINED, STUDENT, Params
+from stages.common import ADAPTER, MANIFEST, OBSERVED, REFINED, STUDENT, Params, rule_settings, rule_weights
 
 
 def run(params: Params) -> None:
@@ -28,14 +28,18 @@ def run(params: Params) -> None:
         training = StudentTraining(epochs=c.get("epochs", int, lo=1), batch_size=c.get("batch_size", int, lo=2),
                                    lr=c.get("lr", float, lo=0.0), consistency=c.get("consistency", float, lo=0.0),
                                    width=c.get("width", int, lo=1), seed=c.get("seed", int))
-        refined, manifest = Table(REFINED), Table(MANIFEST)
-        path_of = dict(zip(manifest.column("image_id"), manifest_paths(manifest), strict=True))
-        paths = [path_of[i] for i in refined.column("image_id")]
+        refined, manifest, observed = Table(REFINED), Table(MANIFEST), Table(OBSERVED)
+        row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
+        rows = np.array([row_of[i] for i in refined.column("image_id")])
+        paths = list(manifest_paths(manifest)[rows])
+        rule = rule_settings(params)
         size = int(c.get("image_size", int, lo=8))
         steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))
         with tqdm(total=steps, desc="distill", unit="step") as bar:
             model = train_small_cnn(ResizedImages(paths, size), refined.column("z"), size, training,
-                                    on_step=lambda s, loss: bar.update(1))
+                                    on_step=lambda s, loss: bar.update(1),
+                                    known=observed.column("known")[rows].astype(bool), rule=rule,
+                                    weights=rule_weights(rule, refined.column("z"), rows))
         ckpt = small_cnn_checkpoint(model, refined.classes)
     with atomic_path(STUDENT) as tmp:
         torch.save(ckpt, tmp)

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from pipeline import clip
 from pipeline.adapter import adapter_for
+from pipeline.rules import NO_RULE, RuleSettings
 from pipeline.sew import SewDataset, SewSettings, overlay_pool, train_adapter_em
 from pipeline.storage import Table, atomic_path, manifest_paths, write_table
 from stages.common import (
@@ -21,6 +22,8 @@ from stages.common import (
     TEACHER_DESCRIPTOR,
     Params,
     read_json,
+    rule_settings,
+    rule_weights,
 )
 
 
@@ -47,7 +50,7 @@ def backbone_descriptor(p: Params) -> dict:
     return clip.describe(name, b.get("pretrained", str), b.get("trust_checkpoint", bool, default=False))
 
 
-def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc: str):
+def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc: str, rule: RuleSettings = NO_RULE):
     """Shared by `sew` and the supervised ceiling: train an adapter on composites of the train split.
 
     Returns (checkpoint dict, refined Z of the train rows, train mask).
@@ -73,7 +76,8 @@ def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc:
 
     refined = train_adapter_em(model.visual, clip.normalizer_of(model), adapter, dataset, targets[train],
                                frozen[train], settings, num_workers=p.get("num_workers", int, lo=0),
-                               on_step=on_step)
+                               on_step=on_step, rule=rule,
+                               weights=rule_weights(rule, targets[train], np.flatnonzero(train)))
     bar.close()
     ckpt = {"kind": "adapter", "adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(),
             "image_size": size, "classes": manifest.classes, "backbone": descriptor}
@@ -82,8 +86,9 @@ def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc:
 
 def run(params: Params) -> None:
     corrected, observed = Table(CORRECTED), Table(OBSERVED)
+    rule = rule_settings(params)
     ckpt, refined, train = train_adapter(params, corrected.column("target"),
-                                         observed.column("known").astype(bool), "sew")
+                                         observed.column("known").astype(bool), "sew", rule)
     with atomic_path(ADAPTER) as tmp:
         torch.save(ckpt, tmp)
     write_table(REFINED, {"image_id": corrected.column("image_id")[train],

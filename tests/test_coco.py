@@ -55,7 +55,7 @@ def test_prepare_stage_imports_coco(tmp_path):
     import yaml
 
     from pipeline.storage import Table
-    from tests.dvcproject import make_project, sh
+    from tests.dvcproject import make_project, score_with_tiny_teacher, sh
 
     root = coco_tree(tmp_path, [(1, 1), (2, 3)], [(7, 18)])
     (tmp_path / "p").mkdir()
@@ -66,6 +66,8 @@ def test_prepare_stage_imports_coco(tmp_path):
     sh("mlpl prepare", project)
     m = Table(project / "data" / "prepared" / "manifest.parquet")
     assert m.classes == ["person", "car", "dog"] and list(m.column("split")) == ["train", "train", "test"]
+    assert score_with_tiny_teacher(project, tmp_path)["global"].shape == (3, 3)
+    params = yaml.safe_load((project / "params.yaml").read_text())
     params["dataset"]["root"] = str(tmp_path / "nowhere")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     r = sh("mlpl prepare", project, check=False)

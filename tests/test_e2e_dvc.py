@@ -52,6 +52,8 @@ def test_ratio_ablation_never_recomputes_scores(project):
 @pytest.mark.parametrize("change, expected", [
     ("correct.method=hard", {"correct", "sew", "distill", "evaluate"}),
     ("sew.L=0", {"sew", "ceiling", "distill", "evaluate"}),
+    ("prototypes.threshold=ema", {"correct", "sew", "distill", "evaluate"}),
+    ("rule=large_loss", {"sew", "distill", "evaluate"}),
 ])
 def test_method_ablations_reuse_cached_scores(project, change, expected):
     r = sh(f"dvc exp run -S {change}", project)
@@ -62,6 +64,17 @@ def test_method_ablations_reuse_cached_scores(project, change, expected):
     assert key in header and "test.student.map" in header
     values = {row[header.index(key)] for row in rows[1:]}
     assert change.split("=")[1] in values  # the ablation is listed next to the baseline
+
+
+def test_partial_label_methods_together(project):
+    r = sh("dvc exp run -S ratio=0.5 -S prototypes.threshold=ema -S cooccurrence.threshold=dtl -S rule=plmcl "
+           "-S distill.student=small_cnn", project)
+    assert stages_run(r.stdout) == {"mask", "correct", "sew", "distill", "evaluate"}, r.stdout
+    assert "unknown entries raised" in r.stdout
+    import zarr
+
+    bank = zarr.open_group(str(project / "data" / "prototypes.zarr"), mode="r")
+    assert bank.attrs["prototypes"] and bank["visual"].shape[:2] == (4, 10) and bank["cooccurrence"].shape == (4, 4)
 
 
 def test_killed_scoring_resumes_byte_identical(project):

@@ -43,3 +43,19 @@ def test_nuswide_bad_label_file_is_named(tmp_path):
         read_nuswide(root)
     with pytest.raises(DataError, match="not a NUS-WIDE directory"):
         read_nuswide(tmp_path)
+
+
+def test_prepare_and_score_nuswide(tmp_path):
+    import yaml
+
+    from tests.dvcproject import make_project, score_with_tiny_teacher, sh
+
+    root = nus_tree(tmp_path, present=("actor/1.jpg", "sky/3.jpg"))
+    (tmp_path / "p").mkdir()
+    project = make_project(tmp_path / "p")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["dataset"].update(format="nuswide", root=str(root))
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    r = sh("mlpl prepare", project)
+    assert "skipped 1 listed image(s) absent on disk" in r.stdout  # reported, not silent
+    assert score_with_tiny_teacher(project, tmp_path)["global"].shape == (2, 2)

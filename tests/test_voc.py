@@ -65,7 +65,7 @@ def test_prepare_stage_imports_voc(tmp_path):
     import yaml
 
     from pipeline.storage import Table
-    from tests.dvcproject import make_project, sh
+    from tests.dvcproject import make_project, score_with_tiny_teacher, sh
 
     root = voc_tree(tmp_path, {"000001": [("dog", 0)], "000002": [("cat", 0), ("dog", 1)]}, ["000001"], ["000002"])
     (tmp_path / "p").mkdir()
@@ -77,3 +77,5 @@ def test_prepare_stage_imports_voc(tmp_path):
     m = Table(project / "data" / "prepared" / "manifest.parquet")
     assert list(m.column("split")) == ["train", "test"] and m.metadata["source"] == "voc"
     assert m.column("labels")[1].sum() == 1  # the difficult dog is ignored
+    store = score_with_tiny_teacher(project, tmp_path)
+    assert store["global"].shape == (2, 20) and store["crops"].shape[:2] == (2, params["score"]["crops"])
