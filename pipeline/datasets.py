@@ -385,8 +385,6 @@ def issue_summary(issues: Sequence[Issue]) -> str:
     if not issues:
         return "none"
     by_action = {a: sum(i.action == a for i in issues) for a in ACTIONS}
-    by_kind: dict[str, int] = {}
-    for i in issues:
-        by_kind[i.kind] = by_kind.get(i.kind, 0) + 1
+    by_kind = {k: n for k in ISSUE_KINDS if (n := sum(i.kind == k for i in issues))}  # stable order
     return (", ".join(f"{n} {a}" for a, n in by_action.items() if n) + " ("
             + ", ".join(f"{k} {n}" for k, n in by_kind.items()) + ")")

@@ -68,7 +68,9 @@ def _scaled_u8(arr: np.ndarray, mode: str) -> np.ndarray:
     if mode == "F" and x.size and x.min() >= 0.0 and x.max() <= 1.0:
         return np.round(x * 255).astype(np.uint8)  # float images in [0, 1]
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
-    return np.round((x - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)).astype(np.uint8)  # any other range
+    if hi <= lo:
+        return np.zeros(x.shape, np.uint8)
+    return np.round((x - lo) * 255.0 / (hi - lo)).astype(np.uint8)  # any other range: min-max
 
 
 def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str | None]:
