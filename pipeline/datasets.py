@@ -3,6 +3,12 @@
 `folder`: a directory of images plus a CSV or Parquet table with columns `image` (path relative to the
 root), `labels` (class names separated by `;`, empty for none) and optionally `split` (train/test).
 `voc`, `coco`, `nuswide`: the datasets' own on-disk layouts (see each reader).
+
+Bad rows never stop an import: a path escaping the root, a repeated image id, a label of an unknown class,
+an unusable annotation or an absent file excludes that row and becomes an `Issue` (a row of
+reports/data_issues.parquet). `check_images` then decodes every kept image as the later stages will.
+Only problems with the dataset as a whole (no such directory, an unreadable labels table, a bad split value,
+a label file of the wrong length) raise DataError, naming the file and the key.
 """
 
 from __future__ import annotations

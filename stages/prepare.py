@@ -124,14 +124,14 @@ def write_imported(data: ImportedDataset, fmt: str, checks: InputChecks = InputC
     write_issues(issues, fmt)
     excluded = sum(i.action == "excluded" and bool(i.image_id) for i in issues)  # images, not annotations
     if not data.paths:
-        raise DataError(f"dataset.root {data.root}: nothing to do, none of the {listed} listed image(s) is usable "
-                        f"({issue_summary(issues)}; see {DATA_ISSUES})")
+        raise DataError(f"dataset.root {data.root}: nothing to do: none of the {listed} listed image(s) is usable; "
+                        f"{issue_summary(issues)}; see {DATA_ISSUES}")
     if not n_train:
-        raise DataError(f"dataset.root {data.root}: nothing to do, no usable train image among {listed} listed "
-                        f"({issue_summary(issues)}; see {DATA_ISSUES})")
+        raise DataError(f"dataset.root {data.root}: nothing to do: no usable train image among {listed} listed; "
+                        f"{issue_summary(issues)}; see {DATA_ISSUES}")
     if checks.on_bad_input == "fail" and any(i.action == "excluded" for i in issues):
-        raise DataError(f"dataset.on_bad_input is 'fail' and input was excluded ({issue_summary(issues)}; "
-                        f"see {DATA_ISSUES})")
+        raise DataError(f"dataset.on_bad_input is 'fail' and input was excluded: {issue_summary(issues)}; "
+                        f"see {DATA_ISSUES}")
     with atomic_path(IMAGES_DIR) as tmp:
         tmp.mkdir()
         # Size and mtime of every image: `score` depends on this file, so an image edited in place

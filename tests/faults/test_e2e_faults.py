@@ -51,7 +51,7 @@ def test_class_without_positives_is_kept_and_reported(run):
 
 def test_empty_dataset_fails_clearly_and_keeps_finished_work(run):
     assert run.empty.returncode == 2 and "Traceback" not in run.empty.stderr
-    assert "nothing to do, none of the 11 listed image(s) is usable" in run.empty.stderr
+    assert "nothing to do: none of the 11 listed image(s) is usable" in run.empty.stderr
     assert "reports/data_issues.parquet" in run.empty.stderr
     assert len(run.empty_issues) == 11  # the report says why
     assert run.digest_after_failures == run.outputs_digest  # manifest and scores of the good run untouched
