@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline import clip
 from pipeline.images import decode_image, resize_u8
+from pipeline.resume import Checkpointer
 from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
 
 
@@ -131,7 +132,8 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
                      adapter: torch.nn.Module, dataset: SewDataset, z_init: np.ndarray, frozen: np.ndarray,
                      settings: SewSettings, num_workers: int = 0,
                      on_step: Callable[[int, int, float], None] | None = None,
-                     rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None) -> np.ndarray:
+                     rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
+                     checkpointer: Checkpointer | None = None) -> np.ndarray:
     """Train `adapter` on composites and the estimator Z jointly (Algorithm 1); returns refined Z.
 
     M-step: BCE(p, stop σ(z_s)) trains the adapter; E-step: BCE(z_s, stop σ(p)) moves Z, with z_s
@@ -140,6 +142,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     A partial-label `rule` (pipeline.rules) weights the M-step; `plmcl` and `g2netpl` replace the
     E-step by their own label update after each epoch, on predictions for the images without overlays.
     `weights` [N, C] (label_distribution) weight a composite's entries by the max over its sources.
+    A `checkpointer` saves the state after each epoch; a rerun resumes from the last one.
     """
     torch.manual_seed(settings.seed)
     z0 = torch.tensor(np.asarray(z_init), dtype=torch.float32)
@@ -152,7 +155,17 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     mean, std = normalizer
     visual.eval()
     y_prev = torch.sigmoid(z0).numpy().astype(np.float64)
-    for epoch in range(settings.epochs):
+    start = 0
+    state = checkpointer.restore() if checkpointer is not None else None
+    if state is not None:
+        adapter.load_state_dict(state["adapter"])
+        opt.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            z.copy_(state["z"])
+        y_prev = state["y_prev"].numpy()
+        torch.set_rng_state(state["torch_rng"])
+        start = state["position"]
+    for epoch in range(start, settings.epochs):
         dataset.epoch = epoch
         order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
         loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=order,
@@ -180,5 +193,9 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
             y_prev = y
             with torch.no_grad():
                 z.copy_(torch.logit(torch.tensor(new, dtype=torch.float32)))
+        if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < settings.epochs:
+            checkpointer.save({"position": epoch + 1, "adapter": adapter.state_dict(), "optimizer": opt.state_dict(),
+                               "z": z.detach().clone(), "y_prev": torch.from_numpy(y_prev),
+                               "torch_rng": torch.get_rng_state()})
     adapter.eval()
     return torch.where(keep, z0, z.detach()).numpy().astype(np.float32)

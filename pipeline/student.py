@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline import clip
 from pipeline.adapter import Adapter, AdapterConfig, FrozenTowerClassifier
 from pipeline.images import ResizedImages
+from pipeline.resume import Checkpointer
 from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
 
 KINDS = ("frozen_tower", "small_cnn")
@@ -82,12 +83,14 @@ class _Indexed(Dataset):
 
 def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int, training: StudentTraining,
                     on_step: Callable[[int, float], None] | None = None, known: np.ndarray | None = None,
-                    rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None) -> SmallCNN:
+                    rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
+                    checkpointer: Checkpointer | None = None) -> SmallCNN:
     """BCE to σ(refined labels) + λ · MSE between σ(f(x)) and σ(f(aug(x))) (CDUL consistency).
 
     With partial labels, `known` entries keep their labels; a `rule` (pipeline.rules) weights the BCE
     (large_loss, label_distribution with `weights`) or moves the other labels after each epoch
-    (plmcl, g2netpl) towards the predictions made on them during that epoch.
+    (plmcl, g2netpl) towards the predictions made on them during that epoch. A `checkpointer` saves the
+    state after each epoch; a rerun resumes from the last one.
     """
     torch.manual_seed(training.seed)
     gen = torch.Generator().manual_seed(training.seed)
@@ -98,8 +101,16 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
     known_t = torch.zeros((n, n_cls), dtype=torch.bool) if known is None else torch.tensor(np.asarray(known, bool))
     w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
     y_prev = targets.numpy().astype(np.float64)
-    step = 0
-    for epoch in range(training.epochs):
+    step, start = 0, 0
+    state = checkpointer.restore() if checkpointer is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        targets, y_prev = state["targets"], state["y_prev"].numpy()
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start, step = state["position"], state["step"]
+    for epoch in range(start, training.epochs):
         model.train()
         seen = np.zeros((n, n_cls))
         for x, idx in DataLoader(_Indexed(images), batch_size=training.batch_size, shuffle=True, generator=gen):
@@ -120,6 +131,10 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
             new = update_pseudo_labels(y, y_prev, seen, known_t.numpy(), rule)
             y_prev = y
             targets = torch.tensor(new, dtype=torch.float32)
+        if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < training.epochs:
+            checkpointer.save({"position": epoch + 1, "step": step, "model": model.state_dict(),
+                               "optimizer": opt.state_dict(), "targets": targets, "y_prev": torch.from_numpy(y_prev),
+                               "generator": gen.get_state(), "torch_rng": torch.get_rng_state()})
     return model.eval()
 
 

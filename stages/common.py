@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,18 @@ TEACHER_DIR = DATA / "teacher"
 TEACHER_DESCRIPTOR = TEACHER_DIR / "descriptor.json"
 SCORES = DATA / "scores.zarr"
 SCORES_WORK = DATA / ".scores.work"  # resumable partial store, outside every DVC output
+
+
+def work_dir(stage: str) -> Path:
+    """Where a long stage keeps its resumable checkpoint: outside every DVC output, removed on success."""
+    return DATA / f".{stage}.work"
+
+
+def clear_work_dir(stage: str) -> None:
+    """Called once the stage's outputs are in place: its checkpoint is no longer needed."""
+    shutil.rmtree(work_dir(stage), ignore_errors=True)
+
+
 LABELS = DATA / "labels"
 INITIAL = LABELS / "initial.parquet"
 CORRECTED = LABELS / "corrected.parquet"

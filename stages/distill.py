@@ -6,15 +6,29 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from pipeline import clip
 from pipeline.images import ResizedImages
+from pipeline.resume import Checkpointer, fingerprint
 from pipeline.storage import Table, atomic_path, manifest_paths
 from pipeline.student import KINDS, StudentTraining, frozen_tower_checkpoint, small_cnn_checkpoint, train_small_cnn
-from stages.common import ADAPTER, MANIFEST, OBSERVED, REFINED, STUDENT, Params, rule_settings, rule_weights
+from stages.common import (
+    ADAPTER,
+    MANIFEST,
+    OBSERVED,
+    REFINED,
+    STUDENT,
+    Params,
+    clear_work_dir,
+    rule_settings,
+    rule_weights,
+    work_dir,
+)
 
 
 def run(params: Params) -> None:
@@ -34,13 +48,17 @@ def run(params: Params) -> None:
         paths = list(manifest_paths(manifest)[rows])
         rule = rule_settings(params)
         size = int(c.get("image_size", int, lo=8))
+        run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("z").tolist(),
+                             observed.column("known")[rows].tolist())
         steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))
         with tqdm(total=steps, desc="distill", unit="step") as bar:
             model = train_small_cnn(ResizedImages(paths, size), refined.column("z"), size, training,
                                     on_step=lambda s, loss: bar.update(1),
                                     known=observed.column("known")[rows].astype(bool), rule=rule,
-                                    weights=rule_weights(rule, refined.column("z"), rows))
+                                    weights=rule_weights(rule, refined.column("z"), rows),
+                                    checkpointer=Checkpointer(work_dir("distill"), run_id, log=tqdm.write))
         ckpt = small_cnn_checkpoint(model, refined.classes)
     with atomic_path(STUDENT) as tmp:
         torch.save(ckpt, tmp)
+    clear_work_dir("distill")
     print(f"student ({kind}) → {STUDENT}")

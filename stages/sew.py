@@ -3,12 +3,16 @@ data/models/adapter.pt and data/labels/refined.parquet (Z after EM)."""
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import asdict
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from pipeline import clip
 from pipeline.adapter import adapter_for
+from pipeline.resume import Checkpointer, fingerprint
 from pipeline.rules import NO_RULE, RuleSettings
 from pipeline.sew import SewDataset, SewSettings, overlay_pool, train_adapter_em
 from pipeline.storage import Table, atomic_path, manifest_paths, write_table
@@ -21,9 +25,11 @@ from stages.common import (
     REFINED,
     TEACHER_DESCRIPTOR,
     Params,
+    clear_work_dir,
     read_json,
     rule_settings,
     rule_weights,
+    work_dir,
 )
 
 
@@ -50,6 +56,10 @@ def backbone_descriptor(p: Params) -> dict:
     return clip.describe(name, b.get("pretrained", str), b.get("trust_checkpoint", bool, default=False))
 
 
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
 def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc: str, rule: RuleSettings = NO_RULE):
     """Shared by `sew` and the supervised ceiling: train an adapter on composites of the train split.
 
@@ -74,10 +84,14 @@ def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc:
         bar.update(1)
         bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", refresh=False)
 
+    run_id = fingerprint(asdict(settings), asdict(rule), adapter.cfg.to_dict(), size, descriptor,
+                         _digest(targets), _digest(frozen), _digest(z0), list(manifest.column("image_id")))
+    checkpointer = Checkpointer(work_dir(desc), run_id, log=tqdm.write)
     refined = train_adapter_em(model.visual, clip.normalizer_of(model), adapter, dataset, targets[train],
                                frozen[train], settings, num_workers=p.get("num_workers", int, lo=0),
                                on_step=on_step, rule=rule,
-                               weights=rule_weights(rule, targets[train], np.flatnonzero(train)))
+                               weights=rule_weights(rule, targets[train], np.flatnonzero(train)),
+                               checkpointer=checkpointer)
     bar.close()
     ckpt = {"kind": "adapter", "adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(),
             "image_size": size, "classes": manifest.classes, "backbone": descriptor}
@@ -93,4 +107,5 @@ def run(params: Params) -> None:
         torch.save(ckpt, tmp)
     write_table(REFINED, {"image_id": corrected.column("image_id")[train],
                           "split": corrected.column("split")[train], "z": refined}, corrected.classes)
+    clear_work_dir("sew")
     print(f"adapter → {ADAPTER}; EM-refined labels of {int(train.sum())} train images → {REFINED}")

@@ -7,19 +7,22 @@ open_clip pretrained tag or a local weights file, resolved offline and recorded 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from pipeline import clip
+from pipeline.resume import Checkpointer, fingerprint
 from pipeline.scenes import SceneConfig
 from pipeline.storage import atomic_path
 from pipeline.toy_teacher import TeacherTraining, ViewSampling, make_scene_pool, train_toy_teacher
-from stages.common import TEACHER_DESCRIPTOR, TEACHER_DIR, Params, write_json
+from stages.common import TEACHER_DESCRIPTOR, TEACHER_DIR, Params, clear_work_dir, work_dir, write_json
 from stages.prepare import scene_config
 
 CHECKPOINT_NAME = "teacher.pt"
+CHECKPOINT_EVERY = 25  # steps between resumable checkpoints (~8 s of training; a save takes ~0.1 s)
 HELDOUT_STREAM = 2  # scenes for the teacher's own sanity check, distinct from training and dataset
 
 
@@ -59,7 +62,10 @@ def train_embedded(p: Params, scenes: SceneConfig, name: str) -> dict:
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss:.3f}")
 
-    train_toy_teacher(model, tokenizer, scenes.classes, pool, training, sampling, on_step=on_step)
+    run_id = fingerprint(name, asdict(scenes), asdict(training), asdict(sampling), t.get("scenes", int))
+    checkpointer = Checkpointer(work_dir("teacher"), run_id, every=CHECKPOINT_EVERY, log=tqdm.write)
+    train_toy_teacher(model, tokenizer, scenes.classes, pool, training, sampling, on_step=on_step,
+                      checkpointer=checkpointer)
     bar.close()
     top1 = heldout_salient_top1(model, tokenizer, scenes, seed)
     print(f"teacher trained in {time.time() - started:.0f}s; held-out salient top-1 {top1:.3f}")
@@ -71,6 +77,7 @@ def train_embedded(p: Params, scenes: SceneConfig, name: str) -> dict:
                       "found_in": "trained", "sha256": clip.sha256_of(ckpt), "trust_checkpoint": False,
                       "classes": list(scenes.classes), "heldout_salient_top1": top1}
         write_json(tmp / TEACHER_DESCRIPTOR.name, descriptor)
+    clear_work_dir("teacher")
     return descriptor
 
 
