@@ -40,6 +40,7 @@ INITIAL = LABELS / "initial.parquet"
 CORRECTED = LABELS / "corrected.parquet"
 REFINED = LABELS / "refined.parquet"
 PROTOTYPES = DATA / "prototypes.zarr"
+PARAMS_OK = DATA / "params.ok"
 MODELS = DATA / "models"
 ADAPTER = MODELS / "adapter.pt"
 STUDENT = MODELS / "student.pt"
@@ -69,6 +70,10 @@ class Params:
         except yaml.YAMLError as e:
             raise ParamsError(f"{path}: not valid YAML ({e})") from e
         return cls(data, path)
+
+    @property
+    def source(self) -> Path:
+        return self._source
 
     def section(self, name: str) -> Params:
         sub = self._raw(name)
@@ -103,7 +108,32 @@ class Params:
         if choices is not None and value not in choices:
             raise ParamsError(f"{self._source}: '{self._key(name)}' must be one of {list(choices)}, got {value!r}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ParamsError(f"{self._source}: '{self._key(name)}' must be in [{lo}, {hi}], got {value!r}")
+            allowed = f"in [{lo}, {hi}]" if lo is not None and hi is not None else (
+                f">= {lo}" if lo is not None else f"<= {hi}")
+            raise ParamsError(f"{self._source}: '{self._key(name)}' must be {allowed}, got {value!r}")
+        return value
+
+    def path(self, name: str, kind: str = "file") -> str:
+        """A path param that must exist now (kind: file or dir), so a typo fails before any compute."""
+        value = self.get(name, str)
+        ok = Path(value).is_dir() if kind == "dir" else Path(value).is_file()
+        if not ok:
+            what = "a directory" if kind == "dir" else "a file"
+            raise ParamsError(f"{self._source}: '{self._key(name)}' = {value}: not {what}")
+        return value
+
+    def model_name(self, name: str) -> str:
+        """An open_clip model config name (ours included)."""
+        import open_clip
+
+        from pipeline.clip import register_model_configs
+
+        value = self.get(name, str)
+        register_model_configs()
+        if value not in open_clip.list_models():
+            near = [m for m in open_clip.list_models() if m.lower().startswith(value.lower()[:3])][:8]
+            raise ParamsError(f"{self._source}: '{self._key(name)}' must be an open_clip model name "
+                              f"(open_clip.list_models()), got {value!r}; similar: {near}")
         return value
 
     def pair(self, name: str, lo: float = 0.0, hi: float = float("inf")) -> tuple[float, float]:

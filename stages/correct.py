@@ -23,21 +23,29 @@ from stages.common import CORRECTED, INITIAL, MANIFEST, OBSERVED, PROTOTYPES, SC
 
 
 def threshold_rule(p: Params) -> ThresholdRule:
-    return ThresholdRule(method=p.get("threshold", str), momentum=p.get("momentum", float, lo=0.0, hi=1.0),
-                         batch_size=p.get("batch_size", int, lo=1), temperature=p.get("temperature", float, lo=1e-6),
+    return ThresholdRule(method=p.get("threshold", str, choices=THRESHOLDS[1:]),
+                         momentum=p.get("momentum", float, lo=0.0, hi=1.0), batch_size=p.get("batch_size", int, lo=1),
+                         temperature=p.get("temperature", float, lo=1e-6),
                          lr=p.get("lr", float, lo=0.0), steps=p.get("steps", int, lo=0), seed=p.get("seed", int))
 
 
+def check(params: Params) -> tuple:
+    p, protos_p, cooc_p = params.section("correct"), params.section("prototypes"), params.section("cooccurrence")
+    correction = (p.get("source", str, choices=("z0", "cut", "cdul")), p.get("method", str, choices=METHODS),
+                  p.get("beta", int, lo=0), p.get("hard_threshold", float, lo=0.0, hi=1.0))
+    protos = None if protos_p.get("threshold", str, choices=THRESHOLDS) == "none" else (
+        threshold_rule(protos_p), protos_p.get("k", int, lo=1), protos_p.get("bank", int, lo=1),
+        protos_p.get("raise_logit", float, lo=0.0))
+    cooc = None if cooc_p.get("threshold", str, choices=THRESHOLDS) == "none" else (
+        threshold_rule(cooc_p), cooc_p.get("raise_logit", float, lo=0.0))
+    return correction, protos, cooc
+
+
 def run(params: Params) -> None:
-    p = params.section("correct")
-    source = p.get("source", str, choices=("z0", "cut", "cdul"))
-    method = p.get("method", str, choices=METHODS)
-    beta = p.get("beta", int, lo=0)
-    protos_p, cooc_p = params.section("prototypes"), params.section("cooccurrence")
-    use_protos = protos_p.get("threshold", str, choices=THRESHOLDS) != "none"
-    use_cooc = cooc_p.get("threshold", str, choices=THRESHOLDS) != "none"
+    (source, method, beta, hard_threshold), protos, cooc = check(params)
+    use_protos, use_cooc = protos is not None, cooc is not None
     initial, observed, manifest = Table(INITIAL), Table(OBSERVED), Table(MANIFEST)
-    target = correct_labels(initial.column(source), beta, method, p.get("hard_threshold", float, lo=0.0, hi=1.0))
+    target = correct_labels(initial.column(source), beta, method, hard_threshold)
     known = observed.column("known").astype(bool)
     labels = manifest.column("labels") if known.any() else np.zeros(known.shape, np.int8)
     up = np.zeros(known.shape, bool)
@@ -46,13 +54,13 @@ def run(params: Params) -> None:
     if known.any() and use_protos:
         scores = open_store(SCORES, required=("image_emb", "text_emb"))
         emb, text = np.asarray(scores["image_emb"][:], np.float32), np.asarray(scores["text_emb"][:], np.float32)
-        up, down, bank, sims = transfer_by_prototypes(emb, text, target, known, labels, threshold_rule(protos_p),
-                                                      protos_p.get("k", int, lo=1), protos_p.get("bank", int, lo=1))
+        rule, k, bank_size, raise_logit = protos
+        up, down, bank, sims = transfer_by_prototypes(emb, text, target, known, labels, rule, k, bank_size)
         store = {"visual": bank.visual, "counts": bank.counts, "text": bank.text, **sims}
-        target = apply_transfer(target, up, down, protos_p.get("raise_logit", float, lo=0.0))
+        target = apply_transfer(target, up, down, raise_logit)
     if known.any() and use_cooc:
-        up_c, store["cooccurrence"] = transfer_by_cooccurrence(known, labels, threshold_rule(cooc_p))
-        target = apply_transfer(target, up_c, np.zeros_like(up_c), cooc_p.get("raise_logit", float, lo=0.0))
+        up_c, store["cooccurrence"] = transfer_by_cooccurrence(known, labels, cooc[0])
+        target = apply_transfer(target, up_c, np.zeros_like(up_c), cooc[1])
         up |= up_c
     write_small_store(PROTOTYPES, store, {"prototypes": use_protos and known.any(),
                                           "cooccurrence": use_cooc and known.any(), "classes": initial.classes})

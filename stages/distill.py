@@ -15,6 +15,7 @@ from tqdm import tqdm
 from pipeline import clip
 from pipeline.images import ResizedImages
 from pipeline.resume import Checkpointer, fingerprint
+from pipeline.rules import RuleSettings
 from pipeline.storage import Table, atomic_path, manifest_paths
 from pipeline.student import KINDS, StudentTraining, frozen_tower_checkpoint, small_cnn_checkpoint, train_small_cnn
 from stages.common import (
@@ -31,23 +32,25 @@ from stages.common import (
 )
 
 
-def run(params: Params) -> None:
+def check(params: Params) -> tuple[str, StudentTraining, int, RuleSettings]:
     p = params.section("distill")
-    kind = p.get("student", str, choices=KINDS)
+    c = p.section("small_cnn")
+    training = StudentTraining(epochs=c.get("epochs", int, lo=1), batch_size=c.get("batch_size", int, lo=2),
+                               lr=c.get("lr", float, lo=0.0), consistency=c.get("consistency", float, lo=0.0),
+                               width=c.get("width", int, lo=1), seed=c.get("seed", int))
+    return p.get("student", str, choices=KINDS), training, c.get("image_size", int, lo=8), rule_settings(params)
+
+
+def run(params: Params) -> None:
+    kind, training, size, rule = check(params)
     if kind == "frozen_tower":
         adapter = torch.load(ADAPTER, weights_only=True)
         ckpt = frozen_tower_checkpoint(adapter, clip.load_described(adapter["backbone"]))
     else:
-        c = p.section("small_cnn")
-        training = StudentTraining(epochs=c.get("epochs", int, lo=1), batch_size=c.get("batch_size", int, lo=2),
-                                   lr=c.get("lr", float, lo=0.0), consistency=c.get("consistency", float, lo=0.0),
-                                   width=c.get("width", int, lo=1), seed=c.get("seed", int))
         refined, manifest, observed = Table(REFINED), Table(MANIFEST), Table(OBSERVED)
         row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
         rows = np.array([row_of[i] for i in refined.column("image_id")])
         paths = list(manifest_paths(manifest)[rows])
-        rule = rule_settings(params)
-        size = int(c.get("image_size", int, lo=8))
         run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("z").tolist(),
                              observed.column("known")[rows].tolist())
         steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))

@@ -34,9 +34,14 @@ LADDER = {"z0": (INITIAL, "z0"), "cdul": (INITIAL, "cdul"), "cut": (INITIAL, "cu
           "corrected": (CORRECTED, "target"), "refined": (REFINED, "z")}
 
 
-def run(params: Params) -> None:
+def check(params: Params) -> tuple[float, int, int]:
     p = params.section("evaluate")
-    threshold, top_k = p.get("threshold", float, lo=0.0, hi=1.0), p.get("top_k", int, lo=1)
+    return (p.get("threshold", float, lo=0.0, hi=1.0), p.get("top_k", int, lo=1),
+            p.get("examples", int, lo=0, default=12))
+
+
+def run(params: Params) -> None:
+    threshold, top_k, n_examples = check(params)
     manifest = Table(MANIFEST)
     if not manifest.has("labels"):
         write_json(METRICS, {})
@@ -77,7 +82,7 @@ def run(params: Params) -> None:
     per_class = {m: per_class_ap(y_test, z) for m, z in predictions.items()}
     write_plots(manifest.classes, y_test, predictions, per_class, metrics["labels"])
     html = render_report(metrics, manifest.classes, per_class, test_paths, y_test, predictions["student"],
-                         n_examples=p.get("examples", int, lo=0, default=12))
+                         n_examples=n_examples)
     with atomic_path(REPORT) as tmp:
         tmp.write_text(html)
     _print_summary(metrics)

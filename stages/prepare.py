@@ -74,27 +74,36 @@ def scene_config(p: Params) -> SceneConfig:
                        max_small=p.get("max_small", int, lo=0, hi=5))
 
 
-def run(params: Params) -> None:
+READERS = {"folder": read_folder, "voc": read_voc, "coco": read_coco, "nuswide": read_nuswide}
+
+
+def check(params: Params) -> tuple[str, dict, InputChecks]:
+    """(format, the reader's keyword arguments, input checks); paths must exist."""
     p = params.section("dataset")
     fmt = p.get("format", str, choices=FORMATS)
     checks = input_checks(p)
+    if fmt == "embedded":
+        return fmt, {"cfg": scene_config(p), "seed": p.get("seed", int), "n_train": p.get("n_train", int, lo=1),
+                     "n_test": p.get("n_test", int, lo=1)}, checks
+    root = p.path("root", "dir")
     if fmt == "folder":
-        classes = p.get("classes", (list, type(None)), default=None)
-        return write_imported(read_folder(p.get("root", str), p.get("labels", str), classes,
-                                          p.get("test_fraction", float, lo=0.0, hi=1.0, default=0.2),
-                                          p.get("seed", int)), fmt, checks)
+        return fmt, {"root": root, "table": p.path("labels"), "seed": p.get("seed", int),
+                     "classes": p.get("classes", (list, type(None)), default=None),
+                     "test_fraction": p.get("test_fraction", float, lo=0.0, hi=1.0, default=0.2)}, checks
     if fmt == "voc":
-        return write_imported(read_voc(p.get("root", str), p.get("train_set", str, default="trainval"),
-                                       p.get("test_set", str, default="test"),
-                                       p.get("include_difficult", bool, default=True)), fmt, checks)
+        return fmt, {"root": root, "train_set": p.get("train_set", str, default="trainval"),
+                     "test_set": p.get("test_set", str, default="test"),
+                     "include_difficult": p.get("include_difficult", bool, default=True)}, checks
     if fmt == "coco":
-        return write_imported(read_coco(p.get("root", str)), fmt, checks)
-    if fmt == "nuswide":
-        return write_imported(read_nuswide(p.get("root", str), p.get("images_dir", str, default="Flickr")), fmt,
-                              checks)
-    cfg = scene_config(p)
-    seed = p.get("seed", int)
-    n_train, n_test = p.get("n_train", int, lo=1), p.get("n_test", int, lo=1)
+        return fmt, {"root": root}, checks
+    return fmt, {"root": root, "images_dir": p.get("images_dir", str, default="Flickr")}, checks
+
+
+def run(params: Params) -> None:
+    fmt, kwargs, checks = check(params)
+    if fmt in READERS:
+        return write_imported(READERS[fmt](**kwargs), fmt, checks)
+    cfg, seed, n_train, n_test = kwargs["cfg"], kwargs["seed"], kwargs["n_train"], kwargs["n_test"]
     ids, paths, splits, labels, salient = [], [], [], [], []
     with atomic_path(IMAGES_DIR) as tmp:
         tmp.mkdir()

@@ -21,7 +21,7 @@ def cut_settings(p: Params) -> CutSettings:
                        flip=p.get("flip", bool))
 
 
-def run(params: Params, max_shards: int | None = None) -> None:
+def check(params: Params) -> tuple[ScoreJob, list[str]]:
     p = params.section("score")
     job = ScoreJob(settings=cut_settings(p), seed=p.get("seed", int), shard_rows=p.get("shard_rows", int, lo=1),
                    chunk_rows=p.get("chunk_rows", int, lo=1), batch_images=p.get("batch_images", int, lo=1),
@@ -29,6 +29,11 @@ def run(params: Params, max_shards: int | None = None) -> None:
     templates = p.get("templates", list)
     if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
         raise ParamsError("params.yaml: 'score.templates' must be a non-empty list of strings containing '{}'")
+    return job, templates
+
+
+def run(params: Params, max_shards: int | None = None) -> None:
+    job, templates = check(params)
     manifest = Table(MANIFEST)
     paths = list(manifest_paths(manifest))
     descriptor = read_json(TEACHER_DESCRIPTOR)

@@ -34,8 +34,9 @@ from stages.common import (
 
 
 def sew_settings(p: Params) -> SewSettings:
-    return SewSettings(p=p.get("p", float), q=p.get("q", float), max_overlays=p.get("L", int),
-                       pool_k=p.get("k", int), epochs=p.get("epochs", int, lo=1),
+    return SewSettings(p=p.get("p", float, lo=0.0, hi=1.0), q=p.get("q", float, lo=0.0, hi=1.0),
+                       max_overlays=p.get("L", int, lo=0), pool_k=p.get("k", int, lo=1),
+                       epochs=p.get("epochs", int, lo=1),
                        batch_size=p.get("batch_size", int, lo=2), lr=p.get("lr", float, lo=0.0),
                        estimator_lr=p.get("estimator_lr", float, lo=0.0), seed=p.get("seed", int))
 
@@ -44,6 +45,15 @@ def adapter_options(p: Params) -> dict:
     a = p.section("adapter")
     return {"hidden": a.get("hidden", int, lo=1), "layers": a.get("layers", int, lo=1),
             "heads": a.get("heads", int, lo=1), "residual": a.get("residual", float, lo=0.0, hi=1.0)}
+
+
+def check(params: Params) -> None:
+    p = params.section("sew")
+    sew_settings(p), adapter_options(p), rule_settings(params)
+    p.get("image_size", int, lo=8), p.get("num_workers", int, lo=0)
+    b = p.section("backbone")
+    if b.get("model", str) != "teacher":
+        b.model_name("model"), b.get("pretrained", str), b.get("trust_checkpoint", bool, default=False)
 
 
 def backbone_descriptor(p: Params) -> dict:
@@ -99,6 +109,7 @@ def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc:
 
 
 def run(params: Params) -> None:
+    check(params)
     corrected, observed = Table(CORRECTED), Table(OBSERVED)
     rule = rule_settings(params)
     ckpt, refined, train = train_adapter(params, corrected.column("target"),

@@ -26,34 +26,45 @@ CHECKPOINT_EVERY = 25  # steps between resumable checkpoints (~8 s of training; 
 HELDOUT_STREAM = 2  # scenes for the teacher's own sanity check, distinct from training and dataset
 
 
-def run(params: Params) -> None:
+def check(params: Params) -> tuple[str, str, bool, tuple | None]:
+    """(model, pretrained, trust_checkpoint, toy-teacher settings or None). Weights are resolved by `run`."""
     p = params.section("teacher")
-    name = p.get("model", str)
-    pretrained = p.get("pretrained", str)
-    if pretrained == "embedded":
-        descriptor = train_embedded(p, scene_config(params.section("dataset")), name)
+    name, pretrained = p.model_name("model"), p.get("pretrained", str)
+    trust = p.get("trust_checkpoint", bool, default=False)
+    if pretrained != "embedded":
+        return name, pretrained, trust, None
+    t = p.section("train")
+    seed = t.get("seed", int)
+    training = TeacherTraining(steps=t.get("steps", int, lo=1), batch_size=t.get("batch_size", int, lo=2),
+                               lr=t.get("lr", float, lo=0.0), seed=seed)
+    sampling = ViewSampling(crop_prob=t.get("crop_prob", float, lo=0.0, hi=1.0),
+                            crop_area=t.pair("crop_area", 0.0, 1.0))
+    return name, pretrained, trust, (scene_config(params.section("dataset")), training, sampling,
+                                     t.get("scenes", int, lo=1))
+
+
+def run(params: Params) -> None:
+    name, pretrained, trust, embedded = check(params)
+    if embedded is not None:
+        descriptor = train_embedded(name, *embedded)
     else:
-        descriptor = clip.describe(name, pretrained, p.get("trust_checkpoint", bool, default=False))
+        descriptor = clip.describe(name, pretrained, trust)
         with atomic_path(TEACHER_DIR) as tmp:
             tmp.mkdir()
             write_json(tmp / TEACHER_DESCRIPTOR.name, descriptor)
     print(f"teacher: {descriptor['model']} ({descriptor['pretrained']}), sha256 {descriptor['sha256'][:12]}…")
 
 
-def train_embedded(p: Params, scenes: SceneConfig, name: str) -> dict:
-    t = p.section("train")
-    seed = t.get("seed", int)
+def train_embedded(name: str, scenes: SceneConfig, training: TeacherTraining, sampling: ViewSampling,
+                   n_scenes: int) -> dict:
+    seed = training.seed
     torch.manual_seed(seed)  # initial weights depend on the seed only
     model = clip.create_model(name)
     if clip.image_size_of(model) != scenes.image_size:
         raise ValueError(f"teacher.model {name} expects {clip.image_size_of(model)} px images but "
                          f"dataset.image_size is {scenes.image_size}")
     tokenizer = clip.tokenizer_for(name)
-    pool = make_scene_pool(t.get("scenes", int, lo=1), scenes, seed)
-    training = TeacherTraining(steps=t.get("steps", int, lo=1), batch_size=t.get("batch_size", int, lo=2),
-                               lr=t.get("lr", float, lo=0.0), seed=seed)
-    sampling = ViewSampling(crop_prob=t.get("crop_prob", float, lo=0.0, hi=1.0),
-                            crop_area=t.pair("crop_area", 0.0, 1.0))
+    pool = make_scene_pool(n_scenes, scenes, seed)
     bar = tqdm(total=training.steps, desc="teacher", unit="step")
     started = time.time()
 
@@ -62,7 +73,7 @@ def train_embedded(p: Params, scenes: SceneConfig, name: str) -> dict:
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss:.3f}")
 
-    run_id = fingerprint(name, asdict(scenes), asdict(training), asdict(sampling), t.get("scenes", int))
+    run_id = fingerprint(name, asdict(scenes), asdict(training), asdict(sampling), n_scenes)
     checkpointer = Checkpointer(work_dir("teacher"), run_id, every=CHECKPOINT_EVERY, log=tqdm.write)
     train_toy_teacher(model, tokenizer, scenes.classes, pool, training, sampling, on_step=on_step,
                       checkpointer=checkpointer)
