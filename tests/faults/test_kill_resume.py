@@ -35,43 +35,62 @@ def project(tmp_path_factory):
     return project
 
 
-def kill_repeatedly(project, command: str, kills: int, seed: int) -> tuple[int, str]:
-    """Start `command`, SIGKILL it after a random delay within its uninterrupted run time, `kills` times
-    (each run continuing the last), then let it finish. Returns (kills that landed, final output)."""
-    started = time.time()
-    sh(command, project)  # an uninterrupted run, to time it (its outputs are replaced below)
-    wall = time.time() - started
-    rng = np.random.default_rng(seed)
-    landed = 0
-    for _ in range(kills):
-        proc = subprocess.Popen(command, shell=True, cwd=project, env=env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(float(rng.uniform(0.4, 0.95)) * wall)
-        if proc.poll() is None:
-            landed += 1
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return landed, sh(command, project).stdout
+def kill_when(project, command: str, ready, extra_delay: float) -> bool:
+    """Start `command`; once `ready()` holds, wait `extra_delay` s more and SIGKILL it. True if it was killed
+    before finishing."""
+    proc = subprocess.Popen(command, shell=True, cwd=project, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline and not ready():
+        time.sleep(0.01)
+    time.sleep(extra_delay)
+    landed = proc.poll() is None
+    if landed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return landed
+
+
+def done_shards(project) -> int:
+    return len(list((project / "data" / ".scores.work" / "done").glob("shard-*")))
+
+
+def checkpoint_position(project) -> int:
+    state = project / "data" / ".sew.work" / "state.pt"
+    try:
+        return int(torch.load(state, weights_only=True)["position"]) if state.exists() else 0
+    except Exception:  # caught between writes: ask again
+        return 0
 
 
 def test_score_killed_five_times_resumes_byte_identical(project):
     store = project / "data" / "scores.zarr"
     reference = tree_bytes(store)
     shutil.rmtree(store)
-    work = project / "data" / ".scores.work"
-
-    landed, _ = kill_repeatedly(project, "mlpl score", KILLS, seed=1)
-    assert landed >= 3, "the kills should interrupt scoring"
+    rng = np.random.default_rng(1)
+    n_shards = -(-36 // 4)  # tiny params: 36 images, 4 per shard
+    # Five random points, each later than the last: after k shards are done, plus a random part of a shard.
+    targets = sorted(rng.choice(np.arange(1, n_shards), size=KILLS, replace=False))
+    landed = [kill_when(project, "mlpl score", lambda k=k: done_shards(project) >= k, float(rng.uniform(0, 0.3)))
+              for k in targets]
+    assert sum(landed) >= KILLS - 1, landed
+    out = sh("mlpl score", project)
+    assert "resuming" in out.stdout + out.stderr
     assert tree_bytes(store) == reference
-    assert not work.exists()
+    assert not (project / "data" / ".scores.work").exists()
 
 
 def test_sew_killed_five_times_resumes_to_the_same_adapter_and_metrics(project):
     refined_before = Table(project / "data" / "labels" / "refined.parquet").column("z")
     adapter_before = torch.load(project / "data" / "models" / "adapter.pt", weights_only=True)["state_dict"]
     metrics_before = json.loads((project / "reports" / "metrics.json").read_text())
-    landed, _ = kill_repeatedly(project, "mlpl sew", KILLS, seed=2)
-    assert landed >= 3
+    rng = np.random.default_rng(2)
+    # Kill i lands after checkpoint i (epochs 1..5 of 6), at a random moment of the next epoch.
+    landed = [kill_when(project, "mlpl sew", lambda k=k: checkpoint_position(project) >= k, float(rng.uniform(0, 0.5)))
+              for k in range(1, KILLS + 1)]
+    assert sum(landed) >= KILLS - 1, landed
+    out = sh("mlpl sew", project)
+    assert "resuming from" in out.stdout + out.stderr
     assert np.array_equal(Table(project / "data" / "labels" / "refined.parquet").column("z"), refined_before)
     adapter = torch.load(project / "data" / "models" / "adapter.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(adapter[k], adapter_before[k]) for k in adapter_before)
@@ -79,21 +98,6 @@ def test_sew_killed_five_times_resumes_to_the_same_adapter_and_metrics(project):
     r = sh("dvc repro", project)
     assert stages_run(r.stdout) <= {"distill", "evaluate"}  # same outputs: nothing else reruns
     assert json.loads((project / "reports" / "metrics.json").read_text()) == metrics_before
-
-
-def test_a_killed_sew_resumes_from_its_checkpoint(project):
-    """At least one kill lands after a checkpoint: the rerun says it resumed."""
-    proc = subprocess.Popen("mlpl sew", shell=True, cwd=project, env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    state = project / "data" / ".sew.work" / "state.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not state.exists():
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert state.exists(), "sew finished before its first checkpoint"
-    r = sh("mlpl sew", project)
-    assert "resuming from" in r.stdout + r.stderr
 
 
 def named_metrics(node, out=None) -> dict:
