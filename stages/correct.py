@@ -62,8 +62,9 @@ def run(params: Params) -> None:
         up_c, store["cooccurrence"] = transfer_by_cooccurrence(known, labels, cooc[0])
         target = apply_transfer(target, up_c, np.zeros_like(up_c), cooc[1])
         up |= up_c
-    write_small_store(PROTOTYPES, store, {"prototypes": use_protos and known.any(),
-                                          "cooccurrence": use_cooc and known.any(), "classes": initial.classes})
+    any_known = bool(known.any())
+    write_small_store(PROTOTYPES, store, {"prototypes": use_protos and any_known,
+                                          "cooccurrence": use_cooc and any_known, "classes": initial.classes})
     if known.any():  # partial labels: what is known is never guessed
         target = apply_known_labels(target, known, manifest.column("labels"))
     write_table(CORRECTED, {"image_id": initial.column("image_id"), "split": initial.column("split"),
