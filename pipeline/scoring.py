@@ -6,10 +6,10 @@ Batches never cross a shard boundary, so a resumed run sees exactly the batches 
 does and writes byte-identical arrays.
 
 Speed (DESIGN.md §7): each image is decoded once in DataLoader workers and all its views are cut from the
-decoded tensor; the views of `batch_images` images go through the tower together, in forwards of at most
-`batch_views` views; `inference_mode`, channels-last, autocast where the hardware computes in bf16/fp16
-natively; text embeddings are computed once by the caller; a background thread encodes and writes
-finished shards while the next ones are computed.
+decoded tensor; the views of up to `batch_images` images go through the tower together, in forwards of at
+most `batch_views` views (sized for the device); `inference_mode`, channels-last, autocast where the
+hardware computes in bf16/fp16 natively; text embeddings are computed once by the caller; a background
+thread encodes and writes finished shards while the next ones are computed.
 
 Several processes (torchrun) cooperate through `Workers`: rank 0 creates the store, every rank scores a
 disjoint set of whole shards and writes only those, so the store equals a single-process one.
@@ -194,6 +194,12 @@ def resolve_batch_views(requested: int | None, image_size: int, device: torch.de
     return max(1, CPU_FORWARD_PIXELS // pixels)
 
 
+def images_per_batch(batch_images: int, batch_views: int, views_per_image: int) -> int:
+    """Images decoded and handed over together: at most `batch_images`, and no more than fill one forward, so
+    that the views held in memory stay near `batch_views` whatever the resolution (at least one image)."""
+    return max(1, min(batch_images, batch_views // views_per_image))
+
+
 def forward_slices(n: int, batch_views: int) -> list[slice]:
     """Split n views into the fewest forwards of at most `batch_views`, of near-equal size (no tiny tail)."""
     if n <= 0:
@@ -280,9 +286,10 @@ def score_to_store(model: torch.nn.Module, text_emb: torch.Tensor, paths: Sequen
     device = resolve_device(job.device, workers.local_rank)
     precision = resolve_precision(job.precision, device)
     batch_views = resolve_batch_views(job.batch_views, size, device)
+    batch_images = images_per_batch(job.batch_images, batch_views, 1 + n_tiles + n_crops)
     attrs = {**attrs, "cut": asdict(s), "seed": job.seed, "shard_rows": job.shard_rows,
              "n_images": n, "image_ids_sha256": ids_digest(image_ids), "device": device.type,
-             "precision": precision, "batch_images": job.batch_images, "batch_views": batch_views}
+             "precision": precision, "batch_images": batch_images, "batch_views": batch_views}
     attrs["fingerprint"] = fingerprint(attrs)
     store_path, done_dir = work_dir / STORE_NAME, work_dir / DONE_NAME
     if workers.rank == 0:
@@ -296,7 +303,7 @@ def score_to_store(model: torch.nn.Module, text_emb: torch.Tensor, paths: Sequen
     todo = [k for k in range(len(shard_bounds)) if k not in done][workers.rank::workers.world]
     if max_shards is not None:
         todo = todo[:max_shards]
-    batches = shard_batches(shard_bounds, todo, job.batch_images)
+    batches = shard_batches(shard_bounds, todo, batch_images)
     dataset = ViewDataset(paths, image_ids, s, size, job.seed)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=job.num_workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")

@@ -13,6 +13,7 @@ from pipeline.scoring import (
     ShardWriter,
     cpu_has_native_bf16,
     forward_slices,
+    images_per_batch,
     resolve_batch_views,
     resolve_precision,
     score_to_store,
@@ -155,6 +156,9 @@ def test_forward_slices_cover_views_evenly():
     assert resolve_batch_views(None, 64, cpu) == 512  # the embedded default: one forward per 16-image batch
     assert resolve_batch_views(None, 224, cpu) == 41 and resolve_batch_views(7, 224, cpu) == 7
     assert resolve_batch_views(None, 224, torch.device("cuda"), free_bytes=16 << 30) == 668
+    # a loader batch holds no more views than one forward takes, so memory follows batch_views
+    assert images_per_batch(16, 512, 30) == 16 and images_per_batch(16, 41, 30) == 1
+    assert images_per_batch(16, 64, 30) == 2 and images_per_batch(16, 10, 30) == 1
 
 
 def test_batch_size_changes_results_only_by_rounding(tiny_model, tiny_tokenizer, images, tmp_path):
