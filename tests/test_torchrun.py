@@ -18,7 +18,7 @@ def files(store):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("torchrun"))
-    sh("mlpl prepare && mlpl teacher", project)
+    sh("dvc repro prepare teacher", project)
     return project
 
 
@@ -39,3 +39,12 @@ def test_two_processes_write_the_single_process_store(project):
     double = files(store)
     assert double.keys() == single.keys()
     assert [k for k in single if single[k] != double[k]] == []
+
+
+def test_dvc_records_the_torchrun_store(project):
+    """The documented workflow: score with torchrun outside DVC, then `dvc commit` the stage."""
+    shutil.rmtree(project / "data" / "scores.zarr", ignore_errors=True)
+    sh(f"{ONE_THREAD} torchrun --standalone --nproc_per_node=2 -m stages.score", project)
+    sh("dvc commit -f score", project)
+    assert "up to date" in sh("dvc status score", project).stdout
+    assert "Running stage" not in sh("dvc repro --dry score", project).stdout
