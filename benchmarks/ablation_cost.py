@@ -71,7 +71,8 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
     ablation_views = views_per_run if score_reran else 0
-    order = ["prepare", "mask", "teacher", "score", "init", "correct", "sew", "ceiling", "distill", "evaluate"]
+    order = ["validate", "prepare", "mask", "teacher", "score", "init", "correct", "sew", "ceiling", "distill",
+             "evaluate"]
     print(f"params: {args.params}")
     print(f"dvc repro: {repro_s:.1f}s, ran {[s for s in order if s in repro_stages]}, "
           f"{views_per_run} CLIP views")

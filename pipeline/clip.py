@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,39 +34,75 @@ def register_model_configs() -> None:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
-def create_model(name: str, checkpoint: str | Path | None = None, trusted_legacy: bool = False,
+def is_torchscript(path: str | Path) -> bool:
+    """True for a TorchScript archive (the original OpenAI `.pt` files): a zip holding compiled code."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def create_model(name: str, checkpoint: str | Path | None = None, trust_checkpoint: bool = False,
                  ) -> torch.nn.Module:
     """Build an open_clip model by config name, loading weights from a local file if given.
 
-    Checkpoints load with weights_only=True; `trusted_legacy` opts into full unpickling (original
-    OpenAI TorchScript files) and must only be set for files the user trusts.
+    Checkpoints load with weights_only=True. `trust_checkpoint` opts into full unpickling, which
+    original OpenAI TorchScript files and pickled modules need; open_clip's loader then takes the
+    state dict out of the archive. Set it only for files the user trusts: unpickling can run code.
     """
     register_model_configs()
     if name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {name!r}; see `open_clip.list_models()`")
+    path = None if checkpoint is None else Path(checkpoint)
+    torchscript = False
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        torchscript = is_torchscript(path)
+        if torchscript and not trust_checkpoint:
+            raise ValueError(f"{path} is a TorchScript or pickled checkpoint, which can run code when loaded; "
+                             "set trust_checkpoint: true only if you trust the file")
+        if torchscript and not name.endswith("-quickgelu") and f"{name}-quickgelu" in open_clip.list_models():
+            # OpenAI's models were trained with QuickGELU; the plain config would silently change activations
+            raise ValueError(f"{path} is an original OpenAI TorchScript file: use the model config "
+                             f"{name}-quickgelu, which matches its activations")
     logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were given: we load our own
     try:
         model = open_clip.create_model(name, pretrained=None)
     finally:
         logging.disable(logging.NOTSET)
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path is not None:
         try:
-            open_clip.load_checkpoint(model, str(path), weights_only=not trusted_legacy)
+            # A TorchScript archive also carries non-persistent buffers (attention masks): load non-strictly
+            # and accept exactly those as extras.
+            result = open_clip.load_checkpoint(model, str(path), strict=not torchscript,
+                                               weights_only=not trust_checkpoint)
         except (RuntimeError, pickle.UnpicklingError) as e:
-            if trusted_legacy or "weights_only" not in str(e):
+            if trust_checkpoint or "weights_only" not in str(e):
                 raise
             raise ValueError(f"{path} is a TorchScript or pickled checkpoint, which can run code when loaded; "
-                             "set teacher.trusted_legacy: true only if you trust the file") from e
+                             "set trust_checkpoint: true only if you trust the file") from e
+        if torchscript:
+            volatile = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+            bad = list(result.missing_keys) + [k for k in result.unexpected_keys if k not in volatile]
+            if bad:
+                raise ValueError(f"{path} does not match model config {name}: mismatched keys {bad[:5]}")
     return model.eval()
 
 
-def load_teacher(descriptor: dict) -> torch.nn.Module:
-    """The model a teacher descriptor (data/teacher/descriptor.json) names, with its resolved weights."""
+def describe(name: str, pretrained: str, trust_checkpoint: bool = False) -> dict:
+    """Resolve a model + weights offline, check they load, and describe them for later stages."""
+    weights, how = resolve_pretrained(name, pretrained)
+    create_model(name, weights, trust_checkpoint=trust_checkpoint)  # fail now, not in a later stage
+    return {"model": name, "pretrained": pretrained, "weights": str(weights), "found_in": how,
+            "sha256": sha256_of(weights), "trust_checkpoint": trust_checkpoint}
+
+
+def load_described(descriptor: dict) -> torch.nn.Module:
+    """The model a descriptor (data/teacher/descriptor.json, an adapter's backbone) names, with its weights."""
     return create_model(descriptor["model"], descriptor["weights"],
-                        trusted_legacy=bool(descriptor.get("trusted_legacy", False)))
+                        trust_checkpoint=bool(descriptor.get("trust_checkpoint", False)))
 
 
 def tokenizer_for(name: str):

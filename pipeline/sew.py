@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline import clip
 from pipeline.images import decode_image, resize_u8
+from pipeline.resume import Checkpointer
+from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
 
 
 @dataclass(frozen=True)
@@ -113,26 +115,57 @@ class SewDataset(Dataset):
         return image, sources
 
 
+def predict_hosts(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor], adapter: torch.nn.Module,
+                  dataset: SewDataset, batch_size: int) -> np.ndarray:
+    """σ(adapter) on every training image as it is, without overlays. [N, C]"""
+    mean, std = normalizer
+    adapter.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            images = torch.stack([dataset.load(i) for i in range(start, min(start + batch_size, len(dataset)))])
+            out.append(torch.sigmoid(adapter(clip.grid_features(visual, clip.normalize_u8(images, mean, std)))))
+    return torch.cat(out).numpy()
+
+
 def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor],
                      adapter: torch.nn.Module, dataset: SewDataset, z_init: np.ndarray, frozen: np.ndarray,
                      settings: SewSettings, num_workers: int = 0,
-                     on_step: Callable[[int, int, float], None] | None = None) -> np.ndarray:
+                     on_step: Callable[[int, int, float], None] | None = None,
+                     rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
+                     checkpointer: Checkpointer | None = None) -> np.ndarray:
     """Train `adapter` on composites and the estimator Z jointly (Algorithm 1); returns refined Z.
 
     M-step: BCE(p, stop σ(z_s)) trains the adapter; E-step: BCE(z_s, stop σ(p)) moves Z, with z_s
     the composite label from Z. Entries where `frozen` is True (known labels) keep z_init. The visual
     tower stays frozen; with estimator_lr 0 this is plain distillation of fixed composite labels.
+    A partial-label `rule` (pipeline.rules) weights the M-step; `plmcl` and `g2netpl` replace the
+    E-step by their own label update after each epoch, on predictions for the images without overlays.
+    `weights` [N, C] (label_distribution) weight a composite's entries by the max over its sources.
+    A `checkpointer` saves the state after each epoch; a rerun resumes from the last one.
     """
     torch.manual_seed(settings.seed)
     z0 = torch.tensor(np.asarray(z_init), dtype=torch.float32)
     keep = torch.tensor(np.asarray(frozen), dtype=torch.bool)
     z = torch.nn.Parameter(z0.clone())
+    w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
     opt = torch.optim.AdamW([
         {"params": adapter.parameters(), "lr": settings.lr, "weight_decay": settings.weight_decay},
         {"params": [z], "lr": settings.estimator_lr, "weight_decay": 0.0}])
     mean, std = normalizer
     visual.eval()
-    for epoch in range(settings.epochs):
+    y_prev = torch.sigmoid(z0).numpy().astype(np.float64)
+    start = 0
+    state = checkpointer.restore() if checkpointer is not None else None
+    if state is not None:
+        adapter.load_state_dict(state["adapter"])
+        opt.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            z.copy_(state["z"])
+        y_prev = state["y_prev"].numpy()
+        torch.set_rng_state(state["torch_rng"])
+        start = state["position"]
+    for epoch in range(start, settings.epochs):
         dataset.epoch = epoch
         order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
         loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=order,
@@ -143,12 +176,26 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
                 feats = clip.grid_features(visual, clip.normalize_u8(images, mean, std))
             p = adapter(feats)
             zs = composite_logits(torch.where(keep, z0, z), sources)
-            m_loss = F.binary_cross_entropy_with_logits(p, torch.sigmoid(zs).detach())
-            e_loss = F.binary_cross_entropy_with_logits(zs, torch.sigmoid(p).detach())
+            w = None if w_all is None else composite_logits(w_all, sources)
+            m_loss = rule_loss(p, torch.sigmoid(zs).detach(), keep[sources[:, 0]], rule, epoch, w)
+            loss = m_loss
+            if not rule.updates_labels:
+                loss = loss + F.binary_cross_entropy_with_logits(zs, torch.sigmoid(p).detach())
             opt.zero_grad(set_to_none=True)
-            (m_loss + e_loss).backward()
+            loss.backward()
             opt.step()
             if on_step is not None:
                 on_step(epoch, step, m_loss.item())
+        if rule.updates_labels:
+            y = torch.sigmoid(z.detach()).numpy().astype(np.float64)
+            predictions = predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)
+            new = update_pseudo_labels(y, y_prev, predictions, keep.numpy(), rule)
+            y_prev = y
+            with torch.no_grad():
+                z.copy_(torch.logit(torch.tensor(new, dtype=torch.float32)))
+        if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < settings.epochs:
+            checkpointer.save({"position": epoch + 1, "adapter": adapter.state_dict(), "optimizer": opt.state_dict(),
+                               "z": z.detach().clone(), "y_prev": torch.from_numpy(y_prev),
+                               "torch_rng": torch.get_rng_state()})
     adapter.eval()
     return torch.where(keep, z0, z.detach()).numpy().astype(np.float32)

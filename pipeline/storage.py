@@ -166,3 +166,14 @@ def open_store(path: str | Path, required: tuple[str, ...] = ()) -> zarr.Group:
     if missing:
         raise DataError(f"{path}: missing arrays {missing}")
     return group
+
+
+def write_small_store(path: str | Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) -> None:
+    """Write small arrays (one chunk each) as a Zarr v3 group, atomically."""
+    with atomic_path(path) as tmp:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        for name, value in arrays.items():
+            value = np.asarray(value)
+            group.create_array(name, shape=value.shape, dtype=value.dtype,
+                               chunks=tuple(max(1, d) for d in value.shape))[...] = value
+        group.attrs.update(dict(attrs))

@@ -1,6 +1,7 @@
 """Standalone students and their checkpoints.
 
-`frozen_tower` (default): the teacher's visual tower + the sew adapter, exported as one module.
+`frozen_tower` (default): the adapter's frozen backbone tower (the teacher's, by default) + the sew
+adapter, exported as one module.
 `small_cnn`: a small CNN trained from scratch on the refined labels with CDUL's consistency term
 (predictions on an image and on its augmented view should agree).
 Checkpoints are plain dicts of tensors and configs, loadable with weights_only=True.
@@ -20,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline import clip
 from pipeline.adapter import Adapter, AdapterConfig, FrozenTowerClassifier
 from pipeline.images import ResizedImages
+from pipeline.resume import Checkpointer
+from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
 
 KINDS = ("frozen_tower", "small_cnn")
 
@@ -66,48 +69,79 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x[:, :, dy:dy + s, dx:dx + s]
 
 
-class _Targets(Dataset):
-    def __init__(self, images: Dataset, targets: np.ndarray):
-        self.images, self.targets = images, torch.tensor(np.asarray(targets), dtype=torch.float32)
+class _Indexed(Dataset):
+    def __init__(self, images: Dataset):
+        self.images = images
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return len(self.images)
 
     def __getitem__(self, i: int):
         _, img = self.images[i]
-        return img, self.targets[i]
+        return img, i
 
 
 def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int, training: StudentTraining,
-                    on_step: Callable[[int, float], None] | None = None) -> SmallCNN:
-    """BCE to σ(refined labels) + λ · MSE between σ(f(x)) and σ(f(aug(x))) (CDUL consistency)."""
+                    on_step: Callable[[int, float], None] | None = None, known: np.ndarray | None = None,
+                    rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
+                    checkpointer: Checkpointer | None = None) -> SmallCNN:
+    """BCE to σ(refined labels) + λ · MSE between σ(f(x)) and σ(f(aug(x))) (CDUL consistency).
+
+    With partial labels, `known` entries keep their labels; a `rule` (pipeline.rules) weights the BCE
+    (large_loss, label_distribution with `weights`) or moves the other labels after each epoch
+    (plmcl, g2netpl) towards the predictions made on them during that epoch. A `checkpointer` saves the
+    state after each epoch; a rerun resumes from the last one.
+    """
     torch.manual_seed(training.seed)
     gen = torch.Generator().manual_seed(training.seed)
-    model = SmallCNN(targets_logit.shape[1], training.width, image_size)
+    n, n_cls = targets_logit.shape
+    model = SmallCNN(n_cls, training.width, image_size)
     opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=1e-4)
-    data = _Targets(images, targets_logit)
-    step = 0
-    for _ in range(training.epochs):
+    targets = torch.sigmoid(torch.tensor(np.asarray(targets_logit), dtype=torch.float32))
+    known_t = torch.zeros((n, n_cls), dtype=torch.bool) if known is None else torch.tensor(np.asarray(known, bool))
+    w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
+    y_prev = targets.numpy().astype(np.float64)
+    step, start = 0, 0
+    state = checkpointer.restore() if checkpointer is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        targets, y_prev = state["targets"], state["y_prev"].numpy()
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start, step = state["position"], state["step"]
+    for epoch in range(start, training.epochs):
         model.train()
-        for x, z in DataLoader(data, batch_size=training.batch_size, shuffle=True, generator=gen):
+        seen = np.zeros((n, n_cls))
+        for x, idx in DataLoader(_Indexed(images), batch_size=training.batch_size, shuffle=True, generator=gen):
             logits = model(augment(x, gen))
-            loss = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(z))
+            loss = rule_loss(logits, targets[idx], known_t[idx], rule, epoch, None if w_all is None else w_all[idx])
             if training.consistency > 0:
                 other = model(augment(x, gen))
                 loss = loss + training.consistency * F.mse_loss(torch.sigmoid(logits), torch.sigmoid(other))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            seen[idx.numpy()] = torch.sigmoid(logits).detach().numpy()
             if on_step is not None:
                 on_step(step, loss.item())
             step += 1
+        if rule.updates_labels:
+            y = targets.numpy().astype(np.float64)
+            new = update_pseudo_labels(y, y_prev, seen, known_t.numpy(), rule)
+            y_prev = y
+            targets = torch.tensor(new, dtype=torch.float32)
+        if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < training.epochs:
+            checkpointer.save({"position": epoch + 1, "step": step, "model": model.state_dict(),
+                               "optimizer": opt.state_dict(), "targets": targets, "y_prev": torch.from_numpy(y_prev),
+                               "generator": gen.get_state(), "torch_rng": torch.get_rng_state()})
     return model.eval()
 
 
 def frozen_tower_checkpoint(adapter_ckpt: dict, model: nn.Module) -> dict:
     """student.pt for the default student: the tower's weights travel with it, so it stands alone."""
-    return {"kind": "frozen_tower", "model": adapter_ckpt["teacher"]["model"],
-            "teacher_sha256": adapter_ckpt["teacher"]["sha256"], "visual_state_dict": model.visual.state_dict(),
+    return {"kind": "frozen_tower", "model": adapter_ckpt["backbone"]["model"],
+            "backbone_sha256": adapter_ckpt["backbone"]["sha256"], "visual_state_dict": model.visual.state_dict(),
             "adapter_config": adapter_ckpt["adapter_config"], "adapter_state_dict": adapter_ckpt["state_dict"],
             "image_size": adapter_ckpt["image_size"], "classes": adapter_ckpt["classes"]}
 
@@ -116,11 +150,11 @@ def small_cnn_checkpoint(model: SmallCNN, classes: Sequence[str]) -> dict:
     return {"kind": "small_cnn", "config": model.config, "state_dict": model.state_dict(), "classes": list(classes)}
 
 
-def adapter_module(adapter_ckpt: dict, teacher: nn.Module) -> FrozenTowerClassifier:
+def adapter_module(adapter_ckpt: dict, backbone: nn.Module) -> FrozenTowerClassifier:
     """Frozen tower + adapter from an adapter.pt / ceiling.pt checkpoint dict."""
     adapter = Adapter(AdapterConfig.from_dict(adapter_ckpt["adapter_config"]))
     adapter.load_state_dict(adapter_ckpt["state_dict"])
-    return FrozenTowerClassifier(teacher, adapter, int(adapter_ckpt["image_size"])).eval()
+    return FrozenTowerClassifier(backbone, adapter, int(adapter_ckpt["image_size"])).eval()
 
 
 def load_student(path) -> tuple[nn.Module, list[str], int]:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from pipeline.clip import DEFAULT_TEMPLATES, encode_images, image_size_of, normalize_images
+from pipeline.resume import Checkpointer, numpy_rng_state, set_numpy_rng_state
 from pipeline.scenes import SceneConfig, dominant_object, render_scene, scene_rng
 
 TEACHER_STREAM = 1  # scene-generator stream of the teacher's own scenes (the dataset uses stream 0)
@@ -118,8 +119,12 @@ class TeacherTraining:
 def train_toy_teacher(model: torch.nn.Module, tokenizer, classes: Sequence[str], pool: ScenePool,
                       training: TeacherTraining, sampling: ViewSampling,
                       templates: Sequence[str] = DEFAULT_TEMPLATES,
-                      on_step: Callable[[int, float], None] | None = None) -> torch.nn.Module:
-    """Train `model` in place contrastively on captioned views of `pool`; returns it in eval mode."""
+                      on_step: Callable[[int, float], None] | None = None,
+                      checkpointer: Checkpointer | None = None) -> torch.nn.Module:
+    """Train `model` in place contrastively on captioned views of `pool`; returns it in eval mode.
+
+    With a `checkpointer`, the state is saved every `checkpointer.every` steps and a rerun resumes from it.
+    """
     torch.manual_seed(training.seed)
     rng = np.random.default_rng(np.random.SeedSequence([training.seed, 17]))
     out_size = image_size_of(model)
@@ -131,7 +136,16 @@ def train_toy_teacher(model: torch.nn.Module, tokenizer, classes: Sequence[str],
                                               * (1 + math.cos(math.pi * min(s, training.steps) / training.steps)))
     model.train()
     model.to(memory_format=torch.channels_last)  # ~2x faster convolutions on CPU
-    for step in range(training.steps):
+    start = 0
+    state = checkpointer.restore() if checkpointer is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_numpy_rng_state(rng, state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start = state["position"]
+    for step in range(start, training.steps):
         views, cls = sample_views(rng, pool, training.batch_size, out_size, sampling)
         tmpl = torch.from_numpy(rng.integers(0, n_t, size=len(cls)))
         image_emb = encode_images(model, normalize_images(views, model).contiguous(memory_format=torch.channels_last))
@@ -143,4 +157,8 @@ def train_toy_teacher(model: torch.nn.Module, tokenizer, classes: Sequence[str],
         sched.step()
         if on_step is not None:
             on_step(step, loss.item())
+        if checkpointer is not None and checkpointer.due(step) and step + 1 < training.steps:
+            checkpointer.save({"position": step + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "numpy_rng": numpy_rng_state(rng),
+                               "torch_rng": torch.get_rng_state()})
     return model.eval()

@@ -8,8 +8,8 @@ import torch
 
 from pipeline.correct import NEGATIVE_LOGIT, POSITIVE_LOGIT
 from pipeline.storage import Table, atomic_path
-from stages.common import CEILING, MANIFEST, Params
-from stages.sew import train_adapter
+from stages.common import CEILING, MANIFEST, Params, clear_work_dir
+from stages.sew import check, train_adapter  # noqa: F401  (check: ceiling reads the sew params)
 
 
 def run(params: Params) -> None:
@@ -23,4 +23,5 @@ def run(params: Params) -> None:
     ckpt, _, _ = train_adapter(params, truth, np.ones(truth.shape, bool), "ceiling")
     with atomic_path(CEILING) as tmp:
         torch.save(ckpt, tmp)
+    clear_work_dir("ceiling")
     print(f"supervised ceiling adapter → {CEILING}")

@@ -19,10 +19,13 @@ PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="Params
 def _run_stage(name: str, params_file: Path, **kwargs) -> None:
     from pipeline.storage import DataError
     from stages.common import Params, ParamsError
+    from stages.validate import validate
 
     try:
         module = importlib.import_module(f"stages.{name}")
-        module.run(Params.load(params_file), **kwargs)
+        params = Params.load(params_file)
+        validate(params)  # the whole file, before anything is computed or written
+        module.run(params, **kwargs)
     except (ParamsError, DataError, FileNotFoundError, ValueError) as e:
         typer.secho(f"mlpl {name}: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -36,6 +39,7 @@ def _stage_command(name: str, doc: str):
     app.command(name)(command)
 
 
+_stage_command("validate", "Check every params key (types, ranges, names, paths) without computing anything.")
 _stage_command("prepare", "Build the dataset manifest (and images of the embedded benchmark).")
 _stage_command("mask", "Choose which train labels are known, from top-level `ratio` and `seed`.")
 _stage_command("teacher", "Train the toy teacher, or resolve real open_clip weights offline.")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from pipeline.storage import atomic_path
+from pipeline.rules import RULES, RuleSettings, label_distribution_weights
+from pipeline.storage import atomic_path, open_store
 
 PARAMS_FILE = Path("params.yaml")
 DATA = Path("data")
@@ -20,10 +23,24 @@ TEACHER_DIR = DATA / "teacher"
 TEACHER_DESCRIPTOR = TEACHER_DIR / "descriptor.json"
 SCORES = DATA / "scores.zarr"
 SCORES_WORK = DATA / ".scores.work"  # resumable partial store, outside every DVC output
+
+
+def work_dir(stage: str) -> Path:
+    """Where a long stage keeps its resumable checkpoint: outside every DVC output, removed on success."""
+    return DATA / f".{stage}.work"
+
+
+def clear_work_dir(stage: str) -> None:
+    """Called once the stage's outputs are in place: its checkpoint is no longer needed."""
+    shutil.rmtree(work_dir(stage), ignore_errors=True)
+
+
 LABELS = DATA / "labels"
 INITIAL = LABELS / "initial.parquet"
 CORRECTED = LABELS / "corrected.parquet"
 REFINED = LABELS / "refined.parquet"
+PROTOTYPES = DATA / "prototypes.zarr"
+PARAMS_OK = DATA / "params.ok"
 MODELS = DATA / "models"
 ADAPTER = MODELS / "adapter.pt"
 STUDENT = MODELS / "student.pt"
@@ -53,6 +70,10 @@ class Params:
         except yaml.YAMLError as e:
             raise ParamsError(f"{path}: not valid YAML ({e})") from e
         return cls(data, path)
+
+    @property
+    def source(self) -> Path:
+        return self._source
 
     def section(self, name: str) -> Params:
         sub = self._raw(name)
@@ -87,7 +108,32 @@ class Params:
         if choices is not None and value not in choices:
             raise ParamsError(f"{self._source}: '{self._key(name)}' must be one of {list(choices)}, got {value!r}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ParamsError(f"{self._source}: '{self._key(name)}' must be in [{lo}, {hi}], got {value!r}")
+            allowed = f"in [{lo}, {hi}]" if lo is not None and hi is not None else (
+                f">= {lo}" if lo is not None else f"<= {hi}")
+            raise ParamsError(f"{self._source}: '{self._key(name)}' must be {allowed}, got {value!r}")
+        return value
+
+    def path(self, name: str, kind: str = "file") -> str:
+        """A path param that must exist now (kind: file or dir), so a typo fails before any compute."""
+        value = self.get(name, str)
+        ok = Path(value).is_dir() if kind == "dir" else Path(value).is_file()
+        if not ok:
+            what = "a directory" if kind == "dir" else "a file"
+            raise ParamsError(f"{self._source}: '{self._key(name)}' = {value}: not {what}")
+        return value
+
+    def model_name(self, name: str) -> str:
+        """An open_clip model config name (ours included)."""
+        import open_clip
+
+        from pipeline.clip import register_model_configs
+
+        value = self.get(name, str)
+        register_model_configs()
+        if value not in open_clip.list_models():
+            near = [m for m in open_clip.list_models() if m.lower().startswith(value.lower()[:3])][:8]
+            raise ParamsError(f"{self._source}: '{self._key(name)}' must be an open_clip model name "
+                              f"(open_clip.list_models()), got {value!r}; similar: {near}")
         return value
 
     def pair(self, name: str, lo: float = 0.0, hi: float = float("inf")) -> tuple[float, float]:
@@ -111,3 +157,25 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def rule_settings(params: Params) -> RuleSettings:
+    """The partial-label training rule (top-level `rule`) with the constants of its own section."""
+    name = params.get("rule", str, choices=RULES)
+    pl, g2, ll, ld = (params.section(k) for k in ("plmcl", "g2netpl", "large_loss", "label_distribution"))
+    return RuleSettings(
+        name=name, plmcl_eta=pl.get("eta", float, lo=0.0, hi=1.0), plmcl_alpha=pl.get("alpha", float, lo=0.0, hi=1.0),
+        plmcl_beta=pl.get("beta", float, lo=0.0, hi=1.0), g2netpl_eta=g2.get("eta", float, lo=0.0),
+        g2netpl_lr=g2.get("lr", float, lo=0.0), g2netpl_steps=g2.get("steps", int, lo=0),
+        ll_delta=ll.get("delta", float, lo=0.0, hi=1.0), ll_max_rate=ll.get("max_rate", float, lo=0.0, hi=1.0),
+        ld_sigma=ld.get("sigma", float, lo=1e-6))
+
+
+def rule_weights(rule: RuleSettings, targets_logit: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+    """label_distribution weights [len(rows), C] from the scored embeddings; None for other rules."""
+    if rule.name != "label_distribution":
+        return None
+    scores = open_store(SCORES, required=("image_emb", "text_emb"))
+    emb = np.asarray(scores["image_emb"][:], np.float32)[rows]
+    return label_distribution_weights(emb, np.asarray(scores["text_emb"][:], np.float32), targets_logit > 0,
+                                      rule.ld_sigma)

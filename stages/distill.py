@@ -6,37 +6,62 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from pipeline import clip
 from pipeline.images import ResizedImages
+from pipeline.resume import Checkpointer, fingerprint
+from pipeline.rules import RuleSettings
 from pipeline.storage import Table, atomic_path, manifest_paths
 from pipeline.student import KINDS, StudentTraining, frozen_tower_checkpoint, small_cnn_checkpoint, train_small_cnn
-from stages.common import ADAPTER, MANIFEST, REFINED, STUDENT, TEACHER_DESCRIPTOR, Params, read_json
+from stages.common import (
+    ADAPTER,
+    MANIFEST,
+    OBSERVED,
+    REFINED,
+    STUDENT,
+    Params,
+    clear_work_dir,
+    rule_settings,
+    rule_weights,
+    work_dir,
+)
+
+
+def check(params: Params) -> tuple[str, StudentTraining, int, RuleSettings]:
+    p = params.section("distill")
+    c = p.section("small_cnn")
+    training = StudentTraining(epochs=c.get("epochs", int, lo=1), batch_size=c.get("batch_size", int, lo=2),
+                               lr=c.get("lr", float, lo=0.0), consistency=c.get("consistency", float, lo=0.0),
+                               width=c.get("width", int, lo=1), seed=c.get("seed", int))
+    return p.get("student", str, choices=KINDS), training, c.get("image_size", int, lo=8), rule_settings(params)
 
 
 def run(params: Params) -> None:
-    p = params.section("distill")
-    kind = p.get("student", str, choices=KINDS)
+    kind, training, size, rule = check(params)
     if kind == "frozen_tower":
-        ckpt = frozen_tower_checkpoint(torch.load(ADAPTER, weights_only=True),
-                                       clip.load_teacher(read_json(TEACHER_DESCRIPTOR)))
+        adapter = torch.load(ADAPTER, weights_only=True)
+        ckpt = frozen_tower_checkpoint(adapter, clip.load_described(adapter["backbone"]))
     else:
-        c = p.section("small_cnn")
-        training = StudentTraining(epochs=c.get("epochs", int, lo=1), batch_size=c.get("batch_size", int, lo=2),
-                                   lr=c.get("lr", float, lo=0.0), consistency=c.get("consistency", float, lo=0.0),
-                                   width=c.get("width", int, lo=1), seed=c.get("seed", int))
-        refined, manifest = Table(REFINED), Table(MANIFEST)
-        path_of = dict(zip(manifest.column("image_id"), manifest_paths(manifest), strict=True))
-        paths = [path_of[i] for i in refined.column("image_id")]
-        size = int(c.get("image_size", int, lo=8))
+        refined, manifest, observed = Table(REFINED), Table(MANIFEST), Table(OBSERVED)
+        row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
+        rows = np.array([row_of[i] for i in refined.column("image_id")])
+        paths = list(manifest_paths(manifest)[rows])
+        run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("z").tolist(),
+                             observed.column("known")[rows].tolist())
         steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))
         with tqdm(total=steps, desc="distill", unit="step") as bar:
             model = train_small_cnn(ResizedImages(paths, size), refined.column("z"), size, training,
-                                    on_step=lambda s, loss: bar.update(1))
+                                    on_step=lambda s, loss: bar.update(1),
+                                    known=observed.column("known")[rows].astype(bool), rule=rule,
+                                    weights=rule_weights(rule, refined.column("z"), rows),
+                                    checkpointer=Checkpointer(work_dir("distill"), run_id, log=tqdm.write))
         ckpt = small_cnn_checkpoint(model, refined.classes)
     with atomic_path(STUDENT) as tmp:
         torch.save(ckpt, tmp)
+    clear_work_dir("distill")
     print(f"student ({kind}) → {STUDENT}")

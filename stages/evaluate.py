@@ -26,9 +26,7 @@ from stages.common import (
     REPORT,
     SCORES,
     STUDENT,
-    TEACHER_DESCRIPTOR,
     Params,
-    read_json,
     write_json,
 )
 
@@ -36,9 +34,14 @@ LADDER = {"z0": (INITIAL, "z0"), "cdul": (INITIAL, "cdul"), "cut": (INITIAL, "cu
           "corrected": (CORRECTED, "target"), "refined": (REFINED, "z")}
 
 
-def run(params: Params) -> None:
+def check(params: Params) -> tuple[float, int, int]:
     p = params.section("evaluate")
-    threshold, top_k = p.get("threshold", float, lo=0.0, hi=1.0), p.get("top_k", int, lo=1)
+    return (p.get("threshold", float, lo=0.0, hi=1.0), p.get("top_k", int, lo=1),
+            p.get("examples", int, lo=0, default=12))
+
+
+def run(params: Params) -> None:
+    threshold, top_k, n_examples = check(params)
     manifest = Table(MANIFEST)
     if not manifest.has("labels"):
         write_json(METRICS, {})
@@ -66,7 +69,7 @@ def run(params: Params) -> None:
     predictions["student"] = predict_paths(student, size, test_paths)
     ceiling = torch.load(CEILING, weights_only=True)
     if ceiling.get("kind") == "adapter":
-        module = adapter_module(ceiling, clip.load_teacher(read_json(TEACHER_DESCRIPTOR)))
+        module = adapter_module(ceiling, clip.load_described(ceiling["backbone"]))
         predictions["ceiling"] = predict_paths(module, module.image_size, test_paths)
     y_test = truth[test]
     metrics["test"] = {m: classification_report(y_test, z, threshold, top_k) for m, z in predictions.items()}
@@ -79,7 +82,7 @@ def run(params: Params) -> None:
     per_class = {m: per_class_ap(y_test, z) for m, z in predictions.items()}
     write_plots(manifest.classes, y_test, predictions, per_class, metrics["labels"])
     html = render_report(metrics, manifest.classes, per_class, test_paths, y_test, predictions["student"],
-                         n_examples=p.get("examples", int, lo=0, default=12))
+                         n_examples=n_examples)
     with atomic_path(REPORT) as tmp:
         tmp.write_text(html)
     _print_summary(metrics)

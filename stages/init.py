@@ -11,10 +11,13 @@ from pipeline.storage import DataError, Table, open_store, write_table
 from stages.common import INITIAL, MANIFEST, SCORES, Params
 
 
-def run(params: Params) -> None:
+def check(params: Params) -> tuple[float, float]:
     p = params.section("init")
-    alpha = p.get("alpha", float, lo=0.0)
-    zeta = p.get("cdul_zeta", float, lo=0.0, hi=1.0)
+    return p.get("alpha", float, lo=0.0), p.get("cdul_zeta", float, lo=0.0, hi=1.0)
+
+
+def run(params: Params) -> None:
+    alpha, zeta = check(params)
     manifest = Table(MANIFEST)
     store = open_store(SCORES, required=("global", "local", "crops"))
     ids = list(manifest.column("image_id"))

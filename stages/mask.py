@@ -7,9 +7,12 @@ from pipeline.storage import Table, write_table
 from stages.common import MANIFEST, OBSERVED, Params
 
 
+def check(params: Params) -> tuple[float, int]:
+    return params.get("ratio", float, lo=0.0, hi=1.0), params.get("seed", int)
+
+
 def run(params: Params) -> None:
-    ratio = params.get("ratio", float, lo=0.0, hi=1.0)
-    seed = params.get("seed", int)
+    ratio, seed = check(params)
     manifest = Table(MANIFEST)
     split = manifest.column("split")
     known = observed_mask(len(manifest), len(manifest.classes), split == "train", ratio, seed)

@@ -71,16 +71,21 @@ def torchrun_workers() -> Iterator[Workers]:
         dist.destroy_process_group()
 
 
-def run(params: Params, max_shards: int | None = None) -> None:
+def check(params: Params) -> tuple[ScoreJob, list[str]]:
     p = params.section("score")
     job = score_job(p)
     templates = p.get("templates", list)
     if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
         raise ParamsError("params.yaml: 'score.templates' must be a non-empty list of strings containing '{}'")
+    return job, templates
+
+
+def run(params: Params, max_shards: int | None = None) -> None:
+    job, templates = check(params)
     manifest = Table(MANIFEST)
     paths = list(manifest_paths(manifest))
     descriptor = read_json(TEACHER_DESCRIPTOR)
-    model = clip.load_teacher(descriptor)
+    model = clip.load_described(descriptor)
     tokenizer = clip.tokenizer_for(descriptor["model"])
     text_emb = clip.encode_classes(model, tokenizer, manifest.classes, templates)  # once, before any image
     attrs = {"model": descriptor["model"], "pretrained": descriptor["pretrained"], "weights_sha256":

@@ -3,12 +3,17 @@ data/models/adapter.pt and data/labels/refined.parquet (Z after EM)."""
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import asdict
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from pipeline import clip
 from pipeline.adapter import adapter_for
+from pipeline.resume import Checkpointer, fingerprint
+from pipeline.rules import NO_RULE, RuleSettings
 from pipeline.sew import SewDataset, SewSettings, overlay_pool, train_adapter_em
 from pipeline.storage import Table, atomic_path, manifest_paths, write_table
 from stages.common import (
@@ -20,13 +25,18 @@ from stages.common import (
     REFINED,
     TEACHER_DESCRIPTOR,
     Params,
+    clear_work_dir,
     read_json,
+    rule_settings,
+    rule_weights,
+    work_dir,
 )
 
 
 def sew_settings(p: Params) -> SewSettings:
-    return SewSettings(p=p.get("p", float), q=p.get("q", float), max_overlays=p.get("L", int),
-                       pool_k=p.get("k", int), epochs=p.get("epochs", int, lo=1),
+    return SewSettings(p=p.get("p", float, lo=0.0, hi=1.0), q=p.get("q", float, lo=0.0, hi=1.0),
+                       max_overlays=p.get("L", int, lo=0), pool_k=p.get("k", int, lo=1),
+                       epochs=p.get("epochs", int, lo=1),
                        batch_size=p.get("batch_size", int, lo=2), lr=p.get("lr", float, lo=0.0),
                        estimator_lr=p.get("estimator_lr", float, lo=0.0), seed=p.get("seed", int))
 
@@ -37,7 +47,30 @@ def adapter_options(p: Params) -> dict:
             "heads": a.get("heads", int, lo=1), "residual": a.get("residual", float, lo=0.0, hi=1.0)}
 
 
-def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc: str):
+def check(params: Params) -> None:
+    p = params.section("sew")
+    sew_settings(p), adapter_options(p), rule_settings(params)
+    p.get("image_size", int, lo=8), p.get("num_workers", int, lo=0)
+    b = p.section("backbone")
+    if b.get("model", str) != "teacher":
+        b.model_name("model"), b.get("pretrained", str), b.get("trust_checkpoint", bool, default=False)
+
+
+def backbone_descriptor(p: Params) -> dict:
+    """The frozen tower the adapter trains on: the teacher's (default) or a model of its own, as the
+    papers score with RN50x64 and adapt RN101."""
+    b = p.section("backbone")
+    name = b.get("model", str)
+    if name == "teacher":
+        return read_json(TEACHER_DESCRIPTOR)
+    return clip.describe(name, b.get("pretrained", str), b.get("trust_checkpoint", bool, default=False))
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc: str, rule: RuleSettings = NO_RULE):
     """Shared by `sew` and the supervised ceiling: train an adapter on composites of the train split.
 
     Returns (checkpoint dict, refined Z of the train rows, train mask).
@@ -48,8 +81,8 @@ def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc:
     train = manifest.column("split") == "train"
     paths = list(manifest_paths(manifest)[train])
     z0 = Table(INITIAL).column("z0")[train]
-    descriptor = read_json(TEACHER_DESCRIPTOR)
-    model = clip.load_teacher(descriptor)
+    descriptor = backbone_descriptor(p)
+    model = clip.load_described(descriptor)
     torch.manual_seed(settings.seed)
     size = p.get("image_size", int, lo=8)
     adapter = adapter_for(model, len(manifest.classes), size, **adapter_options(p))
@@ -61,21 +94,29 @@ def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc:
         bar.update(1)
         bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", refresh=False)
 
+    run_id = fingerprint(asdict(settings), asdict(rule), adapter.cfg.to_dict(), size, descriptor,
+                         _digest(targets), _digest(frozen), _digest(z0), list(manifest.column("image_id")))
+    checkpointer = Checkpointer(work_dir(desc), run_id, log=tqdm.write)
     refined = train_adapter_em(model.visual, clip.normalizer_of(model), adapter, dataset, targets[train],
                                frozen[train], settings, num_workers=p.get("num_workers", int, lo=0),
-                               on_step=on_step)
+                               on_step=on_step, rule=rule,
+                               weights=rule_weights(rule, targets[train], np.flatnonzero(train)),
+                               checkpointer=checkpointer)
     bar.close()
     ckpt = {"kind": "adapter", "adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(),
-            "image_size": size, "classes": manifest.classes, "teacher": descriptor}
+            "image_size": size, "classes": manifest.classes, "backbone": descriptor}
     return ckpt, refined, train
 
 
 def run(params: Params) -> None:
+    check(params)
     corrected, observed = Table(CORRECTED), Table(OBSERVED)
+    rule = rule_settings(params)
     ckpt, refined, train = train_adapter(params, corrected.column("target"),
-                                         observed.column("known").astype(bool), "sew")
+                                         observed.column("known").astype(bool), "sew", rule)
     with atomic_path(ADAPTER) as tmp:
         torch.save(ckpt, tmp)
     write_table(REFINED, {"image_id": corrected.column("image_id")[train],
                           "split": corrected.column("split")[train], "z": refined}, corrected.classes)
+    clear_work_dir("sew")
     print(f"adapter → {ADAPTER}; EM-refined labels of {int(train.sum())} train images → {REFINED}")

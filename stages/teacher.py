@@ -7,54 +7,64 @@ open_clip pretrained tag or a local weights file, resolved offline and recorded 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from pipeline import clip
+from pipeline.resume import Checkpointer, fingerprint
 from pipeline.scenes import SceneConfig
 from pipeline.storage import atomic_path
 from pipeline.toy_teacher import TeacherTraining, ViewSampling, make_scene_pool, train_toy_teacher
-from stages.common import TEACHER_DESCRIPTOR, TEACHER_DIR, Params, write_json
+from stages.common import TEACHER_DESCRIPTOR, TEACHER_DIR, Params, clear_work_dir, work_dir, write_json
 from stages.prepare import scene_config
 
 CHECKPOINT_NAME = "teacher.pt"
+CHECKPOINT_EVERY = 25  # steps between resumable checkpoints (~8 s of training; a save takes ~0.1 s)
 HELDOUT_STREAM = 2  # scenes for the teacher's own sanity check, distinct from training and dataset
 
 
-def run(params: Params) -> None:
+def check(params: Params) -> tuple[str, str, bool, tuple | None]:
+    """(model, pretrained, trust_checkpoint, toy-teacher settings or None). Weights are resolved by `run`."""
     p = params.section("teacher")
-    name = p.get("model", str)
-    pretrained = p.get("pretrained", str)
-    if pretrained == "embedded":
-        descriptor = train_embedded(p, scene_config(params.section("dataset")), name)
+    name, pretrained = p.model_name("model"), p.get("pretrained", str)
+    trust = p.get("trust_checkpoint", bool, default=False)
+    if pretrained != "embedded":
+        return name, pretrained, trust, None
+    t = p.section("train")
+    seed = t.get("seed", int)
+    training = TeacherTraining(steps=t.get("steps", int, lo=1), batch_size=t.get("batch_size", int, lo=2),
+                               lr=t.get("lr", float, lo=0.0), seed=seed)
+    sampling = ViewSampling(crop_prob=t.get("crop_prob", float, lo=0.0, hi=1.0),
+                            crop_area=t.pair("crop_area", 0.0, 1.0))
+    return name, pretrained, trust, (scene_config(params.section("dataset")), training, sampling,
+                                     t.get("scenes", int, lo=1))
+
+
+def run(params: Params) -> None:
+    name, pretrained, trust, embedded = check(params)
+    if embedded is not None:
+        descriptor = train_embedded(name, *embedded)
     else:
-        weights, how = clip.resolve_pretrained(name, pretrained)
-        trusted = p.get("trusted_legacy", bool, default=False)
-        clip.create_model(name, weights, trusted_legacy=trusted)  # fail now, not in `score`
-        descriptor = {"model": name, "pretrained": pretrained, "weights": str(weights), "found_in": how,
-                      "sha256": clip.sha256_of(weights), "trusted_legacy": trusted}
+        descriptor = clip.describe(name, pretrained, trust)
         with atomic_path(TEACHER_DIR) as tmp:
             tmp.mkdir()
             write_json(tmp / TEACHER_DESCRIPTOR.name, descriptor)
     print(f"teacher: {descriptor['model']} ({descriptor['pretrained']}), sha256 {descriptor['sha256'][:12]}…")
 
 
-def train_embedded(p: Params, scenes: SceneConfig, name: str) -> dict:
-    t = p.section("train")
-    seed = t.get("seed", int)
+def train_embedded(name: str, scenes: SceneConfig, training: TeacherTraining, sampling: ViewSampling,
+                   n_scenes: int) -> dict:
+    seed = training.seed
     torch.manual_seed(seed)  # initial weights depend on the seed only
     model = clip.create_model(name)
     if clip.image_size_of(model) != scenes.image_size:
         raise ValueError(f"teacher.model {name} expects {clip.image_size_of(model)} px images but "
                          f"dataset.image_size is {scenes.image_size}")
     tokenizer = clip.tokenizer_for(name)
-    pool = make_scene_pool(t.get("scenes", int, lo=1), scenes, seed)
-    training = TeacherTraining(steps=t.get("steps", int, lo=1), batch_size=t.get("batch_size", int, lo=2),
-                               lr=t.get("lr", float, lo=0.0), seed=seed)
-    sampling = ViewSampling(crop_prob=t.get("crop_prob", float, lo=0.0, hi=1.0),
-                            crop_area=t.pair("crop_area", 0.0, 1.0))
+    pool = make_scene_pool(n_scenes, scenes, seed)
     bar = tqdm(total=training.steps, desc="teacher", unit="step")
     started = time.time()
 
@@ -63,7 +73,10 @@ def train_embedded(p: Params, scenes: SceneConfig, name: str) -> dict:
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss:.3f}")
 
-    train_toy_teacher(model, tokenizer, scenes.classes, pool, training, sampling, on_step=on_step)
+    run_id = fingerprint(name, asdict(scenes), asdict(training), asdict(sampling), n_scenes)
+    checkpointer = Checkpointer(work_dir("teacher"), run_id, every=CHECKPOINT_EVERY, log=tqdm.write)
+    train_toy_teacher(model, tokenizer, scenes.classes, pool, training, sampling, on_step=on_step,
+                      checkpointer=checkpointer)
     bar.close()
     top1 = heldout_salient_top1(model, tokenizer, scenes, seed)
     print(f"teacher trained in {time.time() - started:.0f}s; held-out salient top-1 {top1:.3f}")
@@ -72,9 +85,10 @@ def train_embedded(p: Params, scenes: SceneConfig, name: str) -> dict:
         ckpt = tmp / CHECKPOINT_NAME
         torch.save({"state_dict": model.state_dict(), "model": name, "classes": list(scenes.classes)}, ckpt)
         descriptor = {"model": name, "pretrained": "embedded", "weights": str(TEACHER_DIR / CHECKPOINT_NAME),
-                      "found_in": "trained", "sha256": clip.sha256_of(ckpt), "trusted_legacy": False,
+                      "found_in": "trained", "sha256": clip.sha256_of(ckpt), "trust_checkpoint": False,
                       "classes": list(scenes.classes), "heldout_salient_top1": top1}
         write_json(tmp / TEACHER_DESCRIPTOR.name, descriptor)
+    clear_work_dir("teacher")
     return descriptor
 
 

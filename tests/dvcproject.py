@@ -38,3 +38,21 @@ def make_project(dest: Path, params: Path = ROOT / "tests" / "tiny_params.yaml")
     shutil.copy2(params, dest / "params.yaml")
     sh("git init -q && git add -A && git commit -qm init", dest)
     return dest
+
+
+def score_with_tiny_teacher(project: Path, weights_dir: Path):
+    """Point the project's teacher at a saved tiny open_clip model, then run `teacher` and `score`."""
+    import torch
+    import yaml
+    import zarr
+
+    from pipeline.clip import create_model
+
+    ckpt = weights_dir / "tiny-teacher.pt"
+    torch.manual_seed(0)
+    torch.save({"state_dict": create_model("mlpl-tiny-rn").state_dict()}, ckpt)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["teacher"].update(model="mlpl-tiny-rn", pretrained=str(ckpt))
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("mlpl teacher && mlpl score", project)
+    return zarr.open_group(str(project / "data" / "scores.zarr"), mode="r")

@@ -34,7 +34,7 @@ def test_checkpoint_roundtrip_weights_only(tmp_path, tiny_model):
 def test_pickled_module_refused_unless_trusted(tmp_path, tiny_model):
     path = tmp_path / "legacy.pt"
     torch.save(tiny_model, path)  # a whole pickled module, as legacy checkpoints are
-    with pytest.raises(ValueError, match="trusted_legacy"):
+    with pytest.raises(ValueError, match="trust_checkpoint"):
         clip.create_model(TINY_MODEL, path)
 
 
@@ -43,7 +43,7 @@ def test_torchscript_archive_refused_unless_trusted(tmp_path, tiny_model, tiny_t
     traced = torch.jit.trace(tiny_model, (torch.zeros(1, 3, 32, 32), tiny_tokenizer(["a"])), check_trace=False,
                              strict=False)
     traced.save(path)
-    with pytest.raises(ValueError, match="TorchScript or pickled checkpoint.*trusted_legacy"):
+    with pytest.raises(ValueError, match="TorchScript or pickled checkpoint.*trust_checkpoint"):
         clip.create_model(TINY_MODEL, path)
 
 
@@ -78,3 +78,46 @@ def test_unknown_model_name():
 def test_class_prompts():
     assert clip.class_prompts(["a_b"], ["x {}", "{} y"]) == ["x a b", "a b y"]
     assert np.isfinite(clip.PROB_EPS)
+
+
+def _openai_style_torchscript(path, name):
+    """A TorchScript archive of an open_clip model, shaped like the original OpenAI `.pt` files."""
+    torch.manual_seed(3)
+    model = clip.create_model(name)
+    traced = torch.jit.trace(model, (torch.zeros(1, 3, 32, 32), clip.tokenizer_for(name)(["a"])),
+                             check_trace=False, strict=False)
+    traced.save(path)
+    return model
+
+
+def test_trusted_torchscript_loads_through_open_clip(tmp_path):
+    path = tmp_path / "RN-tiny.pt"
+    original = _openai_style_torchscript(path, "mlpl-tiny-rn-quickgelu")
+    assert clip.is_torchscript(path)
+    loaded = clip.create_model("mlpl-tiny-rn-quickgelu", path, trust_checkpoint=True)
+    for (k, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(clip.encode_images(loaded, x), clip.encode_images(original.eval(), x), atol=1e-6)
+
+
+def test_torchscript_needs_the_quickgelu_config(tmp_path):
+    path = tmp_path / "RN-tiny.pt"
+    _openai_style_torchscript(path, "mlpl-tiny-rn-quickgelu")
+    with pytest.raises(ValueError, match="use the model config mlpl-tiny-rn-quickgelu"):
+        clip.create_model("mlpl-tiny-rn", path, trust_checkpoint=True)
+
+
+def test_plain_checkpoint_is_not_torchscript(tmp_path, tiny_model):
+    path = tmp_path / "plain.pt"
+    torch.save({"state_dict": tiny_model.state_dict()}, path)
+    assert not clip.is_torchscript(path) and not clip.is_torchscript(tmp_path / "absent.pt")
+
+
+def test_describe_records_weights(tmp_path, tiny_model):
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": tiny_model.state_dict()}, path)
+    d = clip.describe(TINY_MODEL, str(path))
+    assert d["found_in"] == "file" and d["sha256"] == clip.sha256_of(path) and not d["trust_checkpoint"]
+    loaded = clip.load_described(d)
+    assert torch.equal(loaded.logit_scale, tiny_model.logit_scale)

@@ -8,10 +8,12 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from tests.dvcproject import env, make_project, sh, stages_run
 
-ALL_STAGES = {"prepare", "mask", "teacher", "score", "init", "correct", "sew", "ceiling", "distill", "evaluate"}
+ALL_STAGES = {"validate", "prepare", "mask", "teacher", "score", "init", "correct", "sew", "ceiling", "distill",
+              "evaluate"}
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +46,16 @@ def test_second_repro_does_nothing(project):
 
 def test_ratio_ablation_never_recomputes_scores(project):
     r = sh("dvc exp run -S ratio=0.1", project)
-    assert stages_run(r.stdout) == {"mask", "correct", "sew", "distill", "evaluate"}, r.stdout
+    assert stages_run(r.stdout) == {"validate", "mask", "correct", "sew", "distill", "evaluate"}, r.stdout
     show = sh("dvc exp show --no-pager --csv", project).stdout
     assert "0.1" in show and "test.student.map" in show
 
 
 @pytest.mark.parametrize("change, expected", [
-    ("correct.method=hard", {"correct", "sew", "distill", "evaluate"}),
-    ("sew.L=0", {"sew", "ceiling", "distill", "evaluate"}),
+    ("correct.method=hard", {"validate", "correct", "sew", "distill", "evaluate"}),
+    ("sew.L=0", {"validate", "sew", "ceiling", "distill", "evaluate"}),
+    ("prototypes.threshold=ema", {"validate", "correct", "sew", "distill", "evaluate"}),
+    ("rule=large_loss", {"validate", "sew", "distill", "evaluate"}),
 ])
 def test_method_ablations_reuse_cached_scores(project, change, expected):
     r = sh(f"dvc exp run -S {change}", project)
@@ -62,6 +66,42 @@ def test_method_ablations_reuse_cached_scores(project, change, expected):
     assert key in header and "test.student.map" in header
     values = {row[header.index(key)] for row in rows[1:]}
     assert change.split("=")[1] in values  # the ablation is listed next to the baseline
+
+
+def test_partial_label_methods_together(project):
+    r = sh("dvc exp run -S ratio=0.5 -S prototypes.threshold=ema -S cooccurrence.threshold=dtl -S rule=plmcl "
+           "-S distill.student=small_cnn", project)
+    assert stages_run(r.stdout) == {"validate", "mask", "correct", "sew", "distill", "evaluate"}, r.stdout
+    assert "unknown entries raised" in r.stdout
+    import zarr
+
+    bank = zarr.open_group(str(project / "data" / "prototypes.zarr"), mode="r")
+    assert bank.attrs["prototypes"] and bank["visual"].shape[:2] == (4, 10) and bank["cooccurrence"].shape == (4, 4)
+
+
+def test_invalid_params_fail_before_anything_is_touched(project):
+    def snapshot():
+        return {p.relative_to(project): p.read_bytes() for root in ("data", ".dvc/cache")
+                for p in sorted((project / root).rglob("*")) if p.is_file()}
+
+    sh("git checkout -q -- params.yaml && dvc checkout -q", project)
+    before = snapshot()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ratio"] = 1.5
+    params["score"]["crop_area"] = [0.2, 1.5]
+    params["sew"]["L"] = -1
+    params["teacher"]["model"] = "RN5O"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    r = sh("dvc repro", project, check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "invalid params, nothing was run" in out
+    assert "'ratio' must be in [0.0, 1.0], got 1.5" in out
+    assert "'score.crop_area' must be [low, high] within [0.0, 1.0], got [0.2, 1.5]" in out
+    assert "'sew.L' must be >= 0, got -1" in out and "'teacher.model' must be an open_clip model" in out
+    assert stages_run(r.stdout) == {"validate"}
+    sh("git checkout -q -- params.yaml", project)
+    assert snapshot() == before  # no output deleted, nothing new in the cache
+    assert stages_run(sh("dvc repro", project).stdout) == set()
 
 
 def test_killed_scoring_resumes_byte_identical(project):

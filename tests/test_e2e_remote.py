@@ -23,6 +23,7 @@ def test_pull_reuses_scores_and_results(tmp_path):
     sh("rm -rf reports", b)
     r = sh("dvc repro", b)
     assert stages_run(r.stdout) == {"evaluate"}, r.stdout
+    assert "scored" not in r.stdout  # `score` prints "scored N images × V views" whenever it runs the teacher
     assert (b / "data" / "scores.zarr" / "global" / "zarr.json").is_file()
     metrics_a = json.loads((a / "reports" / "metrics.json").read_text())
     metrics_b = json.loads((b / "reports" / "metrics.json").read_text())

@@ -5,6 +5,7 @@ from PIL import Image
 
 from pipeline import clip
 from pipeline.adapter import adapter_for
+from pipeline.rules import RULES, RuleSettings
 from pipeline.sew import (
     SewDataset,
     SewSettings,
@@ -100,6 +101,22 @@ def test_em_training_moves_free_entries_only(tiny_model, image_paths):
     fixed = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z,
                              np.zeros_like(frozen), SewSettings(epochs=1, batch_size=4, estimator_lr=0.0))
     assert np.array_equal(fixed, z)
+
+
+@pytest.mark.parametrize("rule", RULES[1:])
+def test_every_rule_keeps_known_labels_and_trains(tiny_model, image_paths, rule):
+    torch.manual_seed(0)
+    adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
+    z = np.random.default_rng(1).normal(size=(10, 3)).astype(np.float32)
+    frozen = np.zeros_like(z, bool)
+    frozen[::2, 0] = True
+    s = SewSettings(epochs=2, batch_size=4, max_overlays=1)
+    ds = SewDataset(image_paths, 32, np.arange(10), s)
+    weights = np.full_like(z, 2.0) if rule == "label_distribution" else None
+    refined = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen, s,
+                               rule=RuleSettings(rule, ll_delta=0.5), weights=weights)
+    assert np.array_equal(refined[frozen], z[frozen]) and not np.allclose(refined[~frozen], z[~frozen])
+    assert np.isfinite(refined).all()
 
 
 def test_bad_settings_are_named():

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from pipeline.adapter import adapter_for
 from pipeline.images import ResizedImages
 from pipeline.report import render_report
+from pipeline.rules import RULES, RuleSettings
 from pipeline.student import (
     StudentTraining,
     adapter_module,
@@ -47,7 +48,7 @@ def test_frozen_tower_student_roundtrip(tmp_path, tiny_model):
     torch.manual_seed(0)
     adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2).eval()
     ckpt = {"adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(), "image_size": 32,
-            "classes": ["a", "b", "c"], "teacher": {"model": TINY_MODEL, "sha256": "x"}}
+            "classes": ["a", "b", "c"], "backbone": {"model": TINY_MODEL, "sha256": "x"}}
     paths = _images(tmp_path)
     direct = predict_paths(adapter_module(ckpt, tiny_model), 32, paths, batch_size=4)
     torch.save(frozen_tower_checkpoint(ckpt, tiny_model), tmp_path / "student.pt")
@@ -71,6 +72,20 @@ def test_small_cnn_learns_and_roundtrips(tmp_path):
     assert np.allclose(predict_paths(module, 16, paths), predict_paths(model, 16, paths), atol=1e-6)
 
 
+@pytest.mark.parametrize("rule", RULES)
+def test_small_cnn_under_each_rule_is_seeded(tmp_path, rule):
+    paths = _images(tmp_path, 8)
+    targets = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
+    known = np.zeros((8, 2), bool)
+    known[:4, 0] = True
+    kwargs = dict(known=known, rule=RuleSettings(rule, ll_delta=0.5), weights=np.full((8, 2), 2.0, np.float32))
+    training = StudentTraining(epochs=2, batch_size=4, width=4)
+    a = train_small_cnn(ResizedImages(paths, 16), targets, 16, training, **kwargs)
+    b = train_small_cnn(ResizedImages(paths, 16), targets, 16, training, **kwargs)
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), k
+
+
 def test_augment_keeps_shape_and_is_seeded():
     x = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
     a = augment(x, torch.Generator().manual_seed(0))
@@ -82,7 +97,7 @@ def test_predict_command(tmp_path, tiny_model):
     torch.manual_seed(0)
     adapter = adapter_for(tiny_model, 2, 32, hidden=16, heads=2).eval()
     ckpt = {"adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(), "image_size": 32,
-            "classes": ["a", "b"], "teacher": {"model": TINY_MODEL, "sha256": "x"}}
+            "classes": ["a", "b"], "backbone": {"model": TINY_MODEL, "sha256": "x"}}
     torch.save(frozen_tower_checkpoint(ckpt, tiny_model), tmp_path / "student.pt")
     folder = tmp_path / "imgs"
     (folder / "sub").mkdir(parents=True)

@@ -39,23 +39,37 @@ def test_voc_labels_splits_and_difficult(tmp_path):
 
 
 def test_voc_entity_bomb_is_refused_with_the_file_named(tmp_path):
-    root = voc_tree(tmp_path, {"000001": [("dog", 0)]}, ["000001"], [])
+    root = voc_tree(tmp_path, {"000001": [("dog", 0)], "000002": [("cat", 0)]}, ["000001", "000002"], [])
     (root / "Annotations" / "000001.xml").write_text(BOMB)
-    with pytest.raises(DataError, match=r"000001\.xml: unsafe or malformed XML \(EntitiesForbidden"):
-        read_voc(root)
+    d = read_voc(root)  # the unsafe file is refused, never expanded; the image is excluded and reported
+    assert d.image_ids == ["000002"]
+    [issue] = d.issues
+    assert (issue.image_id, issue.kind, issue.action) == ("000001", "bad_annotation", "excluded")
+    assert "000001.xml: unsafe or malformed XML (EntitiesForbidden" in issue.detail
 
 
-@pytest.mark.parametrize("break_it, message", [
-    (lambda r: (r / "Annotations" / "000001.xml").unlink(), "annotation file not found"),
-    (lambda r: (r / "JPEGImages" / "000001.jpg").unlink(), "absent"),
+@pytest.mark.parametrize("break_it, kind, kept", [
+    (lambda r: (r / "Annotations" / "000001.xml").unlink(), "bad_annotation", ["000002"]),
+    (lambda r: (r / "JPEGImages" / "000001.jpg").unlink(), "absent", ["000002"]),
     (lambda r: (r / "Annotations" / "000001.xml").write_text(XML.format(id=1, objects=OBJ.format(
-        name="unicorn", difficult=0))), "unknown class 'unicorn'"),
-    (lambda r: (r / "ImageSets/Main/test.txt").unlink(), "image set file"),
+        name="unicorn", difficult=0))), "unknown_class", ["000002"]),
+    # in both image sets: the trainval row claims the id, the test row is excluded
+    (lambda r: (r / "ImageSets/Main/test.txt").write_text("000002\n000001\n"), "duplicate_id", ["000001", "000002"]),
+    (lambda r: (r / "ImageSets/Main/test.txt").write_text("000002\n../../../../etc/passwd\n"), "path_escapes_root",
+     ["000001", "000002"]),
 ])
-def test_voc_bad_input_is_named(tmp_path, break_it, message):
-    root = voc_tree(tmp_path, {"000001": [("dog", 0)]}, ["000001"], [])
+def test_voc_bad_rows_are_excluded_and_reported(tmp_path, break_it, kind, kept):
+    root = voc_tree(tmp_path, {"000001": [("dog", 0)], "000002": [("cat", 0)]}, ["000001"], ["000002"])
     break_it(root)
-    with pytest.raises(DataError, match=message):
+    d = read_voc(root)
+    assert [(i.kind, i.action) for i in d.issues] == [(kind, "excluded")]
+    assert d.image_ids == kept and d.splits == ["train", "test"][2 - len(kept):]
+
+
+def test_voc_bad_layout_is_named(tmp_path):
+    root = voc_tree(tmp_path, {"000001": [("dog", 0)]}, ["000001"], [])
+    (root / "ImageSets/Main/test.txt").unlink()
+    with pytest.raises(DataError, match="image set file"):
         read_voc(root)
     with pytest.raises(DataError, match="not a VOC directory"):
         read_voc(tmp_path)
@@ -65,7 +79,7 @@ def test_prepare_stage_imports_voc(tmp_path):
     import yaml
 
     from pipeline.storage import Table
-    from tests.dvcproject import make_project, sh
+    from tests.dvcproject import make_project, score_with_tiny_teacher, sh
 
     root = voc_tree(tmp_path, {"000001": [("dog", 0)], "000002": [("cat", 0), ("dog", 1)]}, ["000001"], ["000002"])
     (tmp_path / "p").mkdir()
@@ -77,3 +91,5 @@ def test_prepare_stage_imports_voc(tmp_path):
     m = Table(project / "data" / "prepared" / "manifest.parquet")
     assert list(m.column("split")) == ["train", "test"] and m.metadata["source"] == "voc"
     assert m.column("labels")[1].sum() == 1  # the difficult dog is ignored
+    store = score_with_tiny_teacher(project, tmp_path)
+    assert store["global"].shape == (2, 20) and store["crops"].shape[:2] == (2, params["score"]["crops"])

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline import rules as R
+
+
+def test_plmcl_update_by_hand():
+    y, y_prev, p = np.array([0.5]), np.array([0.4]), np.array([0.9])
+    # ŷ + η(p − ŷ) + (α − β)(ŷ − ŷ_prev) = 0.5 + 0.5·0.4 + 0.4·0.1
+    assert R.plmcl_update(y, y_prev, p, eta=0.5, alpha=0.9, beta=0.5)[0] == pytest.approx(0.74)
+    # from rest, momentum alone does not move it; damping beta = alpha cancels momentum
+    assert R.plmcl_update(y, y, p, 0.0, 0.9, 0.5)[0] == pytest.approx(0.5)
+    assert R.plmcl_update(y, y_prev, p, 0.0, 0.5, 0.5)[0] == pytest.approx(0.5)
+    assert R.plmcl_update(np.array([0.99]), np.array([0.5]), np.array([1.0]), 0.5, 0.9, 0.0)[0] == 1 - R.EPS
+
+
+def test_g2netpl_step_by_hand_and_fixed_point():
+    y, p = np.array([0.6]), np.array([0.7])
+    zy, zp = np.log(0.6 / 0.4), np.log(0.7 / 0.3)
+    grad = -zy + 2.0 * (zy - zp)
+    assert R.g2netpl_update(y, p, eta=2.0, lr=0.1, steps=1)[0] == pytest.approx(0.6 - 0.1 * grad)
+    # many steps reach the sharpened fixed point S⁻¹(ŷ) = η/(η − 1)·S⁻¹(p)
+    out = R.g2netpl_update(np.array([0.5, 0.5]), np.array([0.7, 0.2]), eta=3.0, lr=0.02, steps=3000)
+    target = 1 / (1 + np.exp(-1.5 * np.log(np.array([0.7, 0.2]) / np.array([0.3, 0.8]))))
+    assert np.allclose(out, target, atol=1e-3)
+    assert out[0] > 0.7 and out[1] < 0.2  # pushed towards 0/1
+
+
+def test_large_loss_schedule_and_rejection():
+    assert [R.rejection_rate(e, 0.1, 0.25) for e in range(4)] == [0.0, 0.1, 0.2, 0.25]
+    loss = torch.tensor([[5.0, 1.0, 9.0, 2.0], [8.0, 0.5, 3.0, 7.0]])
+    unknown = torch.tensor([[True, True, False, True], [True, True, True, False]])
+    keep = R.large_loss_keep(loss, unknown, rate=2 / 6)  # 6 unknown → reject the 2 largest unknown: 8 and 5
+    assert keep.tolist() == [[False, True, True, True], [False, True, True, True]]
+    assert R.large_loss_keep(loss, unknown, rate=0.0).all()
+
+
+def test_rule_loss_large_loss_ignores_rejected_entries():
+    logits = torch.tensor([[3.0, -3.0, 0.0]])
+    targets = torch.tensor([[0.0, 1.0, 1.0]])  # entries 0 and 1 are confidently wrong: large losses
+    known = torch.tensor([[False, False, True]])
+    rule = R.RuleSettings("large_loss", ll_delta=0.5, ll_max_rate=1.0)
+    per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")[0]
+    assert R.rule_loss(logits, targets, known, rule, epoch=0).item() == pytest.approx(per.mean().item())
+    # epoch 1: rate 0.5 of 2 unknown → the larger of entries 0, 1 (equal losses → one of them) rejected
+    assert R.rule_loss(logits, targets, known, rule, epoch=1).item() == pytest.approx((per[0] + per[2]).item() / 2)
+
+
+def test_no_rule_is_plain_bce():
+    logits, targets = torch.randn(4, 3), torch.rand(4, 3)
+    got = R.rule_loss(logits, targets, torch.zeros(4, 3, dtype=torch.bool), R.NO_RULE, 3)
+    assert torch.equal(got, F.binary_cross_entropy_with_logits(logits, targets))
+
+
+def test_label_distribution_weights():
+    emb = np.array([[1.0, 0.0], [0.0, 1.0]])
+    text = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    positive = np.array([[True, True, False], [False, False, False]])
+    w = R.label_distribution_weights(emb, text, positive, sigma=0.1)
+    a = np.exp(-np.array([0.0, 0.4]) / 0.1)  # distances 0 and 0.4 → RBF affinities
+    assert w[0, :2] == pytest.approx(2 * a / a.sum()) and w[0, 2] == 1.0
+    assert w[0, :2].mean() == pytest.approx(1.0) and (w[1] == 1).all()
+
+
+def test_known_labels_never_overwritten_by_updates():
+    y = np.array([[0.9, 0.2], [0.4, 0.6]])
+    known = np.array([[True, False], [False, True]])
+    p = np.array([[0.1, 0.9], [0.9, 0.1]])
+    for name in ("plmcl", "g2netpl"):
+        new = R.update_pseudo_labels(y, y, p, known, R.RuleSettings(name))
+        assert new[0, 0] == 0.9 and new[1, 1] == 0.6 and new[0, 1] != 0.2 and new[1, 0] != 0.4
+    with pytest.raises(ValueError, match="rule must be one of"):
+        R.RuleSettings("nope")
