@@ -54,8 +54,13 @@ _stage_command("evaluate", "Score every label table and model against ground tru
 @app.command("score")
 def score(params: Path = PARAMS_OPTION,
           max_shards: int = typer.Option(None, "--max-shards", min=1,
-                                         help="Stop after scoring this many shards; a rerun resumes.")) -> None:
-    """Score global view, grid tiles and random crops of every image → data/scores.zarr (resumable)."""
+                                         help="Stop after scoring this many shards (per process); a rerun "
+                                              "resumes.")) -> None:
+    """Score global view, grid tiles and random crops of every image → data/scores.zarr (resumable).
+
+    Under torchrun (`torchrun --standalone --nproc_per_node=N -m stages.score`) the processes split the
+    shards between them; see docs/scaling.md.
+    """
     _run_stage("score", params, max_shards=max_shards)
 
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 import zarr
 from PIL import Image
 
@@ -7,7 +8,19 @@ from pipeline import clip
 from pipeline.cut import CutSettings
 from pipeline.images import ImageDecodeError, decode_image
 from pipeline.scenes import SceneConfig, render_scene, scene_rng
-from pipeline.scoring import ScoreJob, score_to_store
+from pipeline.scoring import (
+    ScoreJob,
+    ShardWriter,
+    cpu_has_native_bf16,
+    forward_slices,
+    images_per_batch,
+    resolve_batch_views,
+    resolve_precision,
+    score_to_store,
+    shard_batches,
+)
+from stages.common import Params, ParamsError
+from stages.score import score_job
 
 CLASSES = ["circle", "square", "triangle", "cross"]
 ARRAYS = ("global", "local", "crops", "boxes", "image_emb", "text_emb")
@@ -27,7 +40,9 @@ def images(tmp_path_factory):
 
 def run(model, tok, images, work, **kw):
     text = clip.encode_classes(model, tok, CLASSES, ["a {}."])
-    job = ScoreJob(CutSettings(grid=2, crops=3), seed=kw.pop("seed", 0), shard_rows=4, chunk_rows=2, batch_images=3)
+    job = ScoreJob(CutSettings(grid=2, crops=3), seed=kw.pop("seed", 0), shard_rows=4, chunk_rows=2,
+                   batch_images=kw.pop("batch_images", 3), batch_views=kw.pop("batch_views", None),
+                   precision=kw.pop("precision", "auto"))
     return score_to_store(model, text, images, [p.stem for p in images], job, work, {"model": "tiny"},
                           progress=False, log=lambda m: None, **kw)
 
@@ -62,8 +77,14 @@ def test_resume_is_byte_identical(tiny_model, tiny_tokenizer, images, tmp_path):
         assert a[k].tobytes() == b[k].tobytes(), k
 
 
+def markers(work):
+    return sorted(p.name for p in (work / "done").iterdir())
+
+
 def test_other_settings_discard_partial_work(tiny_model, tiny_tokenizer, images, tmp_path):
-    assert not run(tiny_model, tiny_tokenizer, images, tmp_path / "w", max_shards=1)
+    assert not run(tiny_model, tiny_tokenizer, images, tmp_path / "w", max_shards=2)
+    assert not run(tiny_model, tiny_tokenizer, images, tmp_path / "w", seed=1, max_shards=1)
+    assert markers(tmp_path / "w") == ["shard-000000"]  # the other run's marker of shard 1 is gone with its store
     assert run(tiny_model, tiny_tokenizer, images, tmp_path / "w", seed=1)
     fresh = tmp_path / "fresh"
     assert run(tiny_model, tiny_tokenizer, images, fresh, seed=1)
@@ -82,3 +103,126 @@ def test_undecodable_image_is_named(tmp_path):
     bad.write_bytes(b"\x89PNG nope")
     with pytest.raises(ImageDecodeError, match="broken.png"):
         decode_image(bad)
+
+
+# ------------------------------------------------------------------------------ precision, batching, writer
+
+def test_precision_resolution():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cpu, native_bf16=False) == "fp32"
+    assert resolve_precision("auto", cpu, native_bf16=True) == "bf16"
+    assert resolve_precision("auto", cuda) == "fp16"
+    assert resolve_precision("fp32", cuda) == "fp32" and resolve_precision("bf16", cpu, native_bf16=False) == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp8", cpu)
+    assert not cpu_has_native_bf16({"avx", "avx2", "fma", "avx512f", "avx512bw"})  # AVX-512 alone emulates bf16
+    assert cpu_has_native_bf16({"avx2", "avx512f", "avx512_bf16"}) and cpu_has_native_bf16({"amx_bf16"})
+
+
+def test_forced_bf16_is_recorded_and_close_to_fp32(tiny_model, tiny_tokenizer, images, tmp_path):
+    assert run(tiny_model, tiny_tokenizer, images, tmp_path / "fp32", precision="fp32")
+    assert run(tiny_model, tiny_tokenizer, images, tmp_path / "bf16", precision="bf16")
+    (a, attrs_a), (b, attrs_b) = read(tmp_path / "fp32"), read(tmp_path / "bf16")
+    assert attrs_a["precision"] == "fp32" and attrs_b["precision"] == "bf16"
+    assert attrs_a["fingerprint"] != attrs_b["fingerprint"]  # a resume never mixes precisions
+    emb_a, emb_b = a["image_emb"].astype(np.float32), b["image_emb"].astype(np.float32)
+    assert not np.array_equal(emb_a, emb_b)  # autocast really ran in bf16
+    assert np.abs(emb_a - emb_b).max() < 0.05  # bf16 keeps ~3 significant digits
+
+
+def test_auto_precision_on_this_machine(tiny_model, tiny_tokenizer, images, tmp_path):
+    assert run(tiny_model, tiny_tokenizer, images[:4], tmp_path / "w")
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert read(tmp_path / "w")[1]["precision"] == expected
+
+
+def test_batches_never_cross_shards():
+    for n, shard_rows, batch in [(11, 4, 3), (10, 5, 5), (7, 3, 16), (257, 256, 16), (1, 4, 2)]:
+        bounds = ScoreJob(CutSettings(), shard_rows=shard_rows).shards(n)
+        todo = [k for k in range(len(bounds)) if k != 1]  # as after a resume that finished shard 1
+        batches = shard_batches(bounds, todo, batch)
+        for b in batches:
+            assert len({i // shard_rows for i in b}) == 1 and 0 < len(b) <= batch
+        assert [i for b in batches for i in b] == [i for k in todo for i in range(*bounds[k])]
+
+
+def test_forward_slices_cover_views_evenly():
+    for n, cap in [(480, 512), (480, 41), (480, 1), (29, 7), (1, 5)]:
+        parts = forward_slices(n, cap)
+        assert [i for p in parts for i in range(n)[p]] == list(range(n))
+        sizes = [p.stop - p.start for p in parts]
+        assert max(sizes) <= cap and max(sizes) - min(sizes) <= 1 and len(parts) == -(-n // cap)
+    cpu = torch.device("cpu")
+    assert resolve_batch_views(None, 64, cpu) == 512  # the embedded default: one forward per 16-image batch
+    assert resolve_batch_views(None, 224, cpu) == 41 and resolve_batch_views(7, 224, cpu) == 7
+    assert resolve_batch_views(None, 224, torch.device("cuda"), free_bytes=16 << 30) == 668
+    # a loader batch holds no more views than one forward takes, so memory follows batch_views
+    assert images_per_batch(16, 512, 30) == 16 and images_per_batch(16, 41, 30) == 1
+    assert images_per_batch(16, 64, 30) == 2 and images_per_batch(16, 10, 30) == 1
+
+
+def test_batch_size_changes_results_only_by_rounding(tiny_model, tiny_tokenizer, images, tmp_path):
+    assert run(tiny_model, tiny_tokenizer, images, tmp_path / "a")
+    assert run(tiny_model, tiny_tokenizer, images, tmp_path / "b", batch_images=4, batch_views=5)
+    (a, _), (b, _) = read(tmp_path / "a"), read(tmp_path / "b")
+    assert a["boxes"].tobytes() == b["boxes"].tobytes()
+    for k in ("global", "local", "crops", "image_emb"):
+        np.testing.assert_allclose(a[k].astype(np.float32), b[k].astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_batch_views_param_is_checked(tmp_path):
+    base = (tmp_path / "p.yaml")
+    text = ("score: {seed: 0, grid: 2, crops: 1, crop_area: [0.1, 0.3], crop_aspect: [0.75, 1.33], flip: false, "
+            "shard_rows: 4, chunk_rows: 2, batch_images: 2, num_workers: 0")
+    base.write_text(text + "}\n")
+    job = score_job(Params.load(base).section("score"))
+    assert (job.batch_views, job.precision, job.device) == (None, "auto", "auto")
+    for bad, key in [("batch_views: 0", "score.batch_views"), ("batch_views: many", "score.batch_views"),
+                     ("precision: fp8", "score.precision"), ("device: tpu", "score.device")]:
+        base.write_text(text + ", " + bad + "}\n")
+        with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+            score_job(Params.load(base).section("score"))
+
+
+class FailingArray:
+    """Array stand-in that fails on the rows of one shard, as a full disk would."""
+
+    def __init__(self, rows: int, fail_at: int):
+        self.data, self.fail_at = np.zeros(rows), fail_at
+
+    def __setitem__(self, sel: slice, value) -> None:
+        if sel.start == self.fail_at:
+            raise OSError("No space left on device")
+        self.data[sel] = value
+
+
+def test_writer_error_propagates_and_leaves_shard_unmarked(tmp_path):
+    arrays = {"a": np.zeros(12), "b": FailingArray(12, fail_at=4)}
+    writer = ShardWriter(arrays, tmp_path, max_pending=1)
+    with pytest.raises(RuntimeError, match="writing scores failed: No space left") as info:
+        for k in range(3):  # the failure surfaces at the next put or at close, whichever comes first
+            writer.put(k, 4 * k, 4 * k + 4, {"a": np.full(4, k + 1.0), "b": np.full(4, k + 1.0)})
+        writer.close()
+    assert isinstance(info.value.__cause__, OSError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-000000"]
+    assert not arrays["a"][8:].any()  # nothing is written after the failure
+
+
+def test_scoring_stops_on_write_error_and_resumes(tiny_model, tiny_tokenizer, images, tmp_path, monkeypatch):
+    original = zarr.Array.__setitem__
+
+    def failing(self, sel, value):
+        if self.basename == "crops" and isinstance(sel, slice) and sel.start == 4:
+            raise OSError("No space left on device")
+        original(self, sel, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", failing)
+    with pytest.raises(RuntimeError, match="writing scores failed"):
+        run(tiny_model, tiny_tokenizer, images, tmp_path / "w")
+    assert "shard-000001" not in markers(tmp_path / "w")
+    monkeypatch.setattr(zarr.Array, "__setitem__", original)
+    assert run(tiny_model, tiny_tokenizer, images, tmp_path / "w")
+    assert run(tiny_model, tiny_tokenizer, images, tmp_path / "fresh")
+    a, b = read(tmp_path / "w")[0], read(tmp_path / "fresh")[0]
+    for k in ARRAYS:
+        assert a[k].tobytes() == b[k].tobytes(), k
