@@ -55,7 +55,7 @@ def test_ratio_ablation_never_recomputes_scores(project):
     ("correct.method=hard", {"validate", "correct", "sew", "distill", "evaluate"}),
     ("sew.L=0", {"validate", "sew", "ceiling", "distill", "evaluate"}),
     ("prototypes.threshold=ema", {"validate", "correct", "sew", "distill", "evaluate"}),
-    ("rule=large_loss", {"validate", "sew", "distill", "evaluate"}),
+    ("rule=label_distribution", {"validate", "sew", "distill", "evaluate"}),
 ])
 def test_method_ablations_reuse_cached_scores(project, change, expected):
     r = sh(f"dvc exp run -S {change}", project)
