@@ -43,7 +43,7 @@ def test_no_train_image_left_is_nothing_to_do(tmp_path, monkeypatch):
 @pytest.mark.parametrize("key, value, message", [
     ("max_pixels", 89_478_486, r"'dataset.max_pixels' must be in \[1, 89478485\]"),  # only lowered
     ("on_bad_input", "ignore", r"'dataset.on_bad_input' must be one of \['skip', 'fail'\]"),
-    ("num_workers", -1, r"'dataset.num_workers' must be in"),
+    ("num_workers", -1, r"'dataset.num_workers' must be >= 0, got -1"),
 ])
 def test_check_params_are_validated_by_key(tmp_path, key, value, message):
     with pytest.raises(ParamsError, match=message):
