@@ -187,7 +187,7 @@ def transfer_by_prototypes(emb: np.ndarray, text: np.ndarray, pseudo: np.ndarray
     visual, textual = prototype_similarity(emb, protos)
     up_v, down_v = decide(visual, known, labels, rule, lower=rule.method == "ema")
     up_t, down_t = decide(textual, known, labels, rule, lower=rule.method == "ema")
-    return up_v & up_t, down_v & down_t, protos, {"visual": visual, "text": textual}
+    return up_v & up_t, down_v & down_t, protos, {"similarity_visual": visual, "similarity_text": textual}
 
 
 def transfer_by_cooccurrence(known: np.ndarray, labels: np.ndarray, rule: ThresholdRule

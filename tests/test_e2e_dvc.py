@@ -77,6 +77,7 @@ def test_partial_label_methods_together(project):
 
     bank = zarr.open_group(str(project / "data" / "prototypes.zarr"), mode="r")
     assert bank.attrs["prototypes"] and bank["visual"].shape[:2] == (4, 10) and bank["cooccurrence"].shape == (4, 4)
+    assert bank["text"].shape[0] == 4 and bank["similarity_visual"].shape == (36, 4)
 
 
 def test_invalid_params_fail_before_anything_is_touched(project):
@@ -84,7 +85,7 @@ def test_invalid_params_fail_before_anything_is_touched(project):
         return {p.relative_to(project): p.read_bytes() for root in ("data", ".dvc/cache")
                 for p in sorted((project / root).rglob("*")) if p.is_file()}
 
-    sh("git checkout -q -- params.yaml && dvc checkout -q", project)
+    sh("git checkout -q -- . && dvc checkout -q", project)  # back to the committed baseline
     before = snapshot()
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["ratio"] = 1.5
