@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.transfer import unit_rows
+
 RULES = ("none", "plmcl", "g2netpl", "large_loss", "label_distribution")
 EPS = 1e-4  # soft labels stay inside (0, 1) so that their logits are finite
 
@@ -98,9 +100,7 @@ def large_loss_keep(loss: torch.Tensor, unknown: torch.Tensor, rate: float) -> t
 def label_distribution_weights(emb: np.ndarray, text: np.ndarray, positive: np.ndarray,
                                sigma: float) -> np.ndarray:
     """Weights [N, C]: positives by an RBF label distribution (mean 1 over an image's positives), else 1."""
-    e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    t = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
-    dist = 1.0 - e @ t.T  # cosine distance, [N, C]
+    dist = 1.0 - unit_rows(emb) @ unit_rows(text).T  # cosine distance, [N, C]
     affinity = np.where(positive, np.exp(-(dist - dist.min(1, keepdims=True)) / sigma), 0.0)
     total = affinity.sum(1, keepdims=True)
     n_pos = positive.sum(1, keepdims=True)

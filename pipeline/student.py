@@ -112,7 +112,7 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
         start, step = state["position"], state["step"]
     for epoch in range(start, training.epochs):
         model.train()
-        seen = np.zeros((n, n_cls))
+        seen = np.zeros((n, n_cls)) if rule.updates_labels else None
         for x, idx in DataLoader(_Indexed(images), batch_size=training.batch_size, shuffle=True, generator=gen):
             logits = model(augment(x, gen))
             loss = rule_loss(logits, targets[idx], known_t[idx], rule, epoch, None if w_all is None else w_all[idx])
@@ -122,7 +122,8 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            seen[idx.numpy()] = torch.sigmoid(logits).detach().numpy()
+            if seen is not None:
+                seen[idx.numpy()] = torch.sigmoid(logits).detach().numpy()
             if on_step is not None:
                 on_step(step, loss.item())
             step += 1

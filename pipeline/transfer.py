@@ -28,9 +28,14 @@ import numpy as np
 THRESHOLDS = ("none", "ema", "dtl")
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (all-zero rows stay zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def spherical_kmeans(x: np.ndarray, k: int, iters: int, seed: int) -> np.ndarray:
     """k unit-norm centres of the rows of x (cosine K-means, k-means++ seeding). [min(k, n), D]"""
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = unit_rows(x)
     n = len(x)
     k = min(k, n)
     if k == 0:
@@ -79,13 +84,13 @@ def build_prototypes(emb: np.ndarray, text: np.ndarray, pseudo: np.ndarray, know
         centres = spherical_kmeans(emb[pos].astype(np.float64), k, iters, seed + c)
         visual[c, : len(centres)] = centres
         counts[c] = len(centres)
-    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    text = unit_rows(text)
     return PrototypeBank(visual, counts, text.astype(np.float32))
 
 
 def prototype_similarity(emb: np.ndarray, bank: PrototypeBank) -> tuple[np.ndarray, np.ndarray]:
     """(visual, text) similarities [N, C]: mean cosine to the class's visual prototypes; cosine to its text."""
-    e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    e = unit_rows(emb)
     sims = np.einsum("nd,ckd->nck", e, bank.visual)  # zero rows contribute 0 and are not counted
     visual = sims.sum(-1) / np.maximum(bank.counts, 1)[None, :]
     return visual.astype(np.float32), (e @ bank.text.T).astype(np.float32)

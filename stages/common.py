@@ -171,11 +171,15 @@ def rule_settings(params: Params) -> RuleSettings:
         ld_sigma=ld.get("sigma", float, lo=1e-6))
 
 
+def scored_embeddings() -> tuple[np.ndarray, np.ndarray]:
+    """(image_emb [N, D], text_emb [C, D]) from data/scores.zarr, as float32."""
+    scores = open_store(SCORES, required=("image_emb", "text_emb"))
+    return np.asarray(scores["image_emb"][:], np.float32), np.asarray(scores["text_emb"][:], np.float32)
+
+
 def rule_weights(rule: RuleSettings, targets_logit: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
     """label_distribution weights [len(rows), C] from the scored embeddings; None for other rules."""
     if rule.name != "label_distribution":
         return None
-    scores = open_store(SCORES, required=("image_emb", "text_emb"))
-    emb = np.asarray(scores["image_emb"][:], np.float32)[rows]
-    return label_distribution_weights(emb, np.asarray(scores["text_emb"][:], np.float32), targets_logit > 0,
-                                      rule.ld_sigma)
+    emb, text = scored_embeddings()
+    return label_distribution_weights(emb[rows], text, targets_logit > 0, rule.ld_sigma)

@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.correct import METHODS, apply_known_labels, correct_labels
 from pipeline.metrics import inversions
-from pipeline.storage import Table, open_store, write_small_store, write_table
+from pipeline.storage import Table, write_small_store, write_table
 from pipeline.transfer import (
     THRESHOLDS,
     ThresholdRule,
@@ -19,7 +19,7 @@ from pipeline.transfer import (
     transfer_by_cooccurrence,
     transfer_by_prototypes,
 )
-from stages.common import CORRECTED, INITIAL, MANIFEST, OBSERVED, PROTOTYPES, SCORES, Params
+from stages.common import CORRECTED, INITIAL, MANIFEST, OBSERVED, PROTOTYPES, Params, scored_embeddings
 
 
 def threshold_rule(p: Params) -> ThresholdRule:
@@ -47,25 +47,24 @@ def run(params: Params) -> None:
     initial, observed, manifest = Table(INITIAL), Table(OBSERVED), Table(MANIFEST)
     target = correct_labels(initial.column(source), beta, method, hard_threshold)
     known = observed.column("known").astype(bool)
-    labels = manifest.column("labels") if known.any() else np.zeros(known.shape, np.int8)
+    any_known = bool(known.any())
+    labels = manifest.column("labels") if any_known else np.zeros(known.shape, np.int8)
     up = np.zeros(known.shape, bool)
     down = up.copy()
     store: dict = {}
-    if known.any() and use_protos:
-        scores = open_store(SCORES, required=("image_emb", "text_emb"))
-        emb, text = np.asarray(scores["image_emb"][:], np.float32), np.asarray(scores["text_emb"][:], np.float32)
+    if any_known and use_protos:
+        emb, text = scored_embeddings()
         rule, k, bank_size, raise_logit = protos
         up, down, bank, sims = transfer_by_prototypes(emb, text, target, known, labels, rule, k, bank_size)
         store = {"visual": bank.visual, "counts": bank.counts, "text": bank.text, **sims}
         target = apply_transfer(target, up, down, raise_logit)
-    if known.any() and use_cooc:
+    if any_known and use_cooc:
         up_c, store["cooccurrence"] = transfer_by_cooccurrence(known, labels, cooc[0])
         target = apply_transfer(target, up_c, np.zeros_like(up_c), cooc[1])
         up |= up_c
-    any_known = bool(known.any())
     write_small_store(PROTOTYPES, store, {"prototypes": use_protos and any_known,
                                           "cooccurrence": use_cooc and any_known, "classes": initial.classes})
-    if known.any():  # partial labels: what is known is never guessed
+    if any_known:  # partial labels: what is known is never guessed
         target = apply_known_labels(target, known, manifest.column("labels"))
     write_table(CORRECTED, {"image_id": initial.column("image_id"), "split": initial.column("split"),
                             "target": target}, initial.classes)
