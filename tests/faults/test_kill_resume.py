@@ -18,6 +18,7 @@ from pipeline.storage import Table
 from tests.dvcproject import env, make_project, sh, stages_run
 
 KILLS = 5
+SEW_EPOCHS = KILLS + 2  # the last kill lands in epoch KILLS+1, with a whole epoch still to go
 
 
 def tree_bytes(root):
@@ -29,9 +30,9 @@ def project(tmp_path_factory):
     """The tiny project with a few sew epochs (so sew has checkpoints to resume from), reproduced once."""
     project = make_project(tmp_path_factory.mktemp("kill"))
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["sew"]["epochs"] = 6
+    params["sew"]["epochs"] = SEW_EPOCHS
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh("git commit -qam 'six sew epochs' && dvc repro", project)
+    sh("git commit -qam 'more sew epochs' && dvc repro", project)
     return project
 
 
@@ -63,6 +64,20 @@ def checkpoint_position(project) -> int:
         return 0
 
 
+def sew_epoch_seconds(project) -> float:
+    """Run `mlpl sew` to the end, timing its epochs by when each checkpoint appears."""
+    proc = subprocess.Popen("mlpl sew", shell=True, cwd=project, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    seen = {}
+    while proc.poll() is None:
+        seen.setdefault(checkpoint_position(project), time.time())
+        time.sleep(0.01)
+    assert proc.returncode == 0
+    positions = sorted(k for k in seen if k >= 1)
+    assert len(positions) >= 2, seen  # at least two checkpoints observed
+    return (seen[positions[-1]] - seen[positions[0]]) / (positions[-1] - positions[0])
+
+
 def test_score_killed_five_times_resumes_byte_identical(project):
     store = project / "data" / "scores.zarr"
     reference = tree_bytes(store)
@@ -84,11 +99,16 @@ def test_sew_killed_five_times_resumes_to_the_same_adapter_and_metrics(project):
     refined_before = Table(project / "data" / "labels" / "refined.parquet").column("z")
     adapter_before = torch.load(project / "data" / "models" / "adapter.pt", weights_only=True)["state_dict"]
     metrics_before = json.loads((project / "reports" / "metrics.json").read_text())
+    # One uninterrupted run first: it times an epoch (kill delays are fractions of it, so they land on fast
+    # and slow machines alike) and must itself reproduce the outputs.
+    epoch_seconds = sew_epoch_seconds(project)
+    assert np.array_equal(Table(project / "data" / "labels" / "refined.parquet").column("z"), refined_before)
     rng = np.random.default_rng(2)
-    # Kill i lands after checkpoint i (epochs 1..5 of 6), at a random moment of the next epoch.
-    landed = [kill_when(project, "mlpl sew", lambda k=k: checkpoint_position(project) >= k, float(rng.uniform(0, 0.5)))
+    # Kill i lands after checkpoint i (epochs 1..5 of 7), at a random moment of the next epoch.
+    landed = [kill_when(project, "mlpl sew", lambda k=k: checkpoint_position(project) >= k,
+                        float(rng.uniform(0, 0.5)) * epoch_seconds)
               for k in range(1, KILLS + 1)]
-    assert sum(landed) >= KILLS - 1, landed
+    assert sum(landed) >= KILLS - 1 and landed[-1], landed
     out = sh("mlpl sew", project)
     assert "resuming from" in out.stdout + out.stderr
     assert np.array_equal(Table(project / "data" / "labels" / "refined.parquet").column("z"), refined_before)
