@@ -10,18 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.logits import logit, sigmoid
+
 METHODS = ("sqrt", "linear", "hard", "none")
 POSITIVE_LOGIT = float(np.log(0.9999 / 0.0001))  # a label known (or declared) present
 NEGATIVE_LOGIT = -POSITIVE_LOGIT
-
-
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def _logit(p, eps=1e-7):
-    p = np.clip(p, eps, 1 - eps)
-    return np.log(p) - np.log1p(-p)
 
 
 def top_beta_mask(z: np.ndarray, beta: int) -> np.ndarray:
@@ -42,11 +35,11 @@ def correct_labels(z: np.ndarray, beta: int, method: str = "sqrt", hard_threshol
         raise ValueError(f"correct.method must be one of {METHODS}, got {method!r}")
     z = np.asarray(z, dtype=np.float64)
     top = top_beta_mask(z, beta)
-    p = _sigmoid(z)
+    p = sigmoid(z)
     if method == "sqrt":
-        new = _logit(np.sqrt(p))
+        new = logit(np.sqrt(p), eps=1e-7)
     elif method == "linear":
-        new = _logit((1.0 + p) / 2.0)
+        new = logit((1.0 + p) / 2.0, eps=1e-7)
     elif method == "hard":
         new = np.where(p >= hard_threshold, POSITIVE_LOGIT, z)
     else:

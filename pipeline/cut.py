@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.logits import logit, sigmoid
+
 
 @dataclass(frozen=True)
 class CutSettings:
@@ -95,18 +97,10 @@ def cdul_aggregate(z_global: np.ndarray, z_local: np.ndarray, zeta: float) -> np
     Per class: α = max over tiles, β = min over tiles, γ = 1[α ≥ ζ]; S_agg = γα + (1−γ)β;
     final = ½(S_global + S_agg). (The summary paper's formula is garbled; this is the original.)
     """
-    p_global = _sigmoid(z_global)
-    p_local = _sigmoid(z_local)
+    p_global = sigmoid(z_global)
+    p_local = sigmoid(z_local)
     alpha = p_local.max(axis=1)
     beta = p_local.min(axis=1)
     agg = np.where(alpha >= zeta, alpha, beta)
-    return _logit(0.5 * (p_global + agg))
+    return logit(0.5 * (p_global + agg), eps=1e-6).astype(np.float32)
 
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
-
-
-def _logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    p = np.clip(p, eps, 1 - eps)
-    return np.log(p / (1 - p)).astype(np.float32)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.logits import sigmoid
+
 
 def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
     """Non-interpolated AP of one class, equal to scikit-learn's `average_precision_score`:
@@ -78,7 +80,7 @@ def inversions(y_true: np.ndarray, scores: np.ndarray) -> int:
 def classification_report(y_true: np.ndarray, scores_logit: np.ndarray, threshold: float = 0.5,
                           top_k: int = 3) -> dict[str, float]:
     """mAP, CF1/OF1 at a probability threshold and at top-k, and Hamming loss at the threshold."""
-    probs = 1.0 / (1.0 + np.exp(-np.asarray(scores_logit, dtype=np.float64)))
+    probs = sigmoid(scores_logit)
     pred = probs >= threshold
     cf1, of1 = f1_scores(y_true, pred)
     cf1_k, of1_k = f1_scores(y_true, top_k_predictions(probs, top_k))

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.logits import sigmoid
+
 COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2")
 
 
@@ -56,7 +58,7 @@ def _thumbnail(path: Path, size: int = 128) -> str:
 def _example_cells(classes, paths, truth, logits, n: int) -> str:
     if n == 0 or not len(paths):
         return ""
-    probs = 1 / (1 + np.exp(-logits))
+    probs = sigmoid(logits)
     cells = []
     for i in np.linspace(0, len(paths) - 1, min(n, len(paths))).astype(int):
         true = {classes[c] for c in np.flatnonzero(truth[i])}

@@ -26,10 +26,15 @@ STATE_NAME = "state.pt"
 
 
 def fingerprint(*parts: Any) -> str:
-    """sha256 over JSON-able parts; a Path part contributes its file's content hash."""
+    """sha256 over the parts: a numpy array contributes its dtype, shape and bytes, a Path its file's
+    content hash, anything else its JSON (keys sorted)."""
     h = hashlib.sha256()
     for part in parts:
-        if isinstance(part, Path):
+        if isinstance(part, np.ndarray):
+            a = np.ascontiguousarray(part)
+            h.update(f"ndarray {a.dtype.str} {a.shape}".encode())
+            h.update(a.tobytes())
+        elif isinstance(part, Path):
             h.update(hashlib.sha256(part.read_bytes()).hexdigest().encode() if part.is_file() else str(part).encode())
         else:
             h.update(json.dumps(part, sort_keys=True, default=str).encode())

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.logits import logit
 from pipeline.transfer import unit_rows
 
 RULES = ("none", "plmcl", "g2netpl", "large_loss", "label_distribution")
@@ -64,16 +65,11 @@ def plmcl_update(y: np.ndarray, y_prev: np.ndarray, p: np.ndarray, eta: float, a
     return np.clip(y + eta * (p - y) + (alpha - beta) * v, EPS, 1 - EPS)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p) - np.log1p(-p)
-
-
 def g2netpl_update(y: np.ndarray, p: np.ndarray, eta: float, lr: float, steps: int) -> np.ndarray:
     """`steps` gradient steps of the pseudo-label player on Φ(ŷ) = H(ŷ) + η·KL(ŷ ‖ p)."""
-    zp = _logit(p)
+    zp = logit(p, EPS)
     for _ in range(steps):
-        zy = _logit(y)
+        zy = logit(y, EPS)
         grad = -zy + eta * (zy - zp)
         y = np.clip(y - lr * grad, EPS, 1 - EPS)
     return y

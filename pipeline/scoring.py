@@ -18,8 +18,6 @@ disjoint set of whole shards and writes only those, so the store equals a single
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import platform
 import queue
@@ -39,7 +37,8 @@ from tqdm import tqdm
 from pipeline.clip import encode_images, image_size_of, logit_scale_of, normalizer_of, scores_to_logits
 from pipeline.cut import CutSettings, cut_views, view_boxes
 from pipeline.images import decode_image
-from pipeline.storage import create_score_store
+from pipeline.resume import fingerprint
+from pipeline.storage import create_score_store, ids_digest
 
 STORE_NAME = "store.zarr"
 DONE_NAME = "done"
@@ -108,14 +107,6 @@ class Workers:
     world: int = 1
     local_rank: int = 0
     barrier: Callable[[], None] = field(default=lambda: None, compare=False)
-
-
-def fingerprint(attrs: dict) -> str:
-    return hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def ids_digest(image_ids: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(image_ids).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------- device, precision, batch size

@@ -85,10 +85,12 @@ def sew(host: torch.Tensor, overlays: Sequence[torch.Tensor], rng: np.random.Gen
 
 def composite_logits(z: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
     """Element-wise max of the sources' logits. z [N, C]; sources [B, S] of row indices, -1 = none."""
-    valid = sources >= 0
-    rows = z[sources.clamp(min=0)]  # [B, S, C]
-    rows = rows.masked_fill(~valid.unsqueeze(-1), float("-inf"))
-    return rows.max(dim=1).values
+    return max_over_sources(z[sources.clamp(min=0)], sources)
+
+
+def max_over_sources(rows: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """rows [B, S, C] already gathered for `sources` [B, S]; the max over the valid (≥ 0) sources."""
+    return rows.masked_fill((sources < 0).unsqueeze(-1), float("-inf")).max(dim=1).values
 
 
 class SewDataset(Dataset):
@@ -175,7 +177,8 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
             with torch.no_grad():
                 feats = clip.grid_features(visual, clip.normalize_u8(images, mean, std))
             p = adapter(feats)
-            zs = composite_logits(torch.where(keep, z0, z), sources)
+            rows = sources.clamp(min=0)  # gather the batch's rows first: never touch all N × C per step
+            zs = max_over_sources(torch.where(keep[rows], z0[rows], z[rows]), sources)
             w = None if w_all is None else composite_logits(w_all, sources)
             m_loss = rule_loss(p, torch.sigmoid(zs).detach(), keep[sources[:, 0]], rule, epoch, w)
             loss = m_loss

@@ -7,10 +7,11 @@ quantity, class names as JSON in the schema metadata, so pandas/polars/duckdb re
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,11 @@ def create_score_store(path: str | Path, arrays: Mapping[str, tuple[tuple[int, .
         group.create_array(name, shape=shape, dtype=dtype, chunks=chunk, shards=shard, fill_value=0)
     group.attrs.update(dict(attrs))
     return group
+
+
+def ids_digest(image_ids: Sequence[str]) -> str:
+    """The score store's `image_ids_sha256` attr: which images, in which order, its rows are."""
+    return hashlib.sha256("\n".join(image_ids).encode()).hexdigest()
 
 
 def open_store(path: str | Path, required: tuple[str, ...] = ()) -> zarr.Group:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.logits import sigmoid
+
 THRESHOLDS = ("none", "ema", "dtl")
 
 
@@ -136,7 +138,7 @@ def ema_thresholds(s: np.ndarray, known: np.ndarray, labels: np.ndarray, momentu
 def dtl_step(theta: np.ndarray, s: np.ndarray, known: np.ndarray, labels: np.ndarray, temperature: float,
              lr: float) -> np.ndarray:
     """One gradient step on θ [C] of the per-class partial BCE of σ((s − θ)/τ) against the known labels."""
-    prob = 1.0 / (1.0 + np.exp(-(s - theta[None, :]) / temperature))
+    prob = sigmoid((s - theta[None, :]) / temperature)
     y = (labels > 0).astype(np.float64)
     cnt = known.sum(0)
     grad = np.where(known, (prob - y) * (-1.0 / temperature), 0.0).sum(0) / np.maximum(cnt, 1)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipeline.rules import RULES, RuleSettings, label_distribution_weights
+from pipeline.scenes import SceneConfig
 from pipeline.storage import atomic_path, open_store
 
 PARAMS_FILE = Path("params.yaml")
@@ -145,6 +145,12 @@ class Params:
         return float(value[0]), float(value[1])
 
 
+def scene_config(p: Params) -> SceneConfig:
+    """The embedded benchmark's scene settings from the `dataset` section (prepare renders, teacher trains on them)."""
+    return SceneConfig(image_size=p.get("image_size", int, lo=16), n_classes=p.get("n_classes", int, lo=2, hi=8),
+                       max_small=p.get("max_small", int, lo=0, hi=5))
+
+
 def write_json(path: Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -159,27 +165,7 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
-def rule_settings(params: Params) -> RuleSettings:
-    """The partial-label training rule (top-level `rule`) with the constants of its own section."""
-    name = params.get("rule", str, choices=RULES)
-    pl, g2, ll, ld = (params.section(k) for k in ("plmcl", "g2netpl", "large_loss", "label_distribution"))
-    return RuleSettings(
-        name=name, plmcl_eta=pl.get("eta", float, lo=0.0, hi=1.0), plmcl_alpha=pl.get("alpha", float, lo=0.0, hi=1.0),
-        plmcl_beta=pl.get("beta", float, lo=0.0, hi=1.0), g2netpl_eta=g2.get("eta", float, lo=0.0),
-        g2netpl_lr=g2.get("lr", float, lo=0.0), g2netpl_steps=g2.get("steps", int, lo=0),
-        ll_delta=ll.get("delta", float, lo=0.0, hi=1.0), ll_max_rate=ll.get("max_rate", float, lo=0.0, hi=1.0),
-        ld_sigma=ld.get("sigma", float, lo=1e-6))
-
-
 def scored_embeddings() -> tuple[np.ndarray, np.ndarray]:
     """(image_emb [N, D], text_emb [C, D]) from data/scores.zarr, as float32."""
     scores = open_store(SCORES, required=("image_emb", "text_emb"))
     return np.asarray(scores["image_emb"][:], np.float32), np.asarray(scores["text_emb"][:], np.float32)
-
-
-def rule_weights(rule: RuleSettings, targets_logit: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
-    """label_distribution weights [len(rows), C] from the scored embeddings; None for other rules."""
-    if rule.name != "label_distribution":
-        return None
-    emb, text = scored_embeddings()
-    return label_distribution_weights(emb[rows], text, targets_logit > 0, rule.ld_sigma)

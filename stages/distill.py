@@ -26,10 +26,9 @@ from stages.common import (
     STUDENT,
     Params,
     clear_work_dir,
-    rule_settings,
-    rule_weights,
     work_dir,
 )
+from stages.rule import rule_settings, rule_weights
 
 
 def check(params: Params) -> tuple[str, StudentTraining, int, RuleSettings]:
@@ -51,8 +50,8 @@ def run(params: Params) -> None:
         row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
         rows = np.array([row_of[i] for i in refined.column("image_id")])
         paths = list(manifest_paths(manifest)[rows])
-        run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("z").tolist(),
-                             observed.column("known")[rows].tolist())
+        run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("z"),
+                             observed.column("known")[rows])
         steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))
         with tqdm(total=steps, desc="distill", unit="step") as bar:
             model = train_small_cnn(ResizedImages(paths, size), refined.column("z"), size, training,

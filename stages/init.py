@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.cut import cdul_aggregate, fuse_crops
-from pipeline.scoring import ids_digest
-from pipeline.storage import DataError, Table, open_store, write_table
+from pipeline.storage import DataError, Table, ids_digest, open_store, write_table
 from stages.common import INITIAL, MANIFEST, SCORES, Params
 
 

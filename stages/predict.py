@@ -8,6 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.images import list_images
+from pipeline.logits import sigmoid
 from pipeline.storage import write_table
 from pipeline.student import load_student, predict_paths
 
@@ -21,7 +22,7 @@ def run(images_dir: Path, out: Path, model_path: Path, batch_size: int, num_work
     module, classes, size = load_student(model_path)
     with tqdm(total=len(paths), desc="predict", unit="img") as bar:
         logits = predict_paths(module, size, paths, batch_size, num_workers, on_batch=bar.update)
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    probs = sigmoid(logits)
     rel = [str(p.relative_to(images_dir)) for p in paths]
     write_table(out, {"image_id": rel, "path": rel, "logits": logits.astype(np.float32),
                       "probs": probs.astype(np.float32)}, classes, extra_metadata={"model": str(model_path)})

@@ -37,9 +37,9 @@ from pipeline.datasets import (
     read_voc,
 )
 from pipeline.images import DEFAULT_MAX_PIXELS
-from pipeline.scenes import SceneConfig, render_scene, scene_rng
+from pipeline.scenes import render_scene, scene_rng
 from pipeline.storage import DataError, atomic_path, write_table
-from stages.common import IMAGES_DIR, MANIFEST, REPORTS, Params
+from stages.common import IMAGES_DIR, MANIFEST, REPORTS, Params, scene_config
 
 DATASET_STREAM = 0  # the teacher trains on scenes of another stream: never on these
 FORMATS = ("embedded", "folder", "voc", "coco", "nuswide")
@@ -67,11 +67,6 @@ def write_issues(issues: Sequence[Issue], source: str) -> None:
     with atomic_path(DATA_ISSUES) as tmp:
         pq.write_table(table, tmp)
     print(f"data issues: {issue_summary(issues)} → {DATA_ISSUES}")
-
-
-def scene_config(p: Params) -> SceneConfig:
-    return SceneConfig(image_size=p.get("image_size", int, lo=16), n_classes=p.get("n_classes", int, lo=2, hi=8),
-                       max_small=p.get("max_small", int, lo=0, hi=5))
 
 
 READERS = {"folder": read_folder, "voc": read_voc, "coco": read_coco, "nuswide": read_nuswide}

@@ -3,7 +3,6 @@ data/models/adapter.pt and data/labels/refined.parquet (Z after EM)."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 
 import numpy as np
@@ -27,10 +26,9 @@ from stages.common import (
     Params,
     clear_work_dir,
     read_json,
-    rule_settings,
-    rule_weights,
     work_dir,
 )
+from stages.rule import rule_settings, rule_weights
 
 
 def sew_settings(p: Params) -> SewSettings:
@@ -66,10 +64,6 @@ def backbone_descriptor(p: Params) -> dict:
     return clip.describe(name, b.get("pretrained", str), b.get("trust_checkpoint", bool, default=False))
 
 
-def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-
-
 def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc: str, rule: RuleSettings = NO_RULE):
     """Shared by `sew` and the supervised ceiling: train an adapter on composites of the train split.
 
@@ -95,7 +89,7 @@ def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc:
         bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", refresh=False)
 
     run_id = fingerprint(asdict(settings), asdict(rule), adapter.cfg.to_dict(), size, descriptor,
-                         _digest(targets), _digest(frozen), _digest(z0), list(manifest.column("image_id")))
+                         targets, frozen, z0, list(manifest.column("image_id")))
     checkpointer = Checkpointer(work_dir(desc), run_id, log=tqdm.write)
     refined = train_adapter_em(model.visual, clip.normalizer_of(model), adapter, dataset, targets[train],
                                frozen[train], settings, num_workers=p.get("num_workers", int, lo=0),

@@ -18,8 +18,15 @@ from pipeline.resume import Checkpointer, fingerprint
 from pipeline.scenes import SceneConfig
 from pipeline.storage import atomic_path
 from pipeline.toy_teacher import TeacherTraining, ViewSampling, make_scene_pool, train_toy_teacher
-from stages.common import TEACHER_DESCRIPTOR, TEACHER_DIR, Params, clear_work_dir, work_dir, write_json
-from stages.prepare import scene_config
+from stages.common import (
+    TEACHER_DESCRIPTOR,
+    TEACHER_DIR,
+    Params,
+    clear_work_dir,
+    scene_config,
+    work_dir,
+    write_json,
+)
 
 CHECKPOINT_NAME = "teacher.pt"
 CHECKPOINT_EVERY = 25  # steps between resumable checkpoints (~8 s of training; a save takes ~0.1 s)

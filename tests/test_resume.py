@@ -119,3 +119,15 @@ def test_toy_teacher_resumes_exactly(tmp_path):
     with pytest.raises(Preempted):
         run(DiesAfterSaving(tmp_path, "r", every=2, die_after=2, log=lambda m: None))
     assert _states_equal(run(Checkpointer(tmp_path, "r", every=2, log=lambda m: None)), ref)
+
+
+def test_fingerprint_hashes_arrays_by_dtype_shape_and_content():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    fp = fingerprint({"lr": 1}, a)
+    assert fp == fingerprint({"lr": 1}, a.copy())
+    b = a.copy()
+    b[1, 2] = np.nextafter(b[1, 2], np.float32(10))  # one ulp in one entry
+    assert fingerprint({"lr": 1}, b) != fp
+    assert fingerprint({"lr": 1}, a.astype(np.float64)) != fp
+    assert fingerprint({"lr": 1}, a.reshape(3, 2)) != fp
+    assert fingerprint({"lr": 1}, np.asfortranarray(a)) == fp  # memory layout is not content

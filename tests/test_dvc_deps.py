@@ -1,0 +1,81 @@
+"""Every module a stage runs is one of its DVC deps, so that a code change reruns exactly the stages it
+can affect (and never leaves a cached output computed by older code)."""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from stages.validate import CHECKED
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ("pipeline", "stages")
+# Imports inside functions are invisible to the closure below; these are the only ones allowed, and none
+# of them changes what a stage writes.
+LAZY_IMPORTS_ALLOWED = {
+    "stages/cli.py",  # the command line: dispatches to stages, imports them on demand
+    "stages/info.py",  # `mlpl info`, not a stage
+    "stages/common.py",  # Params.model_name registers our model configs to check a name
+    "stages/score.py",  # `python -m stages.score` (torchrun) enters through the command line
+}
+
+
+def module_file(name: str) -> Path | None:
+    path = ROOT / (name.replace(".", "/") + ".py")
+    return path if path.is_file() else None
+
+
+def imports(path: Path, top_level: bool = True) -> set[Path]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in (tree.body if top_level else ast.walk(tree)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in LOCAL:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.split(".")[0] in LOCAL]
+        else:
+            continue
+        found |= {f for f in map(module_file, names) if f is not None}
+    return found
+
+
+def closure(*paths: Path) -> set[str]:
+    seen, todo = set(), list(paths)
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo += imports(path)
+    return {str(p.relative_to(ROOT)) for p in seen}
+
+
+def stage_deps() -> dict[str, set[str]]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: set(stage["deps"]) for name, stage in stages.items()}
+
+
+def test_every_stage_depends_on_all_the_code_it_imports():
+    missing = {}
+    for name, deps in stage_deps().items():
+        code = closure(ROOT / "stages" / f"{name}.py")
+        if name == "validate":  # runs every stage's check()
+            code |= closure(*(ROOT / "stages" / f"{s}.py" for s in CHECKED))
+        if code - deps:
+            missing[name] = sorted(code - deps)
+    assert not missing, f"dvc.yaml deps lack the modules these stages import: {missing}"
+
+
+def test_stages_run_no_code_the_closure_cannot_see():
+    hidden = {}
+    for path in sorted((ROOT / "pipeline").glob("*.py")) + sorted((ROOT / "stages").glob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        lazy = imports(path, top_level=False) - imports(path)
+        if lazy and rel not in LAZY_IMPORTS_ALLOWED:
+            hidden[rel] = sorted(str(p.relative_to(ROOT)) for p in lazy)
+    assert not hidden, f"imports inside functions hide code from dvc.yaml deps: {hidden}"
+
+
+def test_the_closure_follows_imports_transitively():
+    # stages/sew.py → pipeline/sew.py → pipeline/clip.py: a bug that read only direct imports breaks this
+    assert "pipeline/clip.py" in closure(ROOT / "stages" / "sew.py")
+    assert "pipeline/logits.py" in closure(ROOT / "stages" / "init.py")  # via pipeline/cut.py
