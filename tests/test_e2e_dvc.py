@@ -54,7 +54,6 @@ def test_ratio_ablation_never_recomputes_scores(project):
 @pytest.mark.parametrize("change, expected", [
     ("correct.method=hard", {"validate", "correct", "sew", "distill", "evaluate"}),
     ("sew.L=0", {"validate", "sew", "ceiling", "distill", "evaluate"}),
-    ("prototypes.threshold=ema", {"validate", "correct", "sew", "distill", "evaluate"}),
     ("rule=label_distribution", {"validate", "sew", "distill", "evaluate"}),
 ])
 def test_method_ablations_reuse_cached_scores(project, change, expected):
