@@ -54,7 +54,9 @@ def test_ratio_ablation_never_recomputes_scores(project):
 @pytest.mark.parametrize("change, expected", [
     ("correct.method=hard", {"validate", "correct", "sew", "distill", "evaluate"}),
     ("sew.L=0", {"validate", "sew", "ceiling", "distill", "evaluate"}),
-    ("rule=label_distribution", {"validate", "sew", "distill", "evaluate"}),
+    # g2netpl moves the pseudo labels after every epoch, so even the one-epoch tiny run changes the refined
+    # table and evaluate must rerun (label_distribution is a no-op there: no image has two positives).
+    ("rule=g2netpl", {"validate", "sew", "distill", "evaluate"}),
 ])
 def test_method_ablations_reuse_cached_scores(project, change, expected):
     r = sh(f"dvc exp run -S {change}", project)
