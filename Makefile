@@ -22,5 +22,7 @@ repro: $(STAMP)
 lint: $(STAMP)
 	ruff check pipeline stages tests benchmarks
 
+# Two workers, one test file each: the end-to-end files spend much of their time starting processes,
+# which overlaps well on 2 cores; module fixtures (one tiny project per file) stay in one worker.
 test: $(STAMP) lint
-	pytest -q
+	pytest -q -n 2 --dist loadfile
