@@ -79,13 +79,16 @@ def inversions(y_true: np.ndarray, scores: np.ndarray) -> int:
 
 def classification_report(y_true: np.ndarray, scores_logit: np.ndarray, threshold: float = 0.5,
                           top_k: int = 3) -> dict[str, float]:
-    """mAP, CF1/OF1 at a probability threshold and at top-k, and Hamming loss at the threshold."""
-    probs = sigmoid(scores_logit)
-    pred = probs >= threshold
+    """mAP, CF1/OF1 at a probability threshold and at top-k, and Hamming loss at the threshold.
+
+    Rankings (mAP, top-k) use the logits themselves: float64 sigmoids saturate to exactly 1.0 above
+    a logit of ~37 and would tie entries that the logits still order.
+    """
+    pred = sigmoid(scores_logit) >= threshold
     cf1, of1 = f1_scores(y_true, pred)
-    cf1_k, of1_k = f1_scores(y_true, top_k_predictions(probs, top_k))
+    cf1_k, of1_k = f1_scores(y_true, top_k_predictions(np.asarray(scores_logit), top_k))
     return {
-        "map": mean_ap(y_true, probs),
+        "map": mean_ap(y_true, scores_logit),
         "cf1": cf1, "of1": of1,
         f"cf1_top{top_k}": cf1_k, f"of1_top{top_k}": of1_k,
         "hamming": hamming_loss(y_true, pred),

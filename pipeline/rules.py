@@ -11,8 +11,10 @@ Each rule is a named option; known labels are never changed by any of them and a
   Φ(ŷ) = H(ŷ) + η·KL(ŷ ‖ p): entropy pushes labels to 0/1, the KL term keeps them near the network's
   prediction p. dΦ/dŷ = −S⁻¹(ŷ) + η(S⁻¹(ŷ) − S⁻¹(p)); for η > 1 the fixed point is the sharpened
   S⁻¹(ŷ) = η/(η − 1)·S⁻¹(p).
-- `large_loss` (LL-R, Kim et al. 2022): in every batch the unknown entries with the largest losses are
-  rejected (weight 0); the rejected share grows by `delta` per epoch from 0, capped at `max_rate`.
+- `large_loss` (LL-R, Kim et al. 2022, eq. 5 and the authors' code): in every batch the unknown entries
+  with the largest losses are rejected (weight 0): k = ⌈rate · B · C⌉ of them, counted over the whole
+  batch as the reference code does, with rate = `delta` % per epoch from 0 (the reference's `delta_rel`
+  is in percent and divided by 100), capped at `max_rate`.
 - `label_distribution` (MulSupConLD, `004_…`): each image's positives get weights from a label
   distribution recovered with an RBF kernel on the cosine distance between the image embedding and the
   class text embeddings, scaled so an image's positive weights average 1; negatives keep weight 1.
@@ -20,6 +22,7 @@ Each rule is a named option; known labels are never changed by any of them and a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +45,7 @@ class RuleSettings:
     g2netpl_eta: float = 2.0  # KL penalty weight (> 1 sharpens, ≤ 1 lets entropy win)
     g2netpl_lr: float = 0.05
     g2netpl_steps: int = 10
-    ll_delta: float = 0.05  # rejected share added per epoch
+    ll_delta: float = 0.1  # % of the batch's entries rejected more per epoch
     ll_max_rate: float = 0.5
     ld_sigma: float = 0.1  # RBF width on cosine distance
 
@@ -75,16 +78,16 @@ def g2netpl_update(y: np.ndarray, p: np.ndarray, eta: float, lr: float, steps: i
     return y
 
 
-def rejection_rate(epoch: int, delta: float, max_rate: float) -> float:
-    """LL-R schedule: nothing rejected in the first epoch, then `delta` more per epoch."""
-    return float(min(max_rate, delta * epoch))
+def rejection_rate(epoch: int, delta_percent: float, max_rate: float) -> float:
+    """LL-R schedule: nothing rejected in the first epoch, then `delta_percent` % more per epoch."""
+    return float(min(max_rate, delta_percent / 100.0 * epoch))
 
 
 def large_loss_keep(loss: torch.Tensor, unknown: torch.Tensor, rate: float) -> torch.Tensor:
-    """bool mask: False for the round(rate × #unknown) unknown entries with the largest loss."""
+    """bool mask: False for the ⌈rate × B·C⌉ unknown entries with the largest loss (at most all unknown)."""
     keep = torch.ones_like(loss, dtype=torch.bool)
     n_unknown = int(unknown.sum())
-    k = int(round(rate * n_unknown))
+    k = min(n_unknown, math.ceil(rate * loss.numel() - 1e-9))
     if k <= 0:
         return keep
     masked = torch.where(unknown, loss.detach(), torch.full_like(loss, -float("inf")))
@@ -105,12 +108,16 @@ def label_distribution_weights(emb: np.ndarray, text: np.ndarray, positive: np.n
 
 
 def rule_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, rule: RuleSettings,
-              epoch: int, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Partial BCE of logits against soft targets (probabilities) under the rule's weighting."""
-    if rule.name not in ("large_loss", "label_distribution"):  # plain mean, bit for bit the rule-free loss
-        return F.binary_cross_entropy_with_logits(logits, targets)
+              epoch: int, weights: torch.Tensor | None = None,
+              labelled: torch.Tensor | None = None) -> torch.Tensor:
+    """Partial BCE of logits against soft targets (probabilities) under the rule's weighting.
+
+    `labelled` (bool, like logits): entries without a target (a composite's hidden host labels) carry no loss.
+    """
+    if rule.name not in ("large_loss", "label_distribution") and (labelled is None or bool(labelled.all())):
+        return F.binary_cross_entropy_with_logits(logits, targets)  # plain mean, bit for bit the rule-free loss
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    w = torch.ones_like(loss)
+    w = torch.ones_like(loss) if labelled is None else labelled.float()
     if rule.name == "large_loss":
         rate = rejection_rate(epoch, rule.ll_delta, rule.ll_max_rate)
         w = w * large_loss_keep(loss, ~known, rate)

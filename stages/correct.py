@@ -31,8 +31,9 @@ def threshold_rule(p: Params) -> ThresholdRule:
 
 def check(params: Params) -> tuple:
     p, protos_p, cooc_p = params.section("correct"), params.section("prototypes"), params.section("cooccurrence")
-    correction = (p.get("source", str, choices=("z0", "cut", "cdul")), p.get("method", str, choices=METHODS),
-                  p.get("beta", int, lo=0), p.get("hard_threshold", float, lo=0.0, hi=1.0))
+    correction = (p.get("source", str, choices=("z0", "tiles", "crops", "cdul", "cut")),
+                  p.get("method", str, choices=METHODS), p.get("beta", int, lo=0),
+                  p.get("hard_threshold", float, lo=0.0, hi=1.0))
     protos = None if protos_p.get("threshold", str, choices=THRESHOLDS) == "none" else (
         threshold_rule(protos_p), protos_p.get("k", int, lo=1), protos_p.get("bank", int, lo=1),
         protos_p.get("raise_logit", float, lo=0.0))

@@ -30,7 +30,8 @@ from stages.common import (
     write_json,
 )
 
-LADDER = {"z0": (INITIAL, "z0"), "cdul": (INITIAL, "cdul"), "cut": (INITIAL, "cut"),
+LADDER = {"z0": (INITIAL, "z0"), "tiles": (INITIAL, "tiles"), "crops": (INITIAL, "crops"), "cdul": (INITIAL, "cdul"),
+          "cut": (INITIAL, "cut"),
           "corrected": (CORRECTED, "target"), "refined": (REFINED, "z")}
 
 

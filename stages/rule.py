@@ -17,7 +17,7 @@ def rule_settings(params: Params) -> RuleSettings:
         name=name, plmcl_eta=pl.get("eta", float, lo=0.0, hi=1.0), plmcl_alpha=pl.get("alpha", float, lo=0.0, hi=1.0),
         plmcl_beta=pl.get("beta", float, lo=0.0, hi=1.0), g2netpl_eta=g2.get("eta", float, lo=0.0),
         g2netpl_lr=g2.get("lr", float, lo=0.0), g2netpl_steps=g2.get("steps", int, lo=0),
-        ll_delta=ll.get("delta", float, lo=0.0, hi=1.0), ll_max_rate=ll.get("max_rate", float, lo=0.0, hi=1.0),
+        ll_delta=ll.get("delta", float, lo=0.0, hi=100.0), ll_max_rate=ll.get("max_rate", float, lo=0.0, hi=1.0),
         ld_sigma=ld.get("sigma", float, lo=1e-6))
 
 

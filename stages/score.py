@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 from pipeline import clip
-from pipeline.cut import CutSettings
+from pipeline.cut import CROP_PLACEMENTS, CutSettings
 from pipeline.scoring import PRECISIONS, STORE_NAME, ScoreJob, Workers, score_to_store
 from pipeline.storage import Table, manifest_paths, replace_path
 from stages.common import MANIFEST, SCORES, SCORES_WORK, TEACHER_DESCRIPTOR, Params, ParamsError, read_json
@@ -34,7 +34,8 @@ BARRIER_TIMEOUT = timedelta(days=7)
 def cut_settings(p: Params) -> CutSettings:
     return CutSettings(grid=p.get("grid", int, lo=1), crops=p.get("crops", int, lo=0),
                        crop_area=p.pair("crop_area", 0.0, 1.0), crop_aspect=p.pair("crop_aspect", 0.01),
-                       flip=p.get("flip", bool))
+                       flip=p.get("flip", bool),
+                       placement=p.get("crop_placement", str, default="centre", choices=CROP_PLACEMENTS))
 
 
 def score_job(p: Params) -> ScoreJob:

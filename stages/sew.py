@@ -11,10 +11,21 @@ from tqdm import tqdm
 
 from pipeline import clip
 from pipeline.adapter import adapter_for
+from pipeline.cut import best_view_boxes
+from pipeline.logits import sigmoid
 from pipeline.resume import Checkpointer, fingerprint
 from pipeline.rules import NO_RULE, RuleSettings
-from pipeline.sew import SewDataset, SewSettings, overlay_pool, train_adapter_em
-from pipeline.storage import Table, atomic_path, manifest_paths, write_table
+from pipeline.sew import (
+    E_STEPS,
+    OVERLAY_LABELS,
+    PASTES,
+    SewDataset,
+    SewSettings,
+    overlay_pool,
+    overlay_pool_pairs,
+    train_adapter_em,
+)
+from pipeline.storage import Table, atomic_path, manifest_paths, open_store, write_table
 from stages.common import (
     ADAPTER,
     CORRECTED,
@@ -22,8 +33,10 @@ from stages.common import (
     MANIFEST,
     OBSERVED,
     REFINED,
+    SCORES,
     TEACHER_DESCRIPTOR,
     Params,
+    ParamsError,
     clear_work_dir,
     read_json,
     work_dir,
@@ -32,11 +45,24 @@ from stages.rule import rule_settings, rule_weights
 
 
 def sew_settings(p: Params) -> SewSettings:
+    k = p.get("k", (int, str))
+    if k != "auto" and (isinstance(k, str) or k < 1):
+        raise ParamsError(f"{p.source}: 'sew.k' must be auto or an int >= 1, got {k!r}")
+    d = SewSettings()
     return SewSettings(p=p.get("p", float, lo=0.0, hi=1.0), q=p.get("q", float, lo=0.0, hi=1.0),
-                       max_overlays=p.get("L", int, lo=0), pool_k=p.get("k", int, lo=1),
+                       max_overlays=p.get("L", int, lo=0), pool_k=None if k == "auto" else k,
+                       pool_share=p.get("pool_share", float, lo=0.0, hi=1.0, default=d.pool_share),
+                       overlay_label=p.get("overlay_label", str, choices=OVERLAY_LABELS, default=d.overlay_label),
+                       paste=p.get("paste", str, choices=PASTES, default=d.paste),
+                       placement_tries=p.get("placement_tries", int, lo=1, default=d.placement_tries),
+                       cover_limit=p.get("cover_limit", float, lo=0.0, hi=1.0, default=d.cover_limit),
+                       e_step=p.get("e_step", str, choices=E_STEPS, default=d.e_step),
+                       e_weight=p.get("e_weight", float, lo=0.0, hi=1.0, default=d.e_weight),
                        epochs=p.get("epochs", int, lo=1),
                        batch_size=p.get("batch_size", int, lo=2), lr=p.get("lr", float, lo=0.0),
-                       estimator_lr=p.get("estimator_lr", float, lo=0.0), seed=p.get("seed", int))
+                       estimator_lr=p.get("estimator_lr", float, lo=0.0),
+                       weight_decay=p.get("weight_decay", float, lo=0.0, default=d.weight_decay),
+                       seed=p.get("seed", int))
 
 
 def adapter_options(p: Params) -> dict:
@@ -52,6 +78,12 @@ def check(params: Params) -> None:
     b = p.section("backbone")
     if b.get("model", str) != "teacher":
         b.model_name("model"), b.get("pretrained", str), b.get("trust_checkpoint", bool, default=False)
+
+
+def scored_view_boxes() -> np.ndarray:
+    """The best-scoring local view's box of every class of every image. [N, C, 4]"""
+    store = open_store(SCORES, required=("local", "crops", "boxes"))
+    return best_view_boxes(*(np.asarray(store[name][:], dtype=np.float32) for name in ("local", "crops", "boxes")))
 
 
 def backbone_descriptor(p: Params) -> dict:
@@ -75,12 +107,15 @@ def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc:
     train = manifest.column("split") == "train"
     paths = list(manifest_paths(manifest)[train])
     z0 = Table(INITIAL).column("z0")[train]
+    host_boxes = scored_view_boxes()[train] if settings.placement_tries > 1 or settings.cover_limit < 1 else None
     descriptor = backbone_descriptor(p)
     model = clip.load_described(descriptor)
     torch.manual_seed(settings.seed)
     size = p.get("image_size", int, lo=8)
     adapter = adapter_for(model, len(manifest.classes), size, **adapter_options(p))
-    dataset = SewDataset(paths, size, overlay_pool(z0, settings.pool_k), settings)
+    k = settings.pool_size(len(paths), len(manifest.classes))
+    pool = overlay_pool_pairs(z0, k) if settings.overlay_label == "pooled" else overlay_pool(z0, k)
+    dataset = SewDataset(paths, size, pool, settings, host_boxes, sigmoid(targets[train]).astype(np.float32))
     steps = settings.epochs * max(1, len(dataset) // settings.batch_size)
     bar = tqdm(total=steps, desc=desc, unit="step")
 

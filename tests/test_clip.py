@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 
@@ -77,7 +76,27 @@ def test_unknown_model_name():
 
 def test_class_prompts():
     assert clip.class_prompts(["a_b"], ["x {}", "{} y"]) == ["x a b", "a b y"]
-    assert np.isfinite(clip.PROB_EPS)
+
+
+def test_softmax_log_odds_is_exact_where_probabilities_are_representable():
+    s = torch.randn(64, 7, dtype=torch.float64) * 3
+    p = s.softmax(-1)
+    expected = torch.log(p) - torch.log1p(-p)
+    assert torch.allclose(clip.softmax_log_odds(s).double(), expected, atol=1e-4)
+
+
+def test_softmax_log_odds_keeps_the_order_a_clamp_would_tie():
+    # logit scale 100 (real CLIP) on cosines 0.1 apart: softmax probabilities down to e^-40 and up to
+    # 1 - e^-10; clamped at 1e-6 they all tied at -13.8 (and the top ones at +13.8)
+    cos = torch.tensor([[0.30, 0.20, 0.10, 0.00, -0.10, -0.20]])
+    z = clip.softmax_log_odds(100 * cos)[0]
+    assert torch.all(torch.isfinite(z))
+    assert torch.all(z[:-1] > z[1:]), z  # strictly decreasing: no ties
+    assert len(set(z.tolist())) == 6
+    # the two largest are symmetric: z_top = s0 − lse(others), z_second = s1 − lse(s0, rest)
+    assert float(z[0]) > 9.9 and float(z[1]) < -9.9
+    one = clip.softmax_log_odds(torch.tensor([[5.0]]))
+    assert one.item() == 0.0
 
 
 def _openai_style_torchscript(path, name):

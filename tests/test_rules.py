@@ -29,10 +29,12 @@ def test_g2netpl_step_by_hand_and_fixed_point():
 
 
 def test_large_loss_schedule_and_rejection():
-    assert [R.rejection_rate(e, 0.1, 0.25) for e in range(4)] == [0.0, 0.1, 0.2, 0.25]
+    # delta in percent, as the reference code's delta_rel: 10 % more per epoch, capped at 25 %
+    assert [R.rejection_rate(e, 10.0, 0.25) for e in range(4)] == pytest.approx([0.0, 0.1, 0.2, 0.25])
+    assert R.rejection_rate(7, 0.1, 0.5) == pytest.approx(0.007)  # the default: 0.7 % by epoch 7, not 70 %
     loss = torch.tensor([[5.0, 1.0, 9.0, 2.0], [8.0, 0.5, 3.0, 7.0]])
     unknown = torch.tensor([[True, True, False, True], [True, True, True, False]])
-    keep = R.large_loss_keep(loss, unknown, rate=2 / 6)  # 6 unknown → reject the 2 largest unknown: 8 and 5
+    keep = R.large_loss_keep(loss, unknown, rate=2 / 8)  # ⌈2/8 · 8 entries⌉ = 2: the 2 largest unknown, 8 and 5
     assert keep.tolist() == [[False, True, True, True], [False, True, True, True]]
     assert R.large_loss_keep(loss, unknown, rate=0.0).all()
 
@@ -41,10 +43,10 @@ def test_rule_loss_large_loss_ignores_rejected_entries():
     logits = torch.tensor([[3.0, -3.0, 0.0]])
     targets = torch.tensor([[0.0, 1.0, 1.0]])  # entries 0 and 1 are confidently wrong: large losses
     known = torch.tensor([[False, False, True]])
-    rule = R.RuleSettings("large_loss", ll_delta=0.5, ll_max_rate=1.0)
+    rule = R.RuleSettings("large_loss", ll_delta=30.0, ll_max_rate=1.0)  # 30 % more per epoch
     per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")[0]
     assert R.rule_loss(logits, targets, known, rule, epoch=0).item() == pytest.approx(per.mean().item())
-    # epoch 1: rate 0.5 of 2 unknown → the larger of entries 0, 1 (equal losses → one of them) rejected
+    # epoch 1: rate 0.3 → ⌈0.3 · 3⌉ = 1 entry: the larger of entries 0, 1 (equal losses → one of them) rejected
     assert R.rule_loss(logits, targets, known, rule, epoch=1).item() == pytest.approx((per[0] + per[2]).item() / 2)
 
 

@@ -10,9 +10,14 @@ from pipeline.sew import (
     SewDataset,
     SewSettings,
     composite_logits,
+    covered_share,
+    e_step,
+    feather_mask,
     overlay_count,
     overlay_pool,
+    overlay_pool_pairs,
     paste_size,
+    predict_hosts,
     sew,
     train_adapter_em,
 )
@@ -23,6 +28,20 @@ def test_overlay_pool_top_k_per_class_deduplicated():
     assert overlay_pool(z0, 2).tolist() == [0, 1, 2, 3]
     assert overlay_pool(z0, 3).tolist() == [0, 1, 2, 3, 4]  # row 4 is in both top-3s, listed once
     assert overlay_pool(z0, 99).tolist() == [0, 1, 2, 3, 4]
+    # as (image, class) pairs: row 4 is pooled once for each class it tops
+    assert overlay_pool_pairs(z0, 3).tolist() == [[0, 0], [1, 0], [4, 0], [2, 1], [3, 1], [4, 1]]
+
+
+def test_pool_size_follows_n_and_c():
+    # the paper's k = 200 pools every image of a 1,000-image, 8-class set: no iconic pool is left
+    z0 = np.random.default_rng(0).normal(size=(1000, 8))
+    z0[np.arange(1000), np.arange(1000) % 8] += 6  # each image iconic for one class, 125 per class
+    assert len(overlay_pool(z0, 200)) == 1000
+    s = SewSettings()  # k = ⌈0.25 · N / C⌉
+    assert s.pool_size(1000, 8) == 32 and s.pool_size(5000, 20) == 63 and s.pool_size(3, 8) == 1
+    pool = overlay_pool(z0, s.pool_size(1000, 8))
+    assert len(pool) == 8 * 32 and (z0[pool].argmax(1) == pool % 8).all()  # iconic images only
+    assert SewSettings(pool_k=200).pool_size(1000, 8) == 200
 
 
 def test_overlay_count_is_capped_geometric():
@@ -45,11 +64,54 @@ def test_paste_size_keeps_aspect_in_q_over_sqrt_n_box():
 def test_sew_pastes_each_overlay_inside_the_host():
     host = torch.zeros(3, 64, 64, dtype=torch.uint8)
     ov = torch.full((3, 20, 40), 255, dtype=torch.uint8)
-    out = sew(host, [ov], np.random.default_rng(0), q=0.5)
+    out, rects = sew(host, [ov], np.random.default_rng(0), q=0.5)
     assert host.sum() == 0  # the host is not modified in place
     assert (out == 255).sum().item() == 3 * 16 * 32
     ys, xs = torch.nonzero(out[0] == 255, as_tuple=True)
     assert ys.max() - ys.min() + 1 == 16 and xs.max() - xs.min() + 1 == 32
+    (x0, y0, x1, y1), = rects
+    assert (x0 * 64, y0 * 64, x1 * 64, y1 * 64) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_feathered_paste_has_no_box_edges():
+    host = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    ov = torch.full((3, 32, 32), 255, dtype=torch.uint8)
+    out, ((x0, y0, x1, y1),) = sew(host, [ov], np.random.default_rng(0), q=0.5, paste="feather")
+    c0, r0, c1, r1 = (int(round(v * 64)) for v in (x0, y0, x1, y1))
+    box = out[0, r0:r1, c0:c1]
+    assert box[0, 0] == 0 and box[-1, -1] == 0  # the box's corners keep the host
+    assert box[16, 16] == 255  # its centre is the overlay
+    assert (out[0] > 0).sum() < 0.8 * 32 * 32  # a soft ellipse, not the square
+    m = feather_mask(20, 40)
+    assert m.shape == (20, 40) and float(m.max()) == 1.0 and float(m[0, 0]) == 0.0
+
+
+def test_overlay_goes_where_it_covers_least_and_covered_host_labels_are_hidden():
+    # the host's class-0 object fills its left half; class 1 is unlikely (weight 0)
+    boxes = np.array([[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]], np.float32)
+    weights = np.array([1.0, 0.0], np.float32)
+    host = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    ov = torch.full((3, 32, 32), 255, dtype=torch.uint8)
+
+    def cover(tries: int, seed: int) -> float:
+        _, (rect,) = sew(host, [ov], np.random.default_rng(seed), 0.5, boxes, weights, tries=tries)
+        return float(covered_share(boxes, rect)[0])
+
+    assert np.mean([cover(1, s) for s in range(30)]) > 0.2  # a random position covers about a quarter of it
+    assert np.mean([cover(16, s) for s in range(30)]) < 0.02  # the best of 16 goes to the right half
+    assert covered_share(boxes, (0.0, 0.0, 0.5, 0.5)).tolist() == [0.5, 0.0]
+
+
+def test_composite_label_with_pooled_overlays_and_hidden_host_labels():
+    z = torch.tensor([[1.0, -2.0, 0.5], [4.0, 3.0, -1.0]])
+    sources = torch.tensor([[0, 1]])
+    # the overlay (row 1) was pooled for class 1: it labels class 1 only, not its class 0
+    assert composite_logits(z, sources, torch.tensor([[-1, 1]])).tolist() == [[1.0, 3.0, 0.5]]
+    assert composite_logits(z, sources).tolist() == [[4.0, 3.0, 0.5]]  # eq. 13: every label
+    from pipeline.sew import max_over_sources
+    hidden = torch.tensor([[True, False, False]])  # the host's class 0 is covered
+    out = max_over_sources(z[sources], sources, torch.tensor([[-1, 1]]), hidden)
+    assert out[0, 0].item() == float("-inf") and out[0, 1:].tolist() == [3.0, 0.5]
 
 
 def test_composite_label_is_elementwise_max_and_routes_gradient_to_the_argmax_source():
@@ -75,14 +137,14 @@ def image_paths(tmp_path_factory):
 def test_dataset_is_seeded_per_epoch_and_L0_disables_sewing(image_paths):
     s = SewSettings(p=0.9, max_overlays=2, seed=3)
     ds = SewDataset(image_paths, 32, np.arange(10), s)
-    a_img, a_src = ds[4]
-    b_img, b_src = ds[4]
+    a_img, a_src, _, _ = ds[4]
+    b_img, b_src, _, _ = ds[4]
     assert torch.equal(a_img, b_img) and torch.equal(a_src, b_src) and a_img.shape == (3, 32, 32)
     assert a_src[0] == 4 and len(a_src) == 3
     ds.epoch = 1
     assert any(not torch.equal(ds[i][1], SewDataset(image_paths, 32, np.arange(10), s)[i][1]) for i in range(10))
     plain = SewDataset(image_paths, 32, np.arange(10), SewSettings(p=0.9, max_overlays=0))
-    img, src = plain[4]
+    img, src, _, _ = plain[4]
     assert src.tolist() == [4] and torch.equal(img, torch.full((3, 32, 32), 80, dtype=torch.uint8))
 
 
@@ -98,9 +160,29 @@ def test_em_training_moves_free_entries_only(tiny_model, image_paths):
     refined = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen, s)
     assert np.array_equal(refined[:3], z[:3]) and not np.allclose(refined[3:], z[3:])
     assert any(not torch.equal(before[k], v) for k, v in adapter.state_dict().items())
-    fixed = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z,
-                             np.zeros_like(frozen), SewSettings(epochs=1, batch_size=4, estimator_lr=0.0))
-    assert np.array_equal(fixed, z)
+    for fixed_z in (SewSettings(epochs=1, batch_size=4, e_weight=0.0),
+                    SewSettings(epochs=1, batch_size=4, e_step="backprop", estimator_lr=0.0)):
+        fixed = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z,
+                                 np.zeros_like(frozen), fixed_z)
+        assert np.array_equal(fixed, z)
+
+
+def test_e_step_moves_z_towards_the_adapter_enough_to_reorder(tiny_model, image_paths):
+    torch.manual_seed(0)
+    adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
+    z = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    frozen = np.zeros_like(z, bool)
+    frozen[0] = True
+    s = SewSettings(epochs=1, batch_size=4, max_overlays=1, e_weight=0.6)
+    ds = SewDataset(image_paths, 32, np.arange(10), s)
+    refined = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen, s)
+    p = predict_hosts(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, 4)
+    expected = e_step(z, p, 0.6)  # (1 − w)·Z + w·P, anchored to the initial Z
+    assert np.allclose(refined[1:], expected[1:], atol=1e-5) and np.array_equal(refined[0], z[0])
+    assert e_step(np.array([[2.0, 0.0]]), np.array([[-2.0, 4.0]]), 0.5).tolist() == [[0.0, 2.0]]
+    # where the adapter disagrees, a class's entries reorder: EM refines, it does not only shrink
+    z_col, p_col = np.array([[3.0], [1.0], [-1.0]]), np.array([[-4.0], [0.0], [4.0]])
+    assert np.argsort(-e_step(z_col, p_col, 0.6)[:, 0]).tolist() == [2, 1, 0]
 
 
 @pytest.mark.parametrize("rule", RULES[1:])
@@ -114,7 +196,7 @@ def test_every_rule_keeps_known_labels_and_trains(tiny_model, image_paths, rule)
     ds = SewDataset(image_paths, 32, np.arange(10), s)
     weights = np.full_like(z, 2.0) if rule == "label_distribution" else None
     refined = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen, s,
-                               rule=RuleSettings(rule, ll_delta=0.5), weights=weights)
+                               rule=RuleSettings(rule, ll_delta=50.0), weights=weights)
     assert np.array_equal(refined[frozen], z[frozen]) and not np.allclose(refined[~frozen], z[~frozen])
     assert np.isfinite(refined).all()
 

@@ -78,7 +78,7 @@ def test_small_cnn_under_each_rule_is_seeded(tmp_path, rule):
     targets = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
     known = np.zeros((8, 2), bool)
     known[:4, 0] = True
-    kwargs = dict(known=known, rule=RuleSettings(rule, ll_delta=0.5), weights=np.full((8, 2), 2.0, np.float32))
+    kwargs = dict(known=known, rule=RuleSettings(rule, ll_delta=50.0), weights=np.full((8, 2), 2.0, np.float32))
     training = StudentTraining(epochs=2, batch_size=4, width=4)
     a = train_small_cnn(ResizedImages(paths, 16), targets, 16, training, **kwargs)
     b = train_small_cnn(ResizedImages(paths, 16), targets, 16, training, **kwargs)

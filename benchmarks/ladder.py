@@ -1,0 +1,167 @@
+"""The label ladder over several benchmark seeds: every rung's mAP as mean ± sd.
+
+    python benchmarks/ladder.py [--params params.yaml] [--seeds 0 1 2] [--set KEY=VALUE ...] [--keep DIR]
+
+Builds a fresh copy of the project (its git-tracked files, the given params file, a new git repo and
+DVC cache), queues one `dvc exp run --queue -S dataset.seed=S` per seed, runs the queue with
+`dvc queue start` and reads every experiment's reports/metrics.json through `dvc exp show --json`. The
+teacher does not depend on dataset.seed: it is trained once and restored from the run cache after.
+Prints a table (train label mAP per rung, test mAP per model, gap closure) and ends with one JSON line:
+{"params", "seeds", "rungs": {rung: {"mean", "sd", "values"}}, "checks": {target: bool}, "wall_s"}.
+`--params configs/paper.yaml` gives the paper-faithful ladder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# train label tables (ladder order), then test models, then derived figures
+LABEL_RUNGS = ("z0", "tiles", "crops", "cdul", "cut", "corrected", "refined")
+TEST_RUNGS = ("zero_shot", "student", "ceiling")
+
+
+def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "TQDM_DISABLE": "1", "GIT_AUTHOR_NAME": "ladder", "GIT_AUTHOR_EMAIL": "ladder@localhost",
+           "GIT_COMMITTER_NAME": "ladder", "GIT_COMMITTER_EMAIL": "ladder@localhost"}
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def copy_project(dest: Path, params: Path) -> None:
+    """The tracked files (not data, reports or dvc.lock) and `params` as params.yaml, committed in a new repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file() and not rel.startswith(("data/", "reports/", "dvc.lock")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    shutil.copy2(params, dest / "params.yaml")
+    sh(["git", "init", "-q"], dest)
+    sh(["git", "add", "-A"], dest)
+    sh(["git", "commit", "-qm", "ladder"], dest)
+
+
+def wait_for_queue(project: Path, poll_s: float = 10.0) -> None:
+    """Until no experiment is queued or running; prints each change of the status table."""
+    last = ""
+    while True:
+        status = sh(["dvc", "queue", "status"], project).stdout
+        if status != last:
+            print(status.strip(), flush=True)
+            last = status
+        if not any(word in status for word in ("Queued", "Running")):
+            return
+        time.sleep(poll_s)
+
+
+def experiment_metrics(project: Path) -> dict[str, dict]:
+    """{experiment name: reports/metrics.json} of every experiment `dvc exp show --json` lists."""
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], project).stdout)
+    out = {}
+
+    def visit(node):
+        if isinstance(node, dict):
+            name = node.get("name")
+            metrics = ((node.get("data") or {}).get("metrics") or {}).get("reports/metrics.json")
+            if name and metrics and "data" in metrics:
+                out[name] = metrics["data"]
+            for v in node.values():
+                visit(v)
+        elif isinstance(node, list):
+            for v in node:
+                visit(v)
+
+    visit(shown)
+    return out
+
+
+def rung_values(metrics: dict) -> dict[str, float]:
+    values = {f"labels.{r}": metrics["labels"][r]["map"] for r in LABEL_RUNGS if r in metrics.get("labels", {})}
+    values |= {f"test.{m}": metrics["test"][m]["map"] for m in TEST_RUNGS if m in metrics.get("test", {})}
+    if "gap_closure" in metrics:
+        values["gap_closure"] = metrics["gap_closure"]
+    return values
+
+
+def summarise(per_seed: dict[int, dict[str, float]]) -> dict[str, dict]:
+    names = [n for n in per_seed[next(iter(per_seed))]]
+    out = {}
+    for n in names:
+        values = [per_seed[s][n] for s in per_seed if n in per_seed[s]]
+        out[n] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                  "values": values}
+    return out
+
+
+def checks(rungs: dict[str, dict], per_seed: dict[int, dict[str, float]]) -> dict[str, bool]:
+    """The ladder targets (issue: every stage earns its place), on the means unless said otherwise."""
+    m = {k: v["mean"] for k, v in rungs.items()}
+    singles = [m[f"labels.{r}"] for r in ("z0", "tiles", "crops", "cdul") if f"labels.{r}" in m]
+    out = {
+        "initial_is_best_single": m["labels.cut"] >= max(singles) - 1e-12 if singles else False,
+        "corrected_ge_initial": m["labels.corrected"] >= m["labels.cut"],
+        "refined_ge_corrected_plus_0.01": m["labels.refined"] >= m["labels.corrected"] + 0.01,
+        "student_ge_refined_minus_0.01": m["test.student"] >= m["labels.refined"] - 0.01,
+    }
+    if "gap_closure" in m:
+        out["gap_closure_mean_ge_0.75"] = m["gap_closure"] >= 0.75
+        out["gap_closure_every_seed_ge_0.70"] = all(v.get("gap_closure", 0) >= 0.70 for v in per_seed.values())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file of the project copy")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="dataset.seed values")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more -S override for every experiment (repeatable)")
+    ap.add_argument("--jobs", type=int, default=1, help="dvc queue workers (1 on a 2-core machine)")
+    ap.add_argument("--keep", type=Path, help="build the project copy in this (empty) folder and keep it")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    project = args.keep or Path(tempfile.mkdtemp(prefix="mlpl-ladder-"))
+    project.mkdir(parents=True, exist_ok=True)
+    try:
+        copy_project(project, args.params)
+        names = {}
+        for seed in args.seeds:
+            names[seed] = f"ladder-seed{seed}"
+            extra = [a for kv in args.overrides for a in ("-S", kv)]
+            sh(["dvc", "exp", "run", "--queue", "--name", names[seed], "-S", f"dataset.seed={seed}", *extra],
+               project)
+        print(f"queued {len(names)} experiments in {project}", flush=True)
+        sh(["dvc", "queue", "start", "-j", str(args.jobs)], project)
+        wait_for_queue(project)
+        found = experiment_metrics(project)
+        missing = [n for n in names.values() if n not in found]
+        if missing:
+            logs = "\n".join(sh(["dvc", "queue", "logs", n], project, check=False).stdout[-2000:] for n in missing)
+            raise SystemExit(f"experiments without metrics: {missing}\n{logs}")
+        per_seed = {seed: rung_values(found[name]) for seed, name in names.items()}
+    finally:
+        if args.keep is None:
+            shutil.rmtree(project, ignore_errors=True)
+    rungs = summarise(per_seed)
+    print(f"{'rung':20s} {'mean':>7s} {'sd':>7s}  " + "  ".join(f"seed {s}" for s in per_seed))
+    for name, r in rungs.items():
+        print(f"{name:20s} {r['mean']:7.4f} {r['sd']:7.4f}  " + "  ".join(f"{v:6.4f}" for v in r["values"]))
+    result = {"params": str(args.params), "overrides": args.overrides, "seeds": args.seeds, "rungs": rungs,
+              "checks": checks(rungs, per_seed), "wall_s": round(time.perf_counter() - start, 1)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
