@@ -4,6 +4,12 @@ All methods act on logits z. `sqrt` is the paper's order-persistent g(z) = S⁻�
 (S⁻¹((1+S(z))/2)) is the monotone alternative of its Table 8; `hard` is the FixMatch-style ablation
 that sets confident top-β entries to positive; `none` leaves z unchanged.
 Monotone corrections never reorder entries within an image: only top-β entries rise, and g(z) ≥ z.
+
+`calibrate_per_class` (ours, `correct.calibration: median`) then shifts each class's logits so that its
+median sits at −margin. Eq. 7 takes a max over dozens of views, which lifts every entry, negatives too
+(their mean logit reaches +0.6 on the embedded benchmark), and a student trained on such targets puts
+most of its probabilities above 0.5. A class present in fewer than half the images has a negative as its
+median, so the shift puts typical negatives at σ(−margin). It changes no class's ranking, so no label mAP.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import numpy as np
 from pipeline.logits import logit, sigmoid
 
 METHODS = ("sqrt", "linear", "hard", "none")
+CALIBRATIONS = ("median", "none")
 POSITIVE_LOGIT = float(np.log(0.9999 / 0.0001))  # a label known (or declared) present
 NEGATIVE_LOGIT = -POSITIVE_LOGIT
 
@@ -52,3 +59,9 @@ def apply_known_labels(z: np.ndarray, known: np.ndarray, labels: np.ndarray) -> 
     known = np.asarray(known).astype(bool)
     forced = np.where(np.asarray(labels) > 0, POSITIVE_LOGIT, NEGATIVE_LOGIT)
     return np.where(known, forced, z).astype(np.float32)
+
+
+def calibrate_per_class(z: np.ndarray, margin: float) -> np.ndarray:
+    """z − median over rows of each column − margin [N, C]: per class, the median entry lands at −margin."""
+    z = np.asarray(z, dtype=np.float32)
+    return (z - np.median(z, axis=0, keepdims=True) - np.float32(margin)).astype(np.float32)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.correct import METHODS, apply_known_labels, correct_labels
+from pipeline.correct import CALIBRATIONS, METHODS, apply_known_labels, calibrate_per_class, correct_labels
 from pipeline.metrics import inversions
 from pipeline.storage import Table, write_small_store, write_table
 from pipeline.transfer import (
@@ -33,7 +33,9 @@ def check(params: Params) -> tuple:
     p, protos_p, cooc_p = params.section("correct"), params.section("prototypes"), params.section("cooccurrence")
     correction = (p.get("source", str, choices=("z0", "tiles", "crops", "cdul", "cut")),
                   p.get("method", str, choices=METHODS), p.get("beta", int, lo=0),
-                  p.get("hard_threshold", float, lo=0.0, hi=1.0))
+                  p.get("hard_threshold", float, lo=0.0, hi=1.0),
+                  p.get("calibration", str, choices=CALIBRATIONS, default="none"),
+                  p.get("margin", float, lo=0.0, default=1.0))
     protos = None if protos_p.get("threshold", str, choices=THRESHOLDS) == "none" else (
         threshold_rule(protos_p), protos_p.get("k", int, lo=1), protos_p.get("bank", int, lo=1),
         protos_p.get("raise_logit", float, lo=0.0))
@@ -43,10 +45,12 @@ def check(params: Params) -> tuple:
 
 
 def run(params: Params) -> None:
-    (source, method, beta, hard_threshold), protos, cooc = check(params)
+    (source, method, beta, hard_threshold, calibration, margin), protos, cooc = check(params)
     use_protos, use_cooc = protos is not None, cooc is not None
     initial, observed, manifest = Table(INITIAL), Table(OBSERVED), Table(MANIFEST)
     target = correct_labels(initial.column(source), beta, method, hard_threshold)
+    if calibration == "median":
+        target = calibrate_per_class(target, margin)
     known = observed.column("known").astype(bool)
     any_known = bool(known.any())
     labels = manifest.column("labels") if any_known else np.zeros(known.shape, np.int8)

@@ -46,3 +46,16 @@ def test_known_labels_override():
     out = apply_known_labels(z, np.array([[1, 0], [1, 1]]), np.array([[1, 1], [0, 1]]))
     assert out[0].tolist() == [pytest.approx(POSITIVE_LOGIT), 0.0]
     assert out[1].tolist() == [pytest.approx(NEGATIVE_LOGIT), pytest.approx(POSITIVE_LOGIT)]
+
+
+def test_median_calibration_moves_each_class_not_its_ranking():
+    from pipeline.correct import calibrate_per_class
+    from pipeline.metrics import mean_ap
+
+    z = np.array([[3.0, 0.5], [1.0, 0.2], [2.0, 0.4], [0.5, 2.5]], np.float32)
+    out = calibrate_per_class(z, margin=1.0)
+    # medians 1.5 and 0.45: each class's median entry lands at −1, so typical negatives fall below 0.5
+    assert out[:, 0].tolist() == pytest.approx([0.5, -1.5, -0.5, -2.0])
+    assert out[:, 1].tolist() == pytest.approx([-0.95, -1.25, -1.05, 1.05])
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 1]])
+    assert mean_ap(y, out) == mean_ap(y, z)
