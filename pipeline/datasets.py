@@ -24,6 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.images import DEFAULT_MAX_PIXELS, IMAGE_FAULTS, CheckedImages
+from pipeline.progress import progress_bar
 from pipeline.storage import DataError
 
 # Stable names of reports/data_issues.parquet `kind` (README-documented; add, never rename).
@@ -351,12 +352,12 @@ def check_images(data: ImportedDataset, max_pixels: int = DEFAULT_MAX_PIXELS, nu
     results come back in order, so the report does not depend on num_workers.
     """
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
+
 
     checked = CheckedImages([data.root / rel for rel in data.paths], max_pixels)
     loader = DataLoader(checked, batch_size=None, num_workers=num_workers)
     keep, issues = [], []
-    for result in tqdm(loader, total=len(checked), desc="check images", unit="img"):
+    for result in progress_bar(loader, total=len(checked), desc="check images", unit="img"):
         i = result.index
         image_id, rel = data.image_ids[i], data.paths[i]
         if result.info is None:

@@ -184,6 +184,24 @@ class ResizedImages(Dataset):
         return i, resize_u8(decode_image(self.paths[i]), self.size)
 
 
+class ResizedOrFaulty(Dataset):
+    """Item i: (i, uint8 [3, size, size], fault kind, detail) of the i-th path. A file that cannot be decoded
+    gives a zero image, its IMAGE_FAULTS kind and the message ('' and '' when fine): one bad file in a
+    folder never stops the others."""
+
+    def __init__(self, paths: Sequence[str | Path], size: int):
+        self.paths, self.size = list(paths), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, resize_u8(decode_image(self.paths[i]), self.size), "", ""
+        except ImageDecodeError as e:
+            return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), e.kind, str(e)
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Image files directly or recursively under `folder`, sorted for a stable order."""
     folder = Path(folder)

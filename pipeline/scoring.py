@@ -32,11 +32,11 @@ import numpy as np
 import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from pipeline.clip import encode_images, image_size_of, logit_scale_of, normalizer_of, scores_to_logits
 from pipeline.cut import CutSettings, cut_views, view_boxes
 from pipeline.images import decode_image
+from pipeline.progress import progress_bar
 from pipeline.resume import fingerprint
 from pipeline.storage import create_score_store, ids_digest
 
@@ -309,7 +309,7 @@ def score_to_store(model: torch.nn.Module, text_emb: torch.Tensor, paths: Sequen
                          done_dir)
     buffers: dict[int, dict[str, np.ndarray]] = {}
     remaining = {k: shard_bounds[k][1] - shard_bounds[k][0] for k in todo}
-    bar = tqdm(total=sum(remaining.values()), unit="img", desc="score", disable=not progress, smoothing=0.1)
+    bar = progress_bar(total=sum(remaining.values()), unit="img", desc="score", disable=not progress, smoothing=0.1)
     try:
         with torch.inference_mode():
             for idx, views, boxes in loader:

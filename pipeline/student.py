@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline import clip
 from pipeline.adapter import Adapter, AdapterConfig, FrozenTowerClassifier
-from pipeline.images import ResizedImages
+from pipeline.images import ImageDecodeError, ResizedOrFaulty
 from pipeline.resume import Checkpointer
 from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
 
@@ -175,17 +175,43 @@ def load_student(path) -> tuple[nn.Module, list[str], int]:
     raise ValueError(f"{path}: unknown student kind {kind!r} (expected one of {KINDS})")
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A file `predict_files` could not decode: its index in the paths, IMAGE_FAULTS kind and message."""
+
+    index: int
+    kind: str
+    detail: str
+
+
 @torch.inference_mode()
-def predict_paths(module: nn.Module, image_size: int, paths: Sequence, batch_size: int = 64, num_workers: int = 0,
-                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """Logits [len(paths), C] of a module taking uint8 images, decoding files in batches."""
+def predict_files(module: nn.Module, image_size: int, paths: Sequence, batch_size: int = 64, num_workers: int = 0,
+                  on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, list[Unreadable]]:
+    """(logits [n_decoded, C], indices of the decoded paths, the files that could not be decoded).
+
+    Files are decoded in batches; an undecodable one is left out and returned, never raised."""
     if not len(paths):
         raise ValueError("no images to predict")
     module.eval()
-    loader = DataLoader(ResizedImages(paths, image_size), batch_size=batch_size, num_workers=num_workers)
-    out = []
-    for _, images in loader:
-        out.append(module(images).float().numpy())
+    loader = DataLoader(ResizedOrFaulty(paths, image_size), batch_size=batch_size, num_workers=num_workers)
+    out, decoded, unreadable = [], [], []
+    for index, images, kinds, details in loader:
+        ok = torch.tensor([not k for k in kinds], dtype=torch.bool)
+        unreadable += [Unreadable(int(i), k, d) for i, k, d in zip(index, kinds, details, strict=True) if k]
+        if ok.any():
+            out.append(module(images[ok]).float().numpy())
+            decoded.append(index[ok].numpy())
         if on_batch is not None:
             on_batch(len(images))
-    return np.concatenate(out)
+    n_classes = module(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)).shape[1] if not out else 0
+    logits = np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+    return logits, np.concatenate(decoded) if decoded else np.zeros(0, np.int64), unreadable
+
+
+def predict_paths(module: nn.Module, image_size: int, paths: Sequence, batch_size: int = 64, num_workers: int = 0,
+                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Logits [len(paths), C] of a module taking uint8 images; every file must decode (ImageDecodeError)."""
+    logits, _, unreadable = predict_files(module, image_size, paths, batch_size, num_workers, on_batch)
+    if unreadable:
+        raise ImageDecodeError(unreadable[0].detail, unreadable[0].kind)
+    return logits

@@ -9,9 +9,38 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="Multi-label pseudo-labels from a frozen CLIP-style model, as a cached DVC pipeline.")
+                  rich_markup_mode=None,  # click's plain help: no `<bool>` / `{arg}` placeholders
+                  help="Multi-label pseudo-labels from a frozen CLIP-style model, as a cached DVC pipeline. "
+                       "The stage commands are listed in DAG order; `dvc repro` runs them.")
+
+
+class _Command(typer.core.TyperCommand):
+    """Usage lines as `mlpl predict [OPTIONS] IMAGES_DIR`, not typer's `{IMAGES_DIR}`."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = (param.metavar or param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"mlpl {version('mlpl')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(show_version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    pass
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="Params file (run from the project root).")
 
@@ -43,14 +72,6 @@ _stage_command("validate", "Check every params key (types, ranges, names, paths)
 _stage_command("prepare", "Build the dataset manifest (and images of the embedded benchmark).")
 _stage_command("mask", "Choose which train labels are known, from top-level `ratio` and `seed`.")
 _stage_command("teacher", "Train the toy teacher, or resolve real open_clip weights offline.")
-_stage_command("init", "Initial pseudo labels from cached scores: z0, cut estimator, CDUL aggregate.")
-_stage_command("correct", "Order-persistent correction of the initial labels (+ known labels).")
-_stage_command("sew", "Adapt on the corrected labels and refine them by EM.")
-_stage_command("ceiling", "Train the same adapter on the true train labels (supervised ceiling).")
-_stage_command("distill", "Export or train the standalone student from the refined labels.")
-_stage_command("evaluate", "Score every label table and model against ground truth → reports/.")
-
-
 @app.command("score")
 def score(params: Path = PARAMS_OPTION,
           max_shards: int = typer.Option(None, "--max-shards", min=1,
@@ -64,20 +85,34 @@ def score(params: Path = PARAMS_OPTION,
     _run_stage("score", params, max_shards=max_shards)
 
 
-@app.command("predict")
-def predict(images_dir: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+_stage_command("init", "Initial pseudo labels from cached scores: z0, cut estimator, CDUL aggregate.")
+_stage_command("correct", "Order-persistent correction of the initial labels (+ known labels).")
+_stage_command("sew", "Adapt on the corrected labels and refine them by EM.")
+_stage_command("ceiling", "Train the same adapter on the true train labels (supervised ceiling).")
+_stage_command("distill", "Export or train the standalone student from the refined labels.")
+_stage_command("evaluate", "Score every label table and model against ground truth → reports/.")
+
+
+@app.command("predict", cls=_Command)
+def predict(images_dir: Annotated[Path, typer.Argument(metavar="IMAGES_DIR",
+                                                      help="Folder of images (searched recursively).")],
             out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet table.")] = Path("preds.parquet"),
             model: Annotated[Path, typer.Option("--model", "-m", help="Student checkpoint.")] = Path(
                 "data/models/student.pt"),
+            threshold: Annotated[float, typer.Option(
+                "--threshold", min=0.0, max=1.0, help="Probability at or above which a class is in `labels`.")] = 0.5,
+            on_bad_input: Annotated[str, typer.Option(
+                "--on-bad-input", help="skip: leave undecodable files out and list them in OUT's .issues.parquet; "
+                                       "fail: exit naming them, writing nothing.")] = "skip",
             batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
             num_workers: Annotated[int, typer.Option("--num-workers", min=0)] = 0) -> None:
-    """Run the standalone student on every image of a folder → per-class logits and probabilities."""
-    from pipeline.images import ImageDecodeError
+    """Run the standalone student on every image of a folder → per-class logits, probabilities and labels."""
+    from pipeline.storage import DataError
     from stages import predict as predict_stage
 
     try:
-        predict_stage.run(images_dir, out, model, batch_size, num_workers)
-    except (FileNotFoundError, ValueError, ImageDecodeError) as e:
+        predict_stage.run(images_dir, out, model, batch_size, num_workers, threshold, on_bad_input)
+    except (FileNotFoundError, ValueError, DataError) as e:
         typer.secho(f"mlpl predict: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import shutil
 from pathlib import Path
@@ -55,11 +56,38 @@ class ParamsError(ValueError):
     pass
 
 
-class Params:
-    """A view of params.yaml; `get("score.crops", int)` fails naming the key and the file."""
+class ParamsAudit:
+    """What one validation pass saw, shared by a Params view and its sections: the keys read, the keys
+    declared used under other settings (`allow`), and the errors found (collected, not raised)."""
 
-    def __init__(self, data: dict, source: Path, prefix: str = ""):
-        self._data, self._source, self._prefix = data, source, prefix
+    def __init__(self) -> None:
+        self.read: set[str] = set()
+        self.allowed: set[str] = set()
+        self.errors: list[str] = []
+
+
+def _fallback(kind: type | tuple, choices: tuple | None, lo: float | None, default: Any) -> Any:
+    """A well-typed stand-in for a key found invalid while collecting errors, so the check goes on to
+    the next key (what the check then builds from it is never used)."""
+    if default is not ...:
+        return default
+    if choices:
+        return choices[0]
+    first = kind[0] if isinstance(kind, tuple) else kind
+    if first in (int, float):
+        return first(lo if lo is not None else 1)
+    return {bool: False, str: "", list: [], dict: {}}.get(first)
+
+
+class Params:
+    """A view of params.yaml; `get("score.crops", int)` fails naming the key and the file.
+
+    With an audit (`audited()`), errors are collected instead of raised and every key read is recorded,
+    so validation reports every bad key at once and the keys no check reads (`unread_keys`).
+    """
+
+    def __init__(self, data: dict, source: Path, prefix: str = "", audit: ParamsAudit | None = None):
+        self._data, self._source, self._prefix, self._audit = data, source, prefix, audit
 
     @classmethod
     def load(cls, path: Path = PARAMS_FILE) -> Params:
@@ -69,22 +97,52 @@ class Params:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ParamsError(f"{path}: not valid YAML ({e})") from e
+        if not isinstance(data, dict):
+            raise ParamsError(f"{path}: must be a mapping of keys, got {type(data).__name__}")
         return cls(data, path)
+
+    def audited(self) -> Params:
+        """The same params, with a fresh audit (see the class docstring)."""
+        return Params(self._data, self._source, self._prefix, ParamsAudit())
+
+    @property
+    def audit(self) -> ParamsAudit | None:
+        return self._audit
 
     @property
     def source(self) -> Path:
         return self._source
 
     def section(self, name: str) -> Params:
-        sub = self._raw(name)
+        sub = self._node(name)
         if not isinstance(sub, dict):
             raise ParamsError(f"{self._source}: '{self._key(name)}' must be a mapping")
-        return Params(sub, self._source, self._key(name) + ".")
+        return Params(sub, self._source, self._key(name) + ".", self._audit)
+
+    def has(self, name: str) -> bool:
+        try:
+            self._node(name)
+        except ParamsError:
+            return False
+        return True
+
+    def allow(self, *names: str) -> None:
+        """Declare keys (or whole sections) read under other settings: present, they are not unknown."""
+        if self._audit is not None:
+            self._audit.allowed.update(self._key(n) for n in names)
+
+    def fail(self, name: str, message: str, fallback: Any = None) -> Any:
+        """Raise ParamsError for key `name`; while auditing, record it and return `fallback` instead."""
+        error = f"{self._source}: '{self._key(name)}' {message}"
+        if self._audit is None:
+            raise ParamsError(error)
+        self._audit.errors.append(error)
+        return fallback
 
     def _key(self, name: str) -> str:
         return f"{self._prefix}{name}"
 
-    def _raw(self, name: str):
+    def _node(self, name: str):
         node: Any = self._data
         for part in name.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -92,25 +150,55 @@ class Params:
             node = node[part]
         return node
 
+    def _raw(self, name: str):
+        if self._audit is not None:
+            self._audit.read.add(self._key(name))
+        return self._node(name)
+
+    def unread_keys(self) -> list[str]:
+        """Leaf keys of the file that no check read and none declared (`allow`), in file order."""
+        audit = self._audit or ParamsAudit()
+        covered = audit.read | audit.allowed
+        out = []
+
+        def walk(node: dict, prefix: str) -> None:
+            for k, v in node.items():
+                key = f"{prefix}{k}"
+                if key in covered:
+                    continue
+                if isinstance(v, dict) and v:
+                    walk(v, key + ".")
+                else:
+                    out.append(key)
+
+        walk(self._data, self._prefix)
+        return out
+
     def get(self, name: str, kind: type | tuple = object, default: Any = ...,
             choices: tuple | None = None, lo: float | None = None, hi: float | None = None) -> Any:
         try:
             value = self._raw(name)
-        except ParamsError:
-            if default is ...:
+        except ParamsError as e:
+            if default is not ...:
+                return default
+            if self._audit is None:
                 raise
-            return default
+            self._audit.errors.append(str(e))
+            return _fallback(kind, choices, lo, default)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        stand_in = _fallback(kind, choices, lo, default)
         if kind is not object and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
             want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise ParamsError(f"{self._source}: '{self._key(name)}' must be {want}, got {value!r}")
+            return self.fail(name, f"must be {want}, got {value!r}", stand_in)
         if choices is not None and value not in choices:
-            raise ParamsError(f"{self._source}: '{self._key(name)}' must be one of {list(choices)}, got {value!r}")
+            near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            return self.fail(name, f"must be one of {list(choices)}, got {value!r}{hint}", stand_in)
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             allowed = f"in [{lo}, {hi}]" if lo is not None and hi is not None else (
                 f">= {lo}" if lo is not None else f"<= {hi}")
-            raise ParamsError(f"{self._source}: '{self._key(name)}' must be {allowed}, got {value!r}")
+            return self.fail(name, f"must be {allowed}, got {value!r}", stand_in)
         return value
 
     def path(self, name: str, kind: str = "file") -> str:
@@ -119,7 +207,7 @@ class Params:
         ok = Path(value).is_dir() if kind == "dir" else Path(value).is_file()
         if not ok:
             what = "a directory" if kind == "dir" else "a file"
-            raise ParamsError(f"{self._source}: '{self._key(name)}' = {value}: not {what}")
+            return self.fail(name, f"= {value}: not {what}", value)
         return value
 
     def model_name(self, name: str) -> str:
@@ -131,18 +219,29 @@ class Params:
         value = self.get(name, str)
         register_model_configs()
         if value not in open_clip.list_models():
-            near = [m for m in open_clip.list_models() if m.lower().startswith(value.lower()[:3])][:8]
-            raise ParamsError(f"{self._source}: '{self._key(name)}' must be an open_clip model name "
-                              f"(open_clip.list_models()), got {value!r}; similar: {near}")
+            near = difflib.get_close_matches(value, open_clip.list_models(), n=5, cutoff=0.5)
+            hint = f"; did you mean {', '.join(near)}?" if near else " (`python -c 'import open_clip; " \
+                "print(open_clip.list_models())'` lists them)"
+            return self.fail(name, f"must be an open_clip model name, got {value!r}{hint}", value)
         return value
 
     def pair(self, name: str, lo: float = 0.0, hi: float = float("inf")) -> tuple[float, float]:
         value = self.get(name, list)
         if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value) or not (
                 lo <= value[0] <= value[1] <= hi):
-            raise ParamsError(f"{self._source}: '{self._key(name)}' must be [low, high] within [{lo}, {hi}], "
-                              f"got {value!r}")
+            return self.fail(name, f"must be [low, high] within [{lo}, {hi}], got {value!r}", (lo, lo))
         return float(value[0]), float(value[1])
+
+
+def resolve_weights(p: Params, model: str, pretrained: str) -> None:
+    """Check that `pretrained` (key of section `p`) resolves offline for `model`, as the stage will load it:
+    a wrong tag or missing weights fail in validation, before DVC deletes any output."""
+    from pipeline.clip import WeightsNotAvailable, resolve_pretrained
+
+    try:
+        resolve_pretrained(model, pretrained)
+    except WeightsNotAvailable as e:
+        p.fail("pretrained", f"does not resolve offline: {e}")
 
 
 def scene_config(p: Params) -> SceneConfig:

@@ -22,11 +22,14 @@ from pipeline.transfer import (
 from stages.common import CORRECTED, INITIAL, MANIFEST, OBSERVED, PROTOTYPES, Params, scored_embeddings
 
 
-def threshold_rule(p: Params) -> ThresholdRule:
-    return ThresholdRule(method=p.get("threshold", str, choices=THRESHOLDS[1:]),
+def threshold_rule(p: Params) -> ThresholdRule | None:
+    """The section's threshold rule; None when `threshold: none` (its other keys are checked all the same)."""
+    method = p.get("threshold", str, choices=THRESHOLDS)
+    rule = ThresholdRule(method=THRESHOLDS[1] if method == "none" else method,
                          momentum=p.get("momentum", float, lo=0.0, hi=1.0), batch_size=p.get("batch_size", int, lo=1),
                          temperature=p.get("temperature", float, lo=1e-6),
                          lr=p.get("lr", float, lo=0.0), steps=p.get("steps", int, lo=0), seed=p.get("seed", int))
+    return None if method == "none" else rule
 
 
 def check(params: Params) -> tuple:
@@ -36,12 +39,11 @@ def check(params: Params) -> tuple:
                   p.get("hard_threshold", float, lo=0.0, hi=1.0),
                   p.get("calibration", str, choices=CALIBRATIONS, default="none"),
                   p.get("margin", float, lo=0.0, default=1.0))
-    protos = None if protos_p.get("threshold", str, choices=THRESHOLDS) == "none" else (
-        threshold_rule(protos_p), protos_p.get("k", int, lo=1), protos_p.get("bank", int, lo=1),
-        protos_p.get("raise_logit", float, lo=0.0))
-    cooc = None if cooc_p.get("threshold", str, choices=THRESHOLDS) == "none" else (
-        threshold_rule(cooc_p), cooc_p.get("raise_logit", float, lo=0.0))
-    return correction, protos, cooc
+    # both sections are checked even when off, so switching one on never meets a bad key late
+    protos = (threshold_rule(protos_p), protos_p.get("k", int, lo=1), protos_p.get("bank", int, lo=1),
+              protos_p.get("raise_logit", float, lo=0.0))
+    cooc = (threshold_rule(cooc_p), cooc_p.get("raise_logit", float, lo=0.0))
+    return correction, None if protos[0] is None else protos, None if cooc[0] is None else cooc
 
 
 def run(params: Params) -> None:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from pipeline import clip
 from pipeline.images import ResizedImages
+from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
 from pipeline.rules import RuleSettings
 from pipeline.storage import Table, atomic_path, manifest_paths
@@ -53,7 +54,7 @@ def run(params: Params) -> None:
         run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("z"),
                              observed.column("known")[rows])
         steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))
-        with tqdm(total=steps, desc="distill", unit="step") as bar:
+        with progress_bar(total=steps, desc="distill", unit="step") as bar:
             model = train_small_cnn(ResizedImages(paths, size), refined.column("z"), size, training,
                                     on_step=lambda s, loss: bar.update(1),
                                     known=observed.column("known")[rows].astype(bool), rule=rule,

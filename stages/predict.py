@@ -1,29 +1,72 @@
-"""`mlpl predict DIR`: run the standalone student on every image of a folder → a Parquet table."""
+"""`mlpl predict DIR`: run the standalone student on every image of a folder → a Parquet table.
+
+Rows: one per image that decodes, in path order. Files that cannot be decoded (empty, truncated, not an
+image, a decompression bomb) are left out, named on the console and listed in a `data_issues`-style
+table next to the output (`preds.issues.parquet` for `preds.parquet`); `on_bad_input="fail"` exits
+instead, naming every bad file and writing nothing. Columns are documented in docs/outputs.md.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from pipeline.datasets import Issue, issue_summary, issues_table
 from pipeline.images import list_images
 from pipeline.logits import sigmoid
-from pipeline.storage import write_table
-from pipeline.student import load_student, predict_paths
+from pipeline.progress import progress_bar
+from pipeline.storage import DataError, atomic_path, write_table
+from pipeline.student import load_student, predict_files
+
+ON_BAD_INPUT = ("skip", "fail")
+SHOWN = 10  # bad files named on the console; the issues table lists them all
 
 
-def run(images_dir: Path, out: Path, model_path: Path, batch_size: int, num_workers: int) -> None:
+def issues_path(out: Path) -> Path:
+    """Where the issues of a prediction table go: preds.parquet → preds.issues.parquet."""
+    return out.with_name(f"{out.stem}.issues.parquet")
+
+
+def predicted_labels(probs: np.ndarray, classes: list[str], threshold: float) -> list[str]:
+    """Per row, the classes at or above `threshold`, joined by ';' (the labels format of dataset.labels)."""
+    return [";".join(c for c, hit in zip(classes, row, strict=True) if hit) for row in probs >= threshold]
+
+
+def run(images_dir: Path, out: Path, model_path: Path, batch_size: int, num_workers: int,
+        threshold: float = 0.5, on_bad_input: str = "skip") -> None:
+    if on_bad_input not in ON_BAD_INPUT:
+        raise ValueError(f"--on-bad-input must be one of {list(ON_BAD_INPUT)}, got {on_bad_input!r}")
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path}: student checkpoint not found (run `dvc repro` first)")
     paths = list_images(images_dir)
     if not paths:
         raise FileNotFoundError(f"{images_dir}: no image files found")
     module, classes, size = load_student(model_path)
-    with tqdm(total=len(paths), desc="predict", unit="img") as bar:
-        logits = predict_paths(module, size, paths, batch_size, num_workers, on_batch=bar.update)
+    with progress_bar(total=len(paths), desc="predict", unit="img") as bar:
+        logits, decoded, unreadable = predict_files(module, size, paths, batch_size, num_workers,
+                                                    on_batch=bar.update)
+    rel = [p.relative_to(images_dir) for p in paths]
+    issues = [Issue(rel[u.index].with_suffix("").as_posix(), rel[u.index].as_posix(), u.kind, u.detail,
+                    "excluded") for u in unreadable]
+    for issue in issues[:SHOWN]:
+        tqdm.write(f"cannot decode {issue.path} ({issue.kind}): {issue.detail}")
+    if len(issues) > SHOWN:
+        tqdm.write(f"… and {len(issues) - SHOWN} more unreadable files")
+    if issues and on_bad_input == "fail":
+        raise DataError(f"{len(issues)} of {len(paths)} files cannot be decoded (--on-bad-input fail): "
+                        + ", ".join(i.path for i in issues) + "; nothing written")
+    if not len(decoded):
+        raise DataError(f"{images_dir}: none of the {len(paths)} image files can be decoded; nothing written")
+    kept = [rel[i] for i in decoded]
     probs = sigmoid(logits)
-    rel = [str(p.relative_to(images_dir)) for p in paths]
-    write_table(out, {"image_id": rel, "path": rel, "logits": logits.astype(np.float32),
-                      "probs": probs.astype(np.float32)}, classes, extra_metadata={"model": str(model_path)})
-    print(f"predicted {len(paths)} images → {out}")
+    write_table(out, {"image_id": [r.with_suffix("").as_posix() for r in kept], "path": [r.as_posix() for r in kept],
+                      "logits": logits.astype(np.float32), "probs": probs.astype(np.float32),
+                      "labels": predicted_labels(probs, classes, threshold)}, classes,
+                extra_metadata={"model": str(model_path), "threshold": str(threshold)})
+    with atomic_path(issues_path(out)) as tmp:
+        pq.write_table(issues_table(issues).replace_schema_metadata({"source": str(images_dir)}), tmp)
+    print(f"predicted {len(decoded)} images → {out}; unreadable files: {issue_summary(issues)} → "
+          f"{issues_path(out)}")

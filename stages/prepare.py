@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.datasets import (
     ImportedDataset,
@@ -37,6 +36,7 @@ from pipeline.datasets import (
     read_voc,
 )
 from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.progress import progress_bar
 from pipeline.scenes import render_scene, scene_rng
 from pipeline.storage import DataError, atomic_path, write_table
 from stages.common import IMAGES_DIR, MANIFEST, REPORTS, Params, scene_config
@@ -72,11 +72,18 @@ def write_issues(issues: Sequence[Issue], source: str) -> None:
 READERS = {"folder": read_folder, "voc": read_voc, "coco": read_coco, "nuswide": read_nuswide}
 
 
+# Every key some format reads, beyond format and the input checks: what validation accepts in `dataset`.
+FORMAT_KEYS = ("seed", "n_train", "n_test", "image_size", "n_classes", "max_small",  # embedded
+               "root", "labels", "classes", "test_fraction", "train_set", "test_set", "include_difficult",
+               "images_dir")
+
+
 def check(params: Params) -> tuple[str, dict, InputChecks]:
     """(format, the reader's keyword arguments, input checks); paths must exist."""
     p = params.section("dataset")
     fmt = p.get("format", str, choices=FORMATS)
     checks = input_checks(p)
+    p.allow(*FORMAT_KEYS)  # one format's keys are not unknown under another (dvc.yaml declares some for all)
     if fmt == "embedded":
         return fmt, {"cfg": scene_config(p), "seed": p.get("seed", int), "n_train": p.get("n_train", int, lo=1),
                      "n_test": p.get("n_test", int, lo=1)}, checks
@@ -102,7 +109,7 @@ def run(params: Params) -> None:
     ids, paths, splits, labels, salient = [], [], [], [], []
     with atomic_path(IMAGES_DIR) as tmp:
         tmp.mkdir()
-        for i in tqdm(range(n_train + n_test), desc="prepare", unit="img"):
+        for i in progress_bar(range(n_train + n_test), desc="prepare", unit="img"):
             scene = render_scene(scene_rng(seed, DATASET_STREAM, i), cfg)
             image_id = f"scene-{i:06d}"
             Image.fromarray(scene.image).save(tmp / f"{image_id}.png")

@@ -24,7 +24,7 @@ from pipeline import clip
 from pipeline.cut import CROP_PLACEMENTS, CutSettings
 from pipeline.scoring import PRECISIONS, STORE_NAME, ScoreJob, Workers, score_to_store
 from pipeline.storage import Table, manifest_paths, replace_path
-from stages.common import MANIFEST, SCORES, SCORES_WORK, TEACHER_DESCRIPTOR, Params, ParamsError, read_json
+from stages.common import MANIFEST, SCORES, SCORES_WORK, TEACHER_DESCRIPTOR, Params, read_json
 
 # Ranks wait at barriers while the slowest finishes its shards (hours on CPUs for a big dataset); a dead
 # rank does not leave the others waiting this long, torchrun tears the whole group down.
@@ -42,10 +42,10 @@ def score_job(p: Params) -> ScoreJob:
     """The `score` section as a ScoreJob; keys added later (precision, device, batch_views) default to auto."""
     batch_views = p.get("batch_views", (str, int), default="auto")
     if batch_views != "auto" and (isinstance(batch_views, str) or isinstance(batch_views, bool) or batch_views < 1):
-        raise ParamsError(f"params.yaml: 'score.batch_views' must be auto or an int >= 1, got {batch_views!r}")
+        batch_views = p.fail("batch_views", f"must be auto or an int >= 1, got {batch_views!r}", "auto")
     device = p.get("device", str, default="auto")
     if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise ParamsError(f"params.yaml: 'score.device' must be auto, cpu, cuda or cuda:N, got {device!r}")
+        device = p.fail("device", f"must be auto, cpu, cuda or cuda:N, got {device!r}", "auto")
     return ScoreJob(settings=cut_settings(p), seed=p.get("seed", int), shard_rows=p.get("shard_rows", int, lo=1),
                     chunk_rows=p.get("chunk_rows", int, lo=1), batch_images=p.get("batch_images", int, lo=1),
                     num_workers=p.get("num_workers", int, lo=0),
@@ -77,7 +77,8 @@ def check(params: Params) -> tuple[ScoreJob, list[str]]:
     job = score_job(p)
     templates = p.get("templates", list)
     if not templates or not all(isinstance(t, str) and "{}" in t for t in templates):
-        raise ParamsError("params.yaml: 'score.templates' must be a non-empty list of strings containing '{}'")
+        templates = p.fail("templates", f"must be a non-empty list of strings containing '{{}}', got {templates!r}",
+                           ["{}"])
     return job, templates
 
 

@@ -13,6 +13,7 @@ from pipeline import clip
 from pipeline.adapter import adapter_for
 from pipeline.cut import best_view_boxes
 from pipeline.logits import sigmoid
+from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
 from pipeline.rules import NO_RULE, RuleSettings
 from pipeline.sew import (
@@ -36,9 +37,9 @@ from stages.common import (
     SCORES,
     TEACHER_DESCRIPTOR,
     Params,
-    ParamsError,
     clear_work_dir,
     read_json,
+    resolve_weights,
     work_dir,
 )
 from stages.rule import rule_settings, rule_weights
@@ -47,7 +48,7 @@ from stages.rule import rule_settings, rule_weights
 def sew_settings(p: Params) -> SewSettings:
     k = p.get("k", (int, str))
     if k != "auto" and (isinstance(k, str) or k < 1):
-        raise ParamsError(f"{p.source}: 'sew.k' must be auto or an int >= 1, got {k!r}")
+        k = p.fail("k", f"must be auto or an int >= 1, got {k!r}", "auto")
     d = SewSettings()
     return SewSettings(p=p.get("p", float, lo=0.0, hi=1.0), q=p.get("q", float, lo=0.0, hi=1.0),
                        max_overlays=p.get("L", int, lo=0), pool_k=None if k == "auto" else k,
@@ -76,8 +77,10 @@ def check(params: Params) -> None:
     sew_settings(p), adapter_options(p), rule_settings(params)
     p.get("image_size", int, lo=8), p.get("num_workers", int, lo=0)
     b = p.section("backbone")
+    pretrained = b.get("pretrained", str)
+    b.get("trust_checkpoint", bool, default=False)
     if b.get("model", str) != "teacher":
-        b.model_name("model"), b.get("pretrained", str), b.get("trust_checkpoint", bool, default=False)
+        resolve_weights(b, b.model_name("model"), pretrained)
 
 
 def scored_view_boxes() -> np.ndarray:
@@ -117,7 +120,7 @@ def train_adapter(params: Params, targets: np.ndarray, frozen: np.ndarray, desc:
     pool = overlay_pool_pairs(z0, k) if settings.overlay_label == "pooled" else overlay_pool(z0, k)
     dataset = SewDataset(paths, size, pool, settings, host_boxes, sigmoid(targets[train]).astype(np.float32))
     steps = settings.epochs * max(1, len(dataset) // settings.batch_size)
-    bar = tqdm(total=steps, desc=desc, unit="step")
+    bar = progress_bar(total=steps, desc=desc, unit="step")
 
     def on_step(epoch: int, step: int, loss: float) -> None:
         bar.update(1)

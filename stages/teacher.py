@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline import clip
+from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
 from pipeline.scenes import SceneConfig
 from pipeline.storage import atomic_path
@@ -23,6 +24,7 @@ from stages.common import (
     TEACHER_DIR,
     Params,
     clear_work_dir,
+    resolve_weights,
     scene_config,
     work_dir,
     write_json,
@@ -39,6 +41,8 @@ def check(params: Params) -> tuple[str, str, bool, tuple | None]:
     name, pretrained = p.model_name("model"), p.get("pretrained", str)
     trust = p.get("trust_checkpoint", bool, default=False)
     if pretrained != "embedded":
+        resolve_weights(p, name, pretrained)
+        p.allow("train")  # the toy teacher's settings, unused by real weights
         return name, pretrained, trust, None
     t = p.section("train")
     seed = t.get("seed", int)
@@ -72,7 +76,7 @@ def train_embedded(name: str, scenes: SceneConfig, training: TeacherTraining, sa
                          f"dataset.image_size is {scenes.image_size}")
     tokenizer = clip.tokenizer_for(name)
     pool = make_scene_pool(n_scenes, scenes, seed)
-    bar = tqdm(total=training.steps, desc="teacher", unit="step")
+    bar = progress_bar(total=training.steps, desc="teacher", unit="step")
     started = time.time()
 
     def on_step(step: int, loss: float) -> None:

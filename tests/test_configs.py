@@ -52,7 +52,7 @@ def test_config_has_every_param_dvc_yaml_declares(path):
     assert not missing, f"{path.name} lacks {sorted(missing)}"
 
 
-def test_voc_config_prepares_then_asks_for_weights(tmp_path):
+def test_voc_config_asks_for_weights_then_prepares(tmp_path):
     root = voc_tree(tmp_path, {"000001": [("dog", 0)], "000002": [("cat", 0)]}, ["000001"], ["000002"])
     config = yaml.safe_load((ROOT / "configs" / "voc2007.yaml").read_text())
     config["dataset"]["root"] = str(root)
@@ -60,6 +60,15 @@ def test_voc_config_prepares_then_asks_for_weights(tmp_path):
     params.write_text(yaml.safe_dump(config))
     (tmp_path / "p").mkdir()
     project = make_project(tmp_path / "p", params=params)
+    # weights not in the offline caches: every stage refuses in validation, naming both models, writing nothing
+    r = sh(f"HF_HOME={tmp_path / 'hf'} HF_HUB_OFFLINE=1 mlpl prepare", project, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "RN50x64-quickgelu" in r.stderr and "RN101-quickgelu" in r.stderr and "not available offline" in r.stderr
+    assert not (project / "data" / "prepared").exists()
+    weights = tmp_path / "weights.pt"  # resolution looks for the file; loading it is the teacher's business
+    weights.write_bytes(b"0")
+    config["teacher"]["pretrained"] = config["sew"]["backbone"]["pretrained"] = str(weights)
+    (project / "params.yaml").write_text(yaml.safe_dump(config))
     sh("mlpl prepare", project)
     source = project / "data" / "prepared" / "images" / "SOURCE.txt"
     before = source.read_text()
@@ -67,6 +76,3 @@ def test_voc_config_prepares_then_asks_for_weights(tmp_path):
     (root / "JPEGImages" / "000001.jpg").write_bytes((root / "JPEGImages" / "000002.jpg").read_bytes() + b"x")
     sh("mlpl prepare", project)  # an image edited in place changes what `score` depends on
     assert source.read_text() != before
-    r = sh(f"HF_HOME={tmp_path / 'hf'} HF_HUB_OFFLINE=1 mlpl teacher", project, check=False)
-    assert r.returncode == 2 and "RN50x64-quickgelu" in r.stderr and "not available offline" in r.stderr
-    assert "Traceback" not in r.stderr

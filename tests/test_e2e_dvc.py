@@ -104,6 +104,23 @@ def test_invalid_params_fail_before_anything_is_touched(project):
     assert stages_run(r.stdout) == {"validate"}
     sh("git checkout -q -- params.yaml", project)
     assert snapshot() == before  # no output deleted, nothing new in the cache
+
+    # weights that do not resolve, a typo'd key and two bad keys of one section: all at once, before DVC
+    # deletes data/teacher (it would, were `teacher` to start)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["teacher"]["pretrained"] = "openai"
+    params["score"]["crop_size"] = 5
+    params["sew"]["p"], params["sew"]["q"] = 2.0, -1.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    r = sh(f"HF_HOME={project / 'empty-hf'} HF_HUB_OFFLINE=1 dvc repro", project, check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "invalid params, nothing was run" in out
+    assert "'teacher.pretrained' does not resolve offline" in out
+    assert "unknown key 'score.crop_size' (did you mean 'score.crops'?)" in out
+    assert "'sew.p' must be in [0.0, 1.0], got 2.0" in out and "'sew.q' must be in [0.0, 1.0], got -1.0" in out
+    assert stages_run(r.stdout) == {"validate"}
+    sh("git checkout -q -- params.yaml", project)
+    assert snapshot() == before
     assert stages_run(sh("dvc repro", project).stdout) == set()
 
 

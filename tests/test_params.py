@@ -28,3 +28,38 @@ def test_defaults_and_int_as_float(tmp_path):
     assert p.get("a", float) == 1.0 and p.get("b", int, default=3) == 3
     with pytest.raises(ParamsError, match="not valid YAML"):
         params(tmp_path, "a: [1,\n")
+
+
+def test_audit_collects_every_bad_key_and_finds_unread_ones(tmp_path):
+    p = params(tmp_path, "sew:\n  p: 2.0\n  q: -1.0\n  L: 3\n  Lx: 3\ntop: 1\nother:\n  a: 1\n  b: 2\n").audited()
+    s = p.section("sew")
+    # collected, not raised: each bad key gets a well-typed stand-in so the check reads on
+    assert s.get("p", float, lo=0.0, hi=1.0) == 0.0 and s.get("q", float, lo=0.0, hi=1.0) == 0.0
+    assert s.get("L", int, lo=0) == 3 and s.get("kind", str, choices=("a", "b")) == "a"
+    assert [e.split(": ", 1)[1] for e in p.audit.errors] == [
+        "'sew.p' must be in [0.0, 1.0], got 2.0", "'sew.q' must be in [0.0, 1.0], got -1.0",
+        "missing key 'sew.kind'"]
+    p.get("top", int)
+    p.section("other").allow("b")
+    assert p.unread_keys() == ["sew.Lx", "other.a"]
+    with pytest.raises(ParamsError, match="'sew.p' must be in"):  # without an audit, the first one raises
+        Params.load(tmp_path / "params.yaml").section("sew").get("p", float, lo=0.0, hi=1.0)
+
+
+def test_validate_names_unknown_keys_with_the_nearest_known_one(tmp_path, monkeypatch):
+    import yaml
+
+    from stages.validate import validate
+    from tests.dvcproject import ROOT
+
+    config = yaml.safe_load((ROOT / "tests" / "tiny_params.yaml").read_text())
+    config["correct"]["methd"] = "sqrt"
+    config["init"]["views"] = "al"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamsError) as e:
+        validate(Params.load(tmp_path / "params.yaml"))
+    lines = str(e.value).splitlines()[1:]
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "'init.views' must be one of ['all', 'crops'], got 'al' (did you mean 'all'?)",
+        "unknown key 'correct.methd' (did you mean 'correct.method'?)"]

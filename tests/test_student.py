@@ -111,9 +111,12 @@ def test_predict_command(tmp_path, tiny_model):
     import pandas as pd
 
     df = pd.read_parquet(tmp_path / "p.parquet")
-    assert len(df) == 5 and "sub/img0.png" in set(df.image_id)
+    assert len(df) == 5 and "sub/img0" in set(df.image_id) and "sub/img0.png" in set(df.path)
     probs = np.stack(df.probs)
     assert probs.shape == (5, 2) and ((probs > 0) & (probs < 1)).all()
+    expected = [";".join(c for c, p in zip(["a", "b"], row, strict=True) if p >= 0.5) for row in probs]
+    assert df.labels.tolist() == expected
+    assert len(pd.read_parquet(tmp_path / "p.issues.parquet")) == 0
     r = runner.invoke(app, ["predict", str(tmp_path / "missing"), "--model", str(tmp_path / "student.pt")])
     assert r.exit_code == 2 and "not a directory" in r.output
 
@@ -141,3 +144,44 @@ def test_vit_tower_patch_tokens_feed_the_adapter():
     assert out.shape == (2, 3)
     with pytest.raises(ValueError, match="sew.image_size"):
         adapter_for(vit, 3, 64)
+
+
+def _student(tmp_path, tiny_model):
+    torch.manual_seed(0)
+    adapter = adapter_for(tiny_model, 2, 32, hidden=16, heads=2).eval()
+    ckpt = {"adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(), "image_size": 32,
+            "classes": ["a", "b"], "backbone": {"model": TINY_MODEL, "sha256": "x"}}
+    torch.save(frozen_tower_checkpoint(ckpt, tiny_model), tmp_path / "student.pt")
+    return tmp_path / "student.pt"
+
+
+def test_predict_skips_and_reports_every_bad_file(tmp_path, tiny_model):
+    import pandas as pd
+
+    model = _student(tmp_path, tiny_model)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    good = _images(folder, 3)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "noise.png").write_bytes(np.random.default_rng(0).bytes(500))
+    (folder / "cut.png").write_bytes(good[0].read_bytes()[:60])  # a truncated PNG
+    runner = CliRunner()
+    out = tmp_path / "p.parquet"
+    r = runner.invoke(app, ["predict", str(folder), "--out", str(out), "--model", str(model), "--batch-size", "2"])
+    assert r.exit_code == 0, r.output
+    assert all(name in r.output for name in ("empty.jpg", "noise.png", "cut.png"))
+    df = pd.read_parquet(out)
+    assert df.path.tolist() == ["img0.png", "img1.png", "img2.png"]
+    # the good rows are exactly what the student predicts for those files alone
+    module, _, size = load_student(model)
+    assert np.allclose(np.stack(df.logits), predict_paths(module, size, good), atol=1e-5)
+    issues = pd.read_parquet(tmp_path / "p.issues.parquet")
+    assert sorted(issues.path) == ["cut.png", "empty.jpg", "noise.png"]
+    assert dict(zip(issues.path, issues.kind, strict=True))["empty.jpg"] == "zero_byte"
+    assert set(issues.action) == {"excluded"}
+
+    out.unlink()
+    r = runner.invoke(app, ["predict", str(folder), "--out", str(out), "--model", str(model),
+                            "--on-bad-input", "fail"])
+    assert r.exit_code == 2 and all(n in r.output for n in ("empty.jpg", "noise.png", "cut.png")), r.output
+    assert not out.exists()
