@@ -35,9 +35,12 @@ TEST_RUNGS = ("zero_shot", "student", "ceiling")
 
 
 def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    # PYTHONPATH: `mlpl` imports the copy's code, not the (editable-installed) checkout's, so editing the
+    # checkout while the queue runs cannot change what is measured
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "TQDM_DISABLE": "1", "GIT_AUTHOR_NAME": "ladder", "GIT_AUTHOR_EMAIL": "ladder@localhost",
-           "GIT_COMMITTER_NAME": "ladder", "GIT_COMMITTER_EMAIL": "ladder@localhost"}
+           "PYTHONPATH": str(cwd), "TQDM_DISABLE": "1", "GIT_AUTHOR_NAME": "ladder",
+           "GIT_AUTHOR_EMAIL": "ladder@localhost", "GIT_COMMITTER_NAME": "ladder",
+           "GIT_COMMITTER_EMAIL": "ladder@localhost"}
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if check and r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")

@@ -13,7 +13,24 @@ from PIL import Image
 
 from pipeline.logits import sigmoid
 
-COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2")
+# Okabe-Ito: distinguishable with every common colour-vision deficiency; text marks (✓ ✗ +) say the rest
+COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00")
+MARKS = {"hit": "✓", "miss": "✗", "false": "+"}
+DEFINITIONS = (
+    ("mAP", "mean over classes of the average precision of a score ranking all images for that class; "
+            "label tables are scored on the train split (where they are used), models on the test split"),
+    ("inversions", "pairs of one class's positive and negative images that a label table orders the wrong "
+                   "way round (the negative above), summed over classes: what an order-persistent "
+                   "correction leaves alone and refinement should lower"),
+    ("gap closure", "(student − zero-shot) / (ceiling − zero-shot) in test mAP: the share of the gap between "
+                    "CLIP's zero-shot scores and an adapter trained on the true labels that the label-free "
+                    "student closes"),
+    ("CF1 / OF1", "per-class mean and overall F1 with probability ≥ the threshold as the prediction; @3: "
+                  "each image's top 3 classes"),
+    ("Hamming", "share of wrong (image, class) entries at the threshold"),
+    ("salient top-1", "share of this dataset's test images whose large, iconic object is the teacher's top "
+                      "class on the whole image (the teacher stage prints the same on its own held-out scenes)"),
+)
 
 
 def bar_chart_svg(labels: Sequence[str], series: dict[str, Sequence[float]], width: int = 640,
@@ -66,14 +83,109 @@ def _example_cells(classes, paths, truth, logits, n: int) -> str:
         tags = []
         for c in sorted(true | pred, key=classes.index):
             kind = "hit" if c in true and c in pred else ("miss" if c in true else "false")
-            tags.append(f'<span class="{kind}">{html.escape(c)} {probs[i, classes.index(c)]:.2f}</span>')
+            tags.append(f'<span class="{kind}">{MARKS[kind]} {html.escape(c)} {probs[i, classes.index(c)]:.2f}'
+                        '</span>')
         cells.append(f'<figure><img src="{_thumbnail(paths[i])}" alt="{html.escape(Path(paths[i]).name)}">'
                      f'<figcaption>{" ".join(tags) or "<i>nothing</i>"}</figcaption></figure>')
     return "".join(cells)
 
 
+def line_chart_svg(curves: dict[str, tuple[Sequence[float], Sequence[float]]], x_label: str, y_label: str,
+                   width: int = 480, height: int = 320) -> str:
+    """Lines in the unit square, one per named curve (x, y), with axes, titles and a legend. Each line
+    also has its own dash pattern, so the legend reads without colour."""
+    left, bottom, top, right = 50, 40, 10, 120
+    pw, ph = width - left - right, height - top - bottom
+    dashes = ("", "6 3", "2 2", "8 3 2 3", "1 3", "10 5")
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="11" role="img" aria-label="{html.escape(y_label)} against '
+             f'{html.escape(x_label)}">',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>']
+    for v in (0.0, 0.5, 1.0):
+        parts.append(f'<text x="{left + v * pw:.0f}" y="{top + ph + 14}" text-anchor="middle">{v:.1f}</text>'
+                     f'<text x="{left - 6}" y="{top + (1 - v) * ph + 4:.0f}" text-anchor="end">{v:.1f}</text>')
+    parts.append(f'<text x="{left + pw / 2:.0f}" y="{height - 6}" text-anchor="middle">{html.escape(x_label)}</text>'
+                 f'<text x="12" y="{top + ph / 2:.0f}" transform="rotate(-90 12 {top + ph / 2:.0f})" '
+                 f'text-anchor="middle">{html.escape(y_label)}</text>')
+    for j, (name, (xs, ys)) in enumerate(curves.items()):
+        colour, dash = COLOURS[j % len(COLOURS)], dashes[j % len(dashes)]
+        pts = " ".join(f"{left + float(x) * pw:.1f},{top + (1 - float(y)) * ph:.1f}"
+                       for x, y in zip(xs, ys, strict=True))
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2" '
+                     f'stroke-dasharray="{dash}"><title>{html.escape(name)}</title></polyline>')
+        ly = top + 14 + 16 * j
+        parts.append(f'<line x1="{left + pw + 10}" x2="{left + pw + 34}" y1="{ly - 4}" y2="{ly - 4}" stroke="{colour}" '
+                     f'stroke-width="2" stroke-dasharray="{dash}"/><text x="{left + pw + 38}" y="{ly}">'
+                     f'{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def precision_at_truth(truth: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Per image: the share of its true labels among its top-|y| classes (NaN without labels). [N]"""
+    truth = np.asarray(truth) > 0
+    n_true = truth.sum(1)
+    order = np.argsort(-np.asarray(logits, np.float64), axis=1, kind="stable")
+    ranked_truth = np.take_along_axis(truth, order, axis=1)
+    hits = np.array([ranked_truth[i, :k].sum() for i, k in enumerate(n_true)], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_true > 0, hits / n_true, np.nan)
+
+
+def rung_changes(truth: np.ndarray, rungs: dict[str, np.ndarray], n: int) -> tuple[list[int], list[int]]:
+    """(most fixed, most broken): up to n images each, by the change of precision_at_truth from the first
+    rung to the last, largest change first (ties by image order)."""
+    names = list(rungs)
+    delta = precision_at_truth(truth, rungs[names[-1]]) - precision_at_truth(truth, rungs[names[0]])
+    valid = np.flatnonzero(np.isfinite(delta))
+    fixed = [int(i) for i in valid[np.argsort(-delta[valid], kind="stable")] if delta[i] > 0][:n]
+    broken = [int(i) for i in valid[np.argsort(delta[valid], kind="stable")] if delta[i] < 0][:n]
+    return fixed, broken
+
+
+def _rung_cell(classes: list[str], truth_row: np.ndarray, logits_row: np.ndarray) -> str:
+    """The top-|y| classes of one rung for one image, marked ✓ (true) or + (not a label)."""
+    k = max(1, int((truth_row > 0).sum()))
+    top = np.argsort(-logits_row, kind="stable")[:k]
+    return " ".join(f'<span class="{"hit" if truth_row[c] else "false"}">'
+                    f'{MARKS["hit" if truth_row[c] else "false"]} {html.escape(classes[c])}</span>' for c in top)
+
+
+def _changes_table(classes: list[str], paths: Sequence, truth: np.ndarray, rungs: dict[str, np.ndarray],
+                   rows: list[int], title: str) -> str:
+    if not rows:
+        return f"<h3>{html.escape(title)}</h3><p><i>none</i></p>"
+    head = "".join(f"<th>{html.escape(r)}</th>" for r in rungs)
+    body = []
+    for i in rows:
+        true = ", ".join(html.escape(classes[c]) for c in np.flatnonzero(truth[i])) or "<i>none</i>"
+        cells = "".join(f"<td>{_rung_cell(classes, truth[i], z[i])}</td>" for z in rungs.values())
+        name = html.escape(Path(paths[i]).name)
+        body.append(f'<tr><td><img class="thumb" src="{_thumbnail(paths[i], 64)}" alt="{name}">'
+                    f"<br>{html.escape(Path(paths[i]).stem)}</td><td>{true}</td>{cells}</tr>")
+    return (f"<h3>{html.escape(title)}</h3><table class=\"changes\"><tr><th>image</th><th>truth</th>{head}</tr>"
+            + "".join(body) + "</table>")
+
+
+def _params_html(run: dict) -> str:
+    import yaml
+
+    provenance = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                         for k, v in run.get("provenance", {}).items())
+    summary = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                      for k, v in run.get("summary", {}).items())
+    params = html.escape(yaml.safe_dump(run.get("params", {}), sort_keys=False))
+    return (f"<table>{summary}{provenance}</table>"
+            f"<details><summary>all params</summary><pre>{params}</pre></details>")
+
+
 def render_report(metrics: dict, classes: Sequence[str], per_class_ap: dict[str, np.ndarray], test_paths,
-                  test_truth: np.ndarray, student_logits: np.ndarray, n_examples: int = 12) -> str:
+                  test_truth: np.ndarray, student_logits: np.ndarray, n_examples: int = 12,
+                  pr_curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, run: dict | None = None,
+                  train_paths: Sequence = (), train_truth: np.ndarray | None = None,
+                  train_rungs: dict[str, np.ndarray] | None = None) -> str:
+    """The report page. `run`: {"summary", "provenance", "params"} of this run; `pr_curves`: model →
+    (recall, precision); `train_rungs`: rung → train logits, for the per-image view of label changes."""
     classes = list(classes)
     ladder = metrics.get("labels", {})
     rows = "".join(
@@ -82,23 +194,43 @@ def render_report(metrics: dict, classes: Sequence[str], per_class_ap: dict[str,
         for m, r in metrics.get("test", {}).items())
     extra = []
     if "teacher" in metrics:
-        extra.append(f"teacher salient top-1: <b>{metrics['teacher']['salient_top1']:.3f}</b>")
+        extra.append("teacher salient top-1 (this dataset's test images): "
+                     f"<b>{metrics['teacher']['salient_top1']:.3f}</b>")
     if "gap_closure" in metrics:
         extra.append(f"gap closure (student − zero-shot) / (ceiling − zero-shot): <b>{metrics['gap_closure']:.3f}</b>")
+    changes = ""
+    if train_rungs and train_truth is not None and len(train_paths) and n_examples:
+        fixed, broken = rung_changes(train_truth, train_rungs, n_examples)
+        first, last = list(train_rungs)[0], list(train_rungs)[-1]
+        changes = (f"<h2>How labels change from rung to rung (train split)</h2>"
+                   f"<p>Each cell lists a rung's top classes, as many as the image has labels: ✓ a true label, "
+                   f"+ a class the image does not have. Images are ordered by the change of that share from "
+                   f"<b>{html.escape(first)}</b> to <b>{html.escape(last)}</b>.</p>"
+                   + _changes_table(classes, list(train_paths), train_truth, train_rungs, fixed, "Most fixed")
+                   + _changes_table(classes, list(train_paths), train_truth, train_rungs, broken, "Most broken"))
+    pr = (f"<h2>Precision-recall (test split, micro-averaged)</h2>{line_chart_svg(pr_curves, 'recall', 'precision')}"
+          if pr_curves else "")
+    definitions = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>mlpl report</title>
 <style>
-body {{ font-family: sans-serif; max-width: 960px; margin: 2em auto; color: #222; }}
+body {{ font-family: sans-serif; max-width: 1040px; margin: 2em auto; color: #222; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }}
+table.changes td {{ text-align: left; vertical-align: top; font-size: 12px; }}
 figure {{ display: inline-block; width: 140px; margin: 6px; vertical-align: top; font-size: 11px; }}
 figure img {{ width: 128px; height: 128px; image-rendering: pixelated; }}
-.hit {{ color: #2a7d2a; }} .miss {{ color: #c0392b; text-decoration: line-through; }} .false {{ color: #b36b00; }}
+img.thumb {{ width: 64px; height: 64px; image-rendering: pixelated; }}
+.hit {{ color: #0072b2; }} .miss {{ color: #d55e00; text-decoration: line-through; }}
+.false {{ color: #cc79a7; font-style: italic; }}
+dt {{ font-weight: bold; }} dd {{ margin: 0 0 .5em 1.5em; }}
 </style></head><body>
 <h1>Multi-label pseudo-labels: results</h1>
 <p>{"<br>".join(extra)}</p>
+<h2>This run</h2>
+{_params_html(run or {})}
 <h2>Pseudo-label ladder (train split, mAP)</h2>
-<p>Each rung is a label table of the pipeline, scored against the ground truth it never saw.</p>
+<p>Each rung is a label table of the pipeline, in stage order, scored against the ground truth it never saw.</p>
 {bar_chart_svg(list(ladder), {"mAP": [v["map"] for v in ladder.values()]})}
 <table><tr><th>table</th><th>mAP</th><th>inversions</th></tr>
 {"".join(f"<tr><td>{k}</td><td>{v['map']:.3f}</td><td>{v.get('inversions', '')}</td></tr>" for k, v in ladder.items())}
@@ -106,10 +238,17 @@ figure img {{ width: 128px; height: 128px; image-rendering: pixelated; }}
 <h2>Models (test split)</h2>
 <table><tr><th>model</th><th>mAP</th><th>CF1</th><th>OF1</th><th>CF1@3</th><th>OF1@3</th><th>Hamming</th></tr>
 {rows}</table>
+{pr}
 <h2>Per-class AP (test split)</h2>
 {bar_chart_svg(classes, {m: list(v) for m, v in per_class_ap.items()})}
 <h2>Examples (student, threshold 0.5)</h2>
-<p><span class="hit">correct</span> · <span class="miss">missed</span> · <span class="false">false positive</span></p>
+<p><span class="hit">✓ correct</span> · <span class="miss">✗ missed</span> ·
+<span class="false">+ false positive</span></p>
 {_example_cells(classes, list(test_paths), test_truth, student_logits, n_examples)}
+{changes}
+<h2>Definitions</h2>
+<dl>{definitions}</dl>
+<p><small>The page is a function of the run's inputs alone (no date, no commit), so DVC can cache it; the
+commit that records it in git is its provenance.</small></p>
 </body></html>
 """

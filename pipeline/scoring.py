@@ -38,7 +38,7 @@ from pipeline.cut import CutSettings, cut_views, view_boxes
 from pipeline.images import decode_image
 from pipeline.progress import progress_bar
 from pipeline.resume import fingerprint
-from pipeline.storage import create_score_store, ids_digest
+from pipeline.storage import SCORE_DIMENSIONS, create_score_store, ids_digest
 
 STORE_NAME = "store.zarr"
 DONE_NAME = "done"
@@ -284,7 +284,7 @@ def score_to_store(model: torch.nn.Module, text_emb: torch.Tensor, paths: Sequen
     attrs["fingerprint"] = fingerprint(attrs)
     store_path, done_dir = work_dir / STORE_NAME, work_dir / DONE_NAME
     if workers.rank == 0:
-        _prepare_store(store_path, done_dir, attrs, text_emb, job, n, n_cls, dim, log)
+        _prepare_store(store_path, done_dir, attrs, text_emb, job, image_ids, n_cls, dim, log)
     workers.barrier()  # the store exists for every rank
     if workers.rank != 0:
         _check_fingerprint(store_path, attrs["fingerprint"], workers.rank)
@@ -359,13 +359,14 @@ def _shard_buffers(rows: int, n_tiles: int, n_crops: int, n_cls: int, dim: int) 
 
 
 def _prepare_store(store_path: Path, done_dir: Path, attrs: dict, text_emb: torch.Tensor, job: ScoreJob,
-                   n: int, n_cls: int, dim: int, log: Callable[[str], None]) -> None:
+                   image_ids: Sequence[str], n_cls: int, dim: int, log: Callable[[str], None]) -> None:
     """Keep a partial store written with the same fingerprint, else start afresh (markers first, so that a
     crash in between never leaves old markers next to a new store)."""
     if _resume_state(store_path, done_dir, attrs["fingerprint"], log) is not None:
         return
     if done_dir.exists():
         shutil.rmtree(done_dir)
+    n = len(image_ids)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     n_tiles, n_crops = job.settings.grid ** 2, job.settings.crops
     arrays = {
@@ -375,9 +376,13 @@ def _prepare_store(store_path: Path, done_dir: Path, attrs: dict, text_emb: torc
         "boxes": ((n, n_crops, 4), "float32"),
         "image_emb": ((n, dim), "float16"),
     }
-    group = create_score_store(store_path, arrays, job.shard_rows, job.chunk_rows, attrs)
-    group.create_array("text_emb", shape=tuple(text_emb.shape), dtype="float32", chunks=tuple(text_emb.shape))
+    group = create_score_store(store_path, arrays, job.shard_rows, job.chunk_rows, attrs, SCORE_DIMENSIONS)
+    group.create_array("text_emb", shape=tuple(text_emb.shape), dtype="float32", chunks=tuple(text_emb.shape),
+                       dimension_names=SCORE_DIMENSIONS["text_emb"])
     group["text_emb"][:] = text_emb.float().cpu().numpy()
+    group.create_array("image_id", shape=(n,), dtype=str, chunks=(max(1, n),),
+                       dimension_names=SCORE_DIMENSIONS["image_id"])
+    group["image_id"][:] = np.asarray(image_ids, dtype=str)  # row i of every array is this image
     done_dir.mkdir(parents=True, exist_ok=True)
 
 

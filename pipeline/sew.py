@@ -60,6 +60,7 @@ class SewSettings:
     cover_limit: float = 0.5  # a host label whose view is covered beyond this share is ignored
     e_step: str = "predictions"  # see E_STEPS
     e_weight: float = 0.5  # predictions: weight of the adapter's predictions in Z's epoch step
+    e_rounds: int = 1  # predictions: E-steps, evenly spaced over the epochs (the last after the last epoch)
     epochs: int = 8
     batch_size: int = 32
     lr: float = 1e-3  # adapter
@@ -82,8 +83,15 @@ class SewSettings:
             raise ValueError(f"sew.paste must be one of {PASTES}, got {self.paste!r}")
         if self.e_step not in E_STEPS:
             raise ValueError(f"sew.e_step must be one of {E_STEPS}, got {self.e_step!r}")
+        if self.e_rounds < 1 or self.e_rounds > self.epochs:
+            raise ValueError(f"sew.e_rounds must be in [1, sew.epochs], got {self.e_rounds}")
         if self.placement_tries < 1 or not 0 < self.cover_limit <= 1 or not 0 <= self.e_weight <= 1:
             raise ValueError("sew.placement_tries must be >= 1, sew.cover_limit in (0, 1], sew.e_weight in [0, 1]")
+
+    @property
+    def e_step_epochs(self) -> tuple[int, ...]:
+        """After which epochs (counted from 1) the predictions E-step runs: e_rounds of them, evenly spaced."""
+        return tuple(math.ceil(self.epochs * (r + 1) / self.e_rounds) for r in range(self.e_rounds))
 
     def pool_size(self, n_images: int, n_classes: int) -> int:
         if self.pool_k is not None:
@@ -313,6 +321,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     z = torch.nn.Parameter(z0.clone())
     w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
     backprop = settings.e_step == "backprop" and not rule.updates_labels
+    predictions_e_step = settings.e_step == "predictions" and settings.e_weight > 0 and not rule.updates_labels
     opt = torch.optim.AdamW([
         {"params": adapter.parameters(), "lr": settings.lr, "weight_decay": settings.weight_decay},
         {"params": [z], "lr": settings.estimator_lr, "weight_decay": 0.0}])
@@ -363,12 +372,16 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
             y_prev = y
             with torch.no_grad():
                 z.copy_(torch.logit(torch.tensor(new, dtype=torch.float32)))
+        if predictions_e_step and epoch + 1 in settings.e_step_epochs and epoch + 1 < settings.epochs:
+            predictions = predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)
+            with torch.no_grad():  # the next epochs' composites take their labels from the refined Z
+                z.copy_(torch.from_numpy(e_step(z0.numpy(), predictions, settings.e_weight)))
         if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < settings.epochs:
             checkpointer.save({"position": epoch + 1, "adapter": adapter.state_dict(), "optimizer": opt.state_dict(),
                                "z": z.detach().clone(), "y_prev": torch.from_numpy(y_prev),
                                "torch_rng": torch.get_rng_state()})
     adapter.eval()
-    if settings.e_step == "predictions" and settings.e_weight > 0 and not rule.updates_labels:
+    if predictions_e_step:
         predictions = predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)
         with torch.no_grad():
             z.copy_(torch.from_numpy(e_step(z0.numpy(), predictions, settings.e_weight)))

@@ -71,25 +71,31 @@ def label_array(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray
     return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
 
 
+UNIT_KEY = b"unit"  # field metadata: what the numbers of a per-class column are
+
+
 def write_table(path: str | Path, columns: Mapping[str, object], classes: list[str],
-                extra_metadata: Mapping[str, str] | None = None) -> None:
-    """Write a table atomically. 2-D float arrays become fixed_size_list<float32>[C], 2-D int8 arrays
-    fixed_size_list<int8>[C]; 1-D arrays/lists become plain columns."""
-    arrays, names = [], []
+                extra_metadata: Mapping[str, str] | None = None, units: Mapping[str, str] | None = None) -> None:
+    """Write a table atomically. 2-D float arrays become fixed_size_list<float32>[C] with field metadata
+    unit=logit, 2-D int8 arrays fixed_size_list<int8>[C] with unit=0/1 (`units` overrides, and gives
+    other columns one); 1-D arrays/lists become plain columns. The class names are schema metadata."""
+    fields, arrays = [], []
     for name, col in columns.items():
         arr = np.asarray(col)
+        unit = (units or {}).get(name)
         if arr.ndim == 2:
             if arr.shape[1] != len(classes):
                 raise ValueError(f"column {name!r} has {arr.shape[1]} classes, expected {len(classes)}")
             dtype = pa.int8() if arr.dtype == np.int8 else pa.float32()
+            unit = unit or ("0/1" if arr.dtype == np.int8 else "logit")
             arrays.append(label_array(arr, dtype))
         else:
             arrays.append(pa.array(arr.tolist() if arr.dtype == object else arr))
-        names.append(name)
+        fields.append(pa.field(name, arrays[-1].type, metadata={UNIT_KEY: unit.encode()} if unit else None))
     metadata = {CLASSES_KEY: json.dumps(list(classes)).encode()}
     for k, v in (extra_metadata or {}).items():
         metadata[k.encode()] = v.encode()
-    table = pa.Table.from_arrays(arrays, names=names).replace_schema_metadata(metadata)
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
@@ -136,7 +142,8 @@ def manifest_paths(manifest: Table) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ zarr store
 
 def create_score_store(path: str | Path, arrays: Mapping[str, tuple[tuple[int, ...], str]], shard_rows: int,
-                       chunk_rows: int, attrs: Mapping[str, object]) -> zarr.Group:
+                       chunk_rows: int, attrs: Mapping[str, object],
+                       dimension_names: Mapping[str, tuple[str, ...]] | None = None) -> zarr.Group:
     """Create a Zarr v3 group of arrays sharded along the first axis.
 
     `arrays` maps name → (shape, dtype). Shards hold `shard_rows` images each, so the store is a few
@@ -150,9 +157,16 @@ def create_score_store(path: str | Path, arrays: Mapping[str, tuple[tuple[int, .
         chunk = (max(1, min(chunk_rows, shard[0])),) + tuple(shape[1:])
         if shard[0] % chunk[0]:
             chunk = shard
-        group.create_array(name, shape=shape, dtype=dtype, chunks=chunk, shards=shard, fill_value=0)
+        group.create_array(name, shape=shape, dtype=dtype, chunks=chunk, shards=shard, fill_value=0,
+                           dimension_names=(dimension_names or {}).get(name))
     group.attrs.update(dict(attrs))
     return group
+
+
+# What each axis of the score store's arrays is (Zarr v3 dimension_names); docs/outputs.md describes them.
+SCORE_DIMENSIONS = {"image_id": ("image",), "global": ("image", "class"), "local": ("image", "tile", "class"),
+                    "crops": ("image", "crop", "class"), "boxes": ("image", "crop", "x0_y0_x1_y1"),
+                    "image_emb": ("image", "embedding"), "text_emb": ("class", "embedding")}
 
 
 def ids_digest(image_ids: Sequence[str]) -> str:

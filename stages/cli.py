@@ -117,6 +117,41 @@ def predict(images_dir: Annotated[Path, typer.Argument(metavar="IMAGES_DIR",
         raise typer.Exit(2) from None
 
 
+@app.command("export")
+def export(out: Annotated[Path, typer.Option("--out", "-o", help="Output file.")] = Path("pseudo_labels.csv"),
+           labels: Annotated[str, typer.Option(
+               "--labels", help="Which labels: refined (the pipeline's final train labels), corrected (train and "
+                                "test rows), or an initial estimator: cut, cdul, z0, tiles, crops.")] = "refined",
+           fmt: Annotated[str, typer.Option(
+               "--format", help="csv: image,labels,split (the folder-dataset input format); coco: COCO-style JSON "
+                                "with image-level annotations and scores.")] = "csv",
+           threshold: Annotated[float, typer.Option(
+               "--threshold", min=0.0, max=1.0, help="Probability at or above which a class is a label.")] = 0.5,
+           ) -> None:
+    """Write pseudo labels for another trainer: CSV or COCO-style JSON (after `dvc repro`)."""
+    from pipeline.storage import DataError
+    from stages import export as export_stage
+
+    try:
+        export_stage.run(out, labels, fmt, threshold)
+    except (FileNotFoundError, ValueError, DataError) as e:
+        typer.secho(f"mlpl export: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("compare")
+def compare(html: Annotated[Path, typer.Option("--html", help="Also write the table as an HTML page here.")] = None,
+            ) -> None:
+    """The experiments side by side: the params that differ and the ladder's figures (`dvc exp show`)."""
+    from stages import compare as compare_stage
+
+    try:
+        compare_stage.run(html)
+    except ValueError as e:
+        typer.secho(f"mlpl compare: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command("info")
 def info() -> None:
     """Print the dataset, the teacher and the cached artifacts with their sizes."""

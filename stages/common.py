@@ -113,6 +113,12 @@ class Params:
     def source(self) -> Path:
         return self._source
 
+    def as_dict(self) -> dict:
+        """A deep copy of this view's values (for a report of the run)."""
+        import copy
+
+        return copy.deepcopy(self._data)
+
     def section(self, name: str) -> Params:
         sub = self._node(name)
         if not isinstance(sub, dict):

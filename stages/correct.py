@@ -1,4 +1,4 @@
-"""Stage `correct`: initial labels (+ known labels) → data/labels/corrected.parquet (column `target`)
+"""Stage `correct`: initial labels (+ known labels) → data/labels/corrected.parquet (column `corrected`)
 and data/prototypes.zarr.
 
 With known labels (ratio > 0) the `prototypes` and `cooccurrence` sections transfer them to unknown
@@ -74,7 +74,7 @@ def run(params: Params) -> None:
     if any_known:  # partial labels: what is known is never guessed
         target = apply_known_labels(target, known, manifest.column("labels"))
     write_table(CORRECTED, {"image_id": initial.column("image_id"), "split": initial.column("split"),
-                            "target": target}, initial.classes)
+                            "corrected": target}, initial.classes)
     print(f"corrected {source} with {method} on top-{beta}; {int(known.sum())} known entries fixed; "
           f"{int(up.sum())} unknown entries raised, {int(down.sum())} lowered by transfer → {CORRECTED}")
     if manifest.has("labels"):  # a person tuning β wants to see at once what the correction did to the order

@@ -51,14 +51,14 @@ def run(params: Params) -> None:
         row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
         rows = np.array([row_of[i] for i in refined.column("image_id")])
         paths = list(manifest_paths(manifest)[rows])
-        run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("z"),
+        run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("refined"),
                              observed.column("known")[rows])
         steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))
         with progress_bar(total=steps, desc="distill", unit="step") as bar:
-            model = train_small_cnn(ResizedImages(paths, size), refined.column("z"), size, training,
+            model = train_small_cnn(ResizedImages(paths, size), refined.column("refined"), size, training,
                                     on_step=lambda s, loss: bar.update(1),
                                     known=observed.column("known")[rows].astype(bool), rule=rule,
-                                    weights=rule_weights(rule, refined.column("z"), rows),
+                                    weights=rule_weights(rule, refined.column("refined"), rows),
                                     checkpointer=Checkpointer(work_dir("distill"), run_id, log=tqdm.write))
         ckpt = small_cnn_checkpoint(model, refined.classes)
     with atomic_path(STUDENT) as tmp:

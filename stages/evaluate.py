@@ -32,7 +32,7 @@ from stages.common import (
 
 LADDER = {"z0": (INITIAL, "z0"), "tiles": (INITIAL, "tiles"), "crops": (INITIAL, "crops"), "cdul": (INITIAL, "cdul"),
           "cut": (INITIAL, "cut"),
-          "corrected": (CORRECTED, "target"), "refined": (REFINED, "z")}
+          "corrected": (CORRECTED, "corrected"), "refined": (REFINED, "refined")}
 
 
 def check(params: Params) -> tuple[float, int, int]:
@@ -81,9 +81,14 @@ def run(params: Params) -> None:
     metrics = _finite(metrics)
     write_json(METRICS, metrics)
     per_class = {m: per_class_ap(y_test, z) for m, z in predictions.items()}
-    write_plots(manifest.classes, y_test, predictions, per_class, metrics["labels"])
+    curves = {m: pr_curve(y_test, z) for m, z in predictions.items()}
+    write_plots(manifest.classes, curves, per_class, metrics["labels"])
+    train_rows = np.flatnonzero(train)
     html = render_report(metrics, manifest.classes, per_class, test_paths, y_test, predictions["student"],
-                         n_examples=n_examples)
+                         n_examples=n_examples, pr_curves=curves, run=run_info(params, manifest),
+                         train_paths=list(manifest_paths(manifest)[train_rows]), train_truth=truth[train_rows],
+                         train_rungs={name: rung_logits(name, manifest.column("image_id")[train_rows])
+                                      for name in REPORT_RUNGS})
     with atomic_path(REPORT) as tmp:
         tmp.write_text(html)
     _print_summary(metrics)
@@ -96,17 +101,52 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
         w.writerows(rows)
 
 
-def write_plots(classes, truth, predictions, per_class, ladder) -> None:
+REPORT_RUNGS = ("z0", "cut", "corrected", "refined")  # the per-image view of label changes in the report
+
+
+def rung_logits(name: str, image_ids) -> np.ndarray:
+    """A ladder rung's logits for these images, in their order. [n, C]"""
+    path, column = LADDER[name]
+    table = Table(path)
+    row = {image_id: i for i, image_id in enumerate(table.column("image_id"))}
+    return table.column(column)[[row[i] for i in image_ids]]
+
+
+def run_info(params: Params, manifest: Table) -> dict:
+    """What the report says about this run: the settings a reader asks first, where the scores came from,
+    and every param."""
+    from importlib.metadata import version
+
+    p = params.as_dict()
+    attrs = dict(open_store(SCORES).attrs)
+    summary = {"labels known (ratio)": p.get("ratio"), "estimator (init.views)": p["init"].get("views"),
+               "correction": f"{p['correct']['method']} on top-{p['correct']['beta']} of {p['correct']['source']}, "
+                             f"calibration {p['correct'].get('calibration', 'none')}",
+               "sewing": f"L={p['sew']['L']}, p={p['sew']['p']}, q={p['sew']['q']}, E-step {p['sew'].get('e_step')}",
+               "partial-label rule": p.get("rule"), "student": p["distill"]["student"]}
+    provenance = {"mlpl": version("mlpl"), "teacher": f"{attrs.get('model')} ({attrs.get('pretrained')})",
+                  "teacher weights sha256": str(attrs.get("weights_sha256", ""))[:16] + "…",
+                  "scores": f"{attrs.get('n_images')} images, {attrs.get('precision')} on {attrs.get('device')}",
+                  "dataset": f"{manifest.metadata.get('source', '?')} at {manifest.metadata.get('root', '?')}"}
+    return {"summary": summary, "provenance": provenance, "params": p}
+
+
+def pr_curve(truth: np.ndarray, logits: np.ndarray, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Micro-averaged (recall, precision), thinned to ≤ `points` points."""
+    precision, recall = precision_recall_curve(truth.ravel(), logits.ravel())
+    keep = np.unique(np.linspace(0, len(recall) - 1, min(points, len(recall))).astype(int))
+    return recall[keep], precision[keep]
+
+
+def write_plots(classes, curves, per_class, ladder) -> None:
     PLOTS.mkdir(parents=True, exist_ok=True)
-    models = list(predictions)
+    models = list(per_class)
     _write_csv(PLOTS / "per_class_ap.csv", ["class", *models],
                ([name, *(f"{per_class[m][c]:.4f}" for m in models)] for c, name in enumerate(classes)))
     _write_csv(PLOTS / "ladder.csv", ["table", "map"], ([k, f"{v['map']:.4f}"] for k, v in ladder.items()))
-    for m, z in predictions.items():  # micro-averaged precision-recall, thinned to ≤ 200 points
-        precision, recall = precision_recall_curve(truth.ravel(), z.ravel())
-        keep = np.unique(np.linspace(0, len(recall) - 1, min(200, len(recall))).astype(int))
-        _write_csv(PLOTS / f"pr_{m}.csv", ["recall", "precision"],
-                   ([f"{recall[i]:.4f}", f"{precision[i]:.4f}"] for i in keep))
+    _write_csv(PLOTS / "pr.csv", ["model", "recall", "precision"],
+               ([m, f"{r:.4f}", f"{p:.4f}"] for m, (recall, precision) in curves.items()
+                for r, p in zip(recall, precision, strict=True)))
 
 
 def _finite(obj):

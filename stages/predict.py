@@ -65,7 +65,8 @@ def run(images_dir: Path, out: Path, model_path: Path, batch_size: int, num_work
     write_table(out, {"image_id": [r.with_suffix("").as_posix() for r in kept], "path": [r.as_posix() for r in kept],
                       "logits": logits.astype(np.float32), "probs": probs.astype(np.float32),
                       "labels": predicted_labels(probs, classes, threshold)}, classes,
-                extra_metadata={"model": str(model_path), "threshold": str(threshold)})
+                extra_metadata={"model": str(model_path), "threshold": str(threshold)},
+                units={"probs": "probability", "labels": f"class names with probs >= {threshold}, ';'-joined"})
     with atomic_path(issues_path(out)) as tmp:
         pq.write_table(issues_table(issues).replace_schema_metadata({"source": str(images_dir)}), tmp)
     print(f"predicted {len(decoded)} images → {out}; unreadable files: {issue_summary(issues)} → "

@@ -59,6 +59,7 @@ def sew_settings(p: Params) -> SewSettings:
                        cover_limit=p.get("cover_limit", float, lo=0.0, hi=1.0, default=d.cover_limit),
                        e_step=p.get("e_step", str, choices=E_STEPS, default=d.e_step),
                        e_weight=p.get("e_weight", float, lo=0.0, hi=1.0, default=d.e_weight),
+                       e_rounds=p.get("e_rounds", int, lo=1, default=d.e_rounds),
                        epochs=p.get("epochs", int, lo=1),
                        batch_size=p.get("batch_size", int, lo=2), lr=p.get("lr", float, lo=0.0),
                        estimator_lr=p.get("estimator_lr", float, lo=0.0),
@@ -144,11 +145,11 @@ def run(params: Params) -> None:
     check(params)
     corrected, observed = Table(CORRECTED), Table(OBSERVED)
     rule = rule_settings(params)
-    ckpt, refined, train = train_adapter(params, corrected.column("target"),
+    ckpt, refined, train = train_adapter(params, corrected.column("corrected"),
                                          observed.column("known").astype(bool), "sew", rule)
     with atomic_path(ADAPTER) as tmp:
         torch.save(ckpt, tmp)
     write_table(REFINED, {"image_id": corrected.column("image_id")[train],
-                          "split": corrected.column("split")[train], "z": refined}, corrected.classes)
+                          "split": corrected.column("split")[train], "refined": refined}, corrected.classes)
     clear_work_dir("sew")
     print(f"adapter → {ADAPTER}; EM-refined labels of {int(train.sum())} train images → {REFINED}")

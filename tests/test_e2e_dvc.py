@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 import shutil
 import signal
 import subprocess
@@ -145,3 +146,91 @@ def test_killed_scoring_resumes_byte_identical(project):
     for k in reference:
         assert resumed[k] == reference[k], k
     assert not (project / "data" / ".scores.work").exists()
+
+
+def test_report_and_dvc_plots_render_offline_in_a_browser(project, tmp_path):
+    """The report and `dvc plots show` (through the project's offline page template) render their charts
+    in headless Chromium with every network request refused."""
+    from tests.browser import rendered_dom
+
+    sh("git checkout -q -- . && dvc checkout -q", project)
+    report = rendered_dom(project / "reports" / "report.html")
+    assert report.count("<svg") >= 3 and "Most fixed" in report and "<dt>gap closure</dt>" in report
+
+    sh(f"dvc plots show -o {tmp_path / 'plots'}", project)
+    page = tmp_path / "plots" / "index.html"
+    assert "cdn.jsdelivr" not in page.read_text()
+    dom = rendered_dom(page)
+    charts = dom.count('class="marks"')  # vega-embed's rendered canvas or svg, one per plot
+    assert charts == 3, dom[:3000]
+    # stage order kept, readable axis titles, one colour per model
+    for text in ("Pseudo-label ladder", "train mAP", "Micro-averaged precision-recall"):
+        assert text in page.read_text()
+
+
+def _documented(doc: str) -> dict[str, list[tuple[list[str], bool]]]:
+    """docs/outputs.md: output path → rows of (names in the first cell, conditional), for the headings that
+    name a file of the project; reports/plots/ rows give their file and its columns."""
+    out: dict[str, list] = {}
+    current = None
+    for line in doc.splitlines():
+        m = re.match(r"^### `((?:data|reports)/[^`]+)`", line)
+        if m:
+            current = out.setdefault(m.group(1), [])
+            continue
+        if line.startswith("#"):  # any other heading ends the section
+            current = None
+        if current is not None and line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            names = re.findall(r"`([^`]+)`", cells[0])
+            extra = re.findall(r"`([^`]+)`", cells[1]) if names[0].endswith(".csv") else []
+            current.append((names + extra, "*(only with" in line))
+    return out
+
+
+def test_outputs_match_docs(project):
+    """Every column, array, metric and plot file docs/outputs.md lists exists in a real run, and vice versa."""
+    import json
+
+    import pyarrow.parquet as pq
+    import zarr
+
+    from tests.dvcproject import ROOT
+
+    sh("git checkout -q -- . && dvc checkout -q", project)
+    documented = _documented((ROOT / "docs" / "outputs.md").read_text())
+    assert {"data/prepared/manifest.parquet", "data/labels/refined.parquet", "data/scores.zarr",
+            "reports/metrics.json", "reports/plots/"} <= set(documented)
+    for rel, rows in documented.items():
+        listed = {n for names, _ in rows for n in names}
+        required = {n for names, conditional in rows if not conditional for n in names}
+        path = project / rel
+        if rel.endswith(".parquet"):
+            actual = set(pq.read_schema(path).names)
+        elif rel.endswith(".zarr"):
+            actual = {name for name, _ in zarr.open_group(str(path), mode="r").arrays()}
+        elif rel.endswith(".json"):  # keys with <rung>/<model> placeholders
+            flat = _flat_keys(json.loads(path.read_text()))
+            unlisted = [k for k in flat if not any(_key_pattern(n).match(k) for n in listed)]
+            missing = [n for n in required if not any(_key_pattern(n).match(k) for k in flat)]
+            assert not unlisted and not missing, (unlisted, missing)
+            continue
+        else:  # reports/plots/: each file with exactly its columns
+            files = {names[0]: names[1:] for names, _ in rows}
+            assert set(files) == {p.name for p in path.glob("*.csv")}, sorted(p.name for p in path.glob("*.csv"))
+            for name, columns in files.items():
+                assert (path / name).read_text().splitlines()[0].split(",") == columns, name
+            continue
+        assert required <= actual, (rel, sorted(required - actual))
+        assert actual <= listed, (rel, sorted(actual - listed))
+
+
+def _key_pattern(documented: str) -> re.Pattern:
+    return re.compile("^" + re.sub(r"<[^>]+>", "[^.]+", re.escape(documented)) + "$")
+
+
+def _flat_keys(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        out += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out

@@ -185,6 +185,27 @@ def test_e_step_moves_z_towards_the_adapter_enough_to_reorder(tiny_model, image_
     assert np.argsort(-e_step(z_col, p_col, 0.6)[:, 0]).tolist() == [2, 1, 0]
 
 
+def test_e_rounds_spread_e_steps_and_later_epochs_learn_from_the_refined_labels(tiny_model, image_paths):
+    assert SewSettings(epochs=8, e_rounds=1).e_step_epochs == (8,)
+    assert SewSettings(epochs=8, e_rounds=2).e_step_epochs == (4, 8)
+    assert SewSettings(epochs=5, e_rounds=3).e_step_epochs == (2, 4, 5)
+    z = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    frozen = np.zeros_like(z, bool)
+    runs = {}
+    for rounds in (1, 2):
+        torch.manual_seed(0)
+        adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
+        s = SewSettings(epochs=2, batch_size=4, max_overlays=1, e_weight=0.6, e_rounds=rounds)
+        ds = SewDataset(image_paths, 32, np.arange(10), s)
+        refined = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen, s)
+        p = predict_hosts(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, 4)
+        assert np.allclose(refined, e_step(z, p, 0.6), atol=1e-5)  # the last E-step is anchored to Z⁰ as ever
+        runs[rounds] = p
+    assert not np.allclose(runs[1], runs[2])  # the second epoch trained on other targets
+    with pytest.raises(ValueError, match="e_rounds"):
+        SewSettings(epochs=2, e_rounds=3)
+
+
 @pytest.mark.parametrize("rule", RULES[1:])
 def test_every_rule_keeps_known_labels_and_trains(tiny_model, image_paths, rule):
     torch.manual_seed(0)

@@ -21,6 +21,13 @@ def test_table_roundtrip_and_schema(tmp_path):
     assert list(df.columns) == ["image_id", "split", "z", "labels"] and len(df.z[0]) == 3
     with pytest.raises(DataError, match="missing column 'nope'"):
         t.column("nope")
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)  # each per-class column says what its numbers are
+    assert schema.field("z").metadata == {b"unit": b"logit"} and schema.field("labels").metadata == {b"unit": b"0/1"}
+    assert schema.field("split").metadata is None
+    write_table(path, {"p": z}, ["a", "b", "c"], units={"p": "probability"})
+    assert pq.read_schema(path).field("p").metadata == {b"unit": b"probability"}
 
 
 def test_table_errors_name_the_file(tmp_path):

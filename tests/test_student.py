@@ -129,7 +129,33 @@ def test_report_shows_ladder_and_examples(tmp_path):
                          np.array([[1, 0], [0, 1]]), np.array([[3.0, -3.0], [-3.0, -3.0]]), n_examples=2)
     assert "<svg" in html and "0.750" in html and "0.420" in html
     assert html.count("data:image/png;base64,") == 2
-    assert 'class="hit">a' in html and 'class="miss">b' in html
+    assert 'class="hit">✓ a' in html and 'class="miss">✗ b' in html  # marked, not by colour alone
+    assert "<dt>inversions</dt>" in html and "<dt>gap closure</dt>" in html
+
+
+def test_report_shows_the_run_pr_curves_and_label_changes(tmp_path):
+    from pipeline.report import precision_at_truth, rung_changes
+
+    truth = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
+    first = np.array([[3.0, 2.0, 1.0], [0.0, 1.0, 2.0], [2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    last = np.array([[3.0, 1.0, 2.0], [0.0, 1.0, 2.0], [0.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
+    assert precision_at_truth(truth, first)[:3].tolist() == [0.5, 0.0, 1.0]
+    assert np.isnan(precision_at_truth(truth, first)[3])  # nothing to find
+    assert rung_changes(truth, {"z0": first, "refined": last}, 5) == ([0], [2])
+
+    paths = _images(tmp_path, 4)
+    metrics = {"labels": {"z0": {"map": 0.5}, "refined": {"map": 0.7}}, "test": {"student": {"map": 0.8}}}
+    html = render_report(metrics, ["a", "b", "c"], {"student": np.array([0.9, 0.8, 0.7])}, paths[:2],
+                         truth[:2], last[:2], n_examples=2,
+                         pr_curves={"student": (np.array([0.0, 1.0]), np.array([1.0, 0.5]))},
+                         run={"summary": {"labels known (ratio)": 0.25}, "provenance": {"mlpl": "9.9"},
+                              "params": {"ratio": 0.25, "sew": {"L": 3}}},
+                         train_paths=paths, train_truth=truth, train_rungs={"z0": first, "refined": last})
+    assert "<polyline" in html and "recall" in html  # the PR curve
+    assert "labels known (ratio)" in html and "9.9" in html and "L: 3" in html  # the run and its params
+    fixed = html.split("<h3>Most fixed</h3>")[1].split("</table>")[0]
+    broken = html.split("<h3>Most broken</h3>")[1].split("</table>")[0]
+    assert "img0" in fixed and "img2" in broken and "img2" not in fixed
 
 
 def test_vit_tower_patch_tokens_feed_the_adapter():

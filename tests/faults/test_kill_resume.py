@@ -98,13 +98,13 @@ def test_score_killed_five_times_resumes_byte_identical(project):
 
 
 def test_sew_killed_five_times_resumes_to_the_same_adapter_and_metrics(project):
-    refined_before = Table(project / "data" / "labels" / "refined.parquet").column("z")
+    refined_before = Table(project / "data" / "labels" / "refined.parquet").column("refined")
     adapter_before = torch.load(project / "data" / "models" / "adapter.pt", weights_only=True)["state_dict"]
     metrics_before = json.loads((project / "reports" / "metrics.json").read_text())
     # One uninterrupted run first: it times an epoch (kill delays are fractions of it, so they land on fast
     # and slow machines alike) and must itself reproduce the outputs.
     epoch_seconds = sew_epoch_seconds(project)
-    assert np.array_equal(Table(project / "data" / "labels" / "refined.parquet").column("z"), refined_before)
+    assert np.array_equal(Table(project / "data" / "labels" / "refined.parquet").column("refined"), refined_before)
     rng = np.random.default_rng(2)
     # Kill i lands after checkpoint i (epochs 1..5 of 7), at a random moment of the next epoch. A kill only
     # counts if it left a checkpoint to resume from (a run that got to its end clears it, and may still be
@@ -121,7 +121,7 @@ def test_sew_killed_five_times_resumes_to_the_same_adapter_and_metrics(project):
     assert len(landed) == KILLS, f"kills that left a checkpoint: {landed} (epoch {epoch_seconds:.3f} s)"
     out = sh("mlpl sew", project)
     assert "resuming from" in out.stdout + out.stderr
-    assert np.array_equal(Table(project / "data" / "labels" / "refined.parquet").column("z"), refined_before)
+    assert np.array_equal(Table(project / "data" / "labels" / "refined.parquet").column("refined"), refined_before)
     adapter = torch.load(project / "data" / "models" / "adapter.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(adapter[k], adapter_before[k]) for k in adapter_before)
     assert not (project / "data" / ".sew.work").exists()
