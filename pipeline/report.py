@@ -217,7 +217,7 @@ def render_report(metrics: dict, classes: Sequence[str], per_class_ap: dict[str,
 body {{ font-family: sans-serif; max-width: 1040px; margin: 2em auto; color: #222; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }}
-table.changes td {{ text-align: left; vertical-align: top; font-size: 12px; }}
+table.changes td, table.changes th {{ text-align: left; vertical-align: top; font-size: 12px; }}
 figure {{ display: inline-block; width: 140px; margin: 6px; vertical-align: top; font-size: 11px; }}
 figure img {{ width: 128px; height: 128px; image-rendering: pixelated; }}
 img.thumb {{ width: 64px; height: 64px; image-rendering: pixelated; }}
