@@ -83,6 +83,19 @@ def test_partial_label_methods_together(project):
     assert bank["text"].shape[0] == 4 and bank["similarity_visual"].shape == (36, 4)
 
 
+def _refused_repro(project, edit, env_prefix: str = "") -> str:
+    """Edit params.yaml, run `dvc repro`, check that validation refused it alone; restore params.yaml."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    edit(params)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    r = sh(f"{env_prefix}dvc repro", project, check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "invalid params, nothing was run" in out
+    assert stages_run(r.stdout) == {"validate"}
+    sh("git checkout -q -- params.yaml", project)
+    return out
+
+
 def test_invalid_params_fail_before_anything_is_touched(project):
     def snapshot():
         return {p.relative_to(project): p.read_bytes() for root in ("data", ".dvc/cache")
@@ -90,37 +103,30 @@ def test_invalid_params_fail_before_anything_is_touched(project):
 
     sh("git checkout -q -- . && dvc checkout -q", project)  # back to the committed baseline
     before = snapshot()
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["ratio"] = 1.5
-    params["score"]["crop_area"] = [0.2, 1.5]
-    params["sew"]["L"] = -1
-    params["teacher"]["model"] = "RN5O"
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    r = sh("dvc repro", project, check=False)
-    out = r.stdout + r.stderr
-    assert r.returncode != 0 and "invalid params, nothing was run" in out
+
+    def bad(params):
+        params["ratio"] = 1.5
+        params["score"]["crop_area"] = [0.2, 1.5]
+        params["sew"]["L"] = -1
+        params["teacher"]["model"] = "RN5O"
+
+    out = _refused_repro(project, bad)
     assert "'ratio' must be in [0.0, 1.0], got 1.5" in out
     assert "'score.crop_area' must be [low, high] within [0.0, 1.0], got [0.2, 1.5]" in out
     assert "'sew.L' must be >= 0, got -1" in out and "'teacher.model' must be an open_clip model" in out
-    assert stages_run(r.stdout) == {"validate"}
-    sh("git checkout -q -- params.yaml", project)
     assert snapshot() == before  # no output deleted, nothing new in the cache
 
     # weights that do not resolve, a typo'd key and two bad keys of one section: all at once, before DVC
     # deletes data/teacher (it would, were `teacher` to start)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["teacher"]["pretrained"] = "openai"
-    params["score"]["crop_size"] = 5
-    params["sew"]["p"], params["sew"]["q"] = 2.0, -1.0
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    r = sh(f"HF_HOME={project / 'empty-hf'} HF_HUB_OFFLINE=1 dvc repro", project, check=False)
-    out = r.stdout + r.stderr
-    assert r.returncode != 0 and "invalid params, nothing was run" in out
+    def also_bad(params):
+        params["teacher"]["pretrained"] = "openai"
+        params["score"]["crop_size"] = 5
+        params["sew"]["p"], params["sew"]["q"] = 2.0, -1.0
+
+    out = _refused_repro(project, also_bad, f"HF_HOME={project / 'empty-hf'} HF_HUB_OFFLINE=1 ")
     assert "'teacher.pretrained' does not resolve offline" in out
     assert "unknown key 'score.crop_size' (did you mean 'score.crops'?)" in out
     assert "'sew.p' must be in [0.0, 1.0], got 2.0" in out and "'sew.q' must be in [0.0, 1.0], got -1.0" in out
-    assert stages_run(r.stdout) == {"validate"}
-    sh("git checkout -q -- params.yaml", project)
     assert snapshot() == before
     assert stages_run(sh("dvc repro", project).stdout) == set()
 

@@ -94,11 +94,7 @@ def test_augment_keeps_shape_and_is_seeded():
 
 
 def test_predict_command(tmp_path, tiny_model):
-    torch.manual_seed(0)
-    adapter = adapter_for(tiny_model, 2, 32, hidden=16, heads=2).eval()
-    ckpt = {"adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(), "image_size": 32,
-            "classes": ["a", "b"], "backbone": {"model": TINY_MODEL, "sha256": "x"}}
-    torch.save(frozen_tower_checkpoint(ckpt, tiny_model), tmp_path / "student.pt")
+    _student(tmp_path, tiny_model)
     folder = tmp_path / "imgs"
     (folder / "sub").mkdir(parents=True)
     _images(folder, 3)
