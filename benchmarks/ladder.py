@@ -28,9 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.project import copy_project  # noqa: E402
+from stages.common import LABEL_COLUMNS  # noqa: E402
+from stages.compare import experiment_rows  # noqa: E402
 
 # train label tables (ladder order), then test models, then derived figures
-LABEL_RUNGS = ("z0", "tiles", "crops", "cdul", "cut", "corrected", "refined")
+LABEL_RUNGS = tuple(LABEL_COLUMNS)
 TEST_RUNGS = ("zero_shot", "student", "ceiling")
 
 
@@ -61,29 +63,16 @@ def wait_for_queue(project: Path, poll_s: float = 10.0) -> None:
 
 
 def experiment_metrics(project: Path) -> dict[str, dict]:
-    """{experiment name: reports/metrics.json} of every experiment `dvc exp show --json` lists."""
+    """{experiment name: reports/metrics.json, flattened to dotted keys} of every experiment with metrics that
+    `dvc exp show --json` lists (read as `mlpl compare` reads it)."""
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], project).stdout)
-    out = {}
-
-    def visit(node):
-        if isinstance(node, dict):
-            name = node.get("name")
-            metrics = ((node.get("data") or {}).get("metrics") or {}).get("reports/metrics.json")
-            if name and metrics and "data" in metrics:
-                out[name] = metrics["data"]
-            for v in node.values():
-                visit(v)
-        elif isinstance(node, list):
-            for v in node:
-                visit(v)
-
-    visit(shown)
-    return out
+    return {name: metrics for name, _, metrics in experiment_rows(shown) if metrics}
 
 
 def rung_values(metrics: dict) -> dict[str, float]:
-    values = {f"labels.{r}": metrics["labels"][r]["map"] for r in LABEL_RUNGS if r in metrics.get("labels", {})}
-    values |= {f"test.{m}": metrics["test"][m]["map"] for m in TEST_RUNGS if m in metrics.get("test", {})}
+    """The mAP of each rung and model, and the gap closure, from flattened metrics."""
+    keys = {f"labels.{r}": f"labels.{r}.map" for r in LABEL_RUNGS} | {f"test.{m}": f"test.{m}.map" for m in TEST_RUNGS}
+    values = {name: metrics[key] for name, key in keys.items() if key in metrics}
     if "gap_closure" in metrics:
         values["gap_closure"] = metrics["gap_closure"]
     return values

@@ -23,11 +23,17 @@ def label_names(probs: np.ndarray, classes: Sequence[str], threshold: float) -> 
     return [[c for c, hit in zip(classes, row, strict=True) if hit] for row in np.asarray(probs) >= threshold]
 
 
+def joined_labels(probs: np.ndarray, classes: Sequence[str], threshold: float) -> list[str]:
+    """Per row, the classes with probability ≥ threshold joined by ';' (the `labels` format of a folder
+    dataset's table, and of `mlpl predict`'s output)."""
+    return [";".join(names) for names in label_names(probs, classes, threshold)]
+
+
 def csv_rows(paths: Sequence[str], logits: np.ndarray, classes: Sequence[str], threshold: float,
              splits: Sequence[str]) -> list[dict[str, str]]:
     """Rows of the CSV export: image (path), labels ('a;b'), split."""
-    names = label_names(sigmoid(logits), classes, threshold)
-    return [{"image": p, "labels": ";".join(n), "split": s} for p, n, s in zip(paths, names, splits, strict=True)]
+    labels = joined_labels(sigmoid(logits), classes, threshold)
+    return [{"image": p, "labels": n, "split": s} for p, n, s in zip(paths, labels, splits, strict=True)]
 
 
 def coco_dict(paths: Sequence[str], logits: np.ndarray, classes: Sequence[str], threshold: float) -> dict:

@@ -19,10 +19,11 @@ to lower even the ceiling trained on true labels:
   likely objects (the best-scoring local view of each class, weighted by the host's label); a host label
   whose view is still covered beyond `cover_limit` is ignored in the loss (it may be hidden). 1 and
   cover_limit 1 are the paper's random paste.
-- `e_step: predictions` replaces the per-composite E-step (eq. 19, `backprop`) by one closed-form step
-  per epoch on the plain training images: Z ← (1 − w)·Z + w·S⁻¹(p) with w = `e_weight` (the authors'
-  code weights its E-step 0.5). Each row of Z gets about two Adam steps of lr 1e-2 per epoch under
-  eq. 19: it shrinks but never reorders, while the adapter's predictions do.
+- `e_step: predictions` replaces the per-composite E-step (eq. 19, `backprop`) by a closed-form step on
+  the plain training images once the adapter is trained: Z ← (1 − w)·Z⁰ + w·S⁻¹(p) with w = `e_weight`
+  (the authors' code weights its E-step 0.5); `e_rounds` > 1 spreads such steps over the epochs. Each
+  row of Z gets about two Adam steps of lr 1e-2 per epoch under eq. 19: it shrinks but never reorders,
+  while the adapter's predictions do.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class SewSettings:
     placement_tries: int = 8  # random positions tried per overlay; the least covering one is taken
     cover_limit: float = 0.5  # a host label whose view is covered beyond this share is ignored
     e_step: str = "predictions"  # see E_STEPS
-    e_weight: float = 0.5  # predictions: weight of the adapter's predictions in Z's epoch step
+    e_weight: float = 0.5  # predictions: weight of the adapter's logits in the E-step
     e_rounds: int = 1  # predictions: E-steps, evenly spaced over the epochs (the last after the last epoch)
     epochs: int = 8
     batch_size: int = 32
@@ -372,17 +373,13 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
             y_prev = y
             with torch.no_grad():
                 z.copy_(torch.logit(torch.tensor(new, dtype=torch.float32)))
-        if predictions_e_step and epoch + 1 in settings.e_step_epochs and epoch + 1 < settings.epochs:
+        if predictions_e_step and epoch + 1 in settings.e_step_epochs:
             predictions = predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)
-            with torch.no_grad():  # the next epochs' composites take their labels from the refined Z
+            with torch.no_grad():  # any later epochs' composites take their labels from the refined Z
                 z.copy_(torch.from_numpy(e_step(z0.numpy(), predictions, settings.e_weight)))
         if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < settings.epochs:
             checkpointer.save({"position": epoch + 1, "adapter": adapter.state_dict(), "optimizer": opt.state_dict(),
                                "z": z.detach().clone(), "y_prev": torch.from_numpy(y_prev),
                                "torch_rng": torch.get_rng_state()})
     adapter.eval()
-    if predictions_e_step:
-        predictions = predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)
-        with torch.no_grad():
-            z.copy_(torch.from_numpy(e_step(z0.numpy(), predictions, settings.e_weight)))
     return torch.where(keep, z0, z.detach()).numpy().astype(np.float32)

@@ -42,6 +42,9 @@ CORRECTED = LABELS / "corrected.parquet"
 REFINED = LABELS / "refined.parquet"
 PROTOTYPES = DATA / "prototypes.zarr"
 PARAMS_OK = DATA / "params.ok"
+# Every rung of the label ladder, in stage order → (label table, column): the column is named after the rung.
+LABEL_COLUMNS = {**{name: (INITIAL, name) for name in ("z0", "tiles", "crops", "cdul", "cut")},
+                 "corrected": (CORRECTED, "corrected"), "refined": (REFINED, "refined")}
 MODELS = DATA / "models"
 ADAPTER = MODELS / "adapter.pt"
 STUDENT = MODELS / "student.pt"
@@ -124,13 +127,6 @@ class Params:
         if not isinstance(sub, dict):
             raise ParamsError(f"{self._source}: '{self._key(name)}' must be a mapping")
         return Params(sub, self._source, self._key(name) + ".", self._audit)
-
-    def has(self, name: str) -> bool:
-        try:
-            self._node(name)
-        except ParamsError:
-            return False
-        return True
 
     def allow(self, *names: str) -> None:
         """Declare keys (or whole sections) read under other settings: present, they are not unknown."""

@@ -17,12 +17,10 @@ from pipeline.storage import Table, atomic_path, manifest_paths, open_store
 from pipeline.student import adapter_module, load_student, predict_paths
 from stages.common import (
     CEILING,
-    CORRECTED,
-    INITIAL,
+    LABEL_COLUMNS,
     MANIFEST,
     METRICS,
     PLOTS,
-    REFINED,
     REPORT,
     SCORES,
     STUDENT,
@@ -30,9 +28,7 @@ from stages.common import (
     write_json,
 )
 
-LADDER = {"z0": (INITIAL, "z0"), "tiles": (INITIAL, "tiles"), "crops": (INITIAL, "crops"), "cdul": (INITIAL, "cdul"),
-          "cut": (INITIAL, "cut"),
-          "corrected": (CORRECTED, "corrected"), "refined": (REFINED, "refined")}
+REPORT_RUNGS = ("z0", "cut", "corrected", "refined")  # the per-image view of label changes in the report
 
 
 def check(params: Params) -> tuple[float, int, int]:
@@ -54,12 +50,17 @@ def run(params: Params) -> None:
     row = {image_id: i for i, image_id in enumerate(manifest.column("image_id"))}
     metrics: dict = {"labels": {}}
 
-    for name, (path, column) in LADDER.items():  # label quality on the train split
-        table = Table(path)
+    tables = {path: Table(path) for path, _ in LABEL_COLUMNS.values()}  # each label table read once
+    train_rows = np.flatnonzero(train)
+    train_logits = {}  # rung → its train logits in manifest order, for the report
+    for name, (path, column) in LABEL_COLUMNS.items():  # label quality on the train split
+        table = tables[path]
         rows = np.array([row[i] for i in table.column("image_id")])
         keep = train[rows]
         y, z = truth[rows][keep], table.column(column)[keep]
         metrics["labels"][name] = {"map": mean_ap(y, z), "inversions": inversions(y, z)}
+        train_logits[name] = np.empty_like(z)
+        train_logits[name][np.searchsorted(train_rows, rows[keep])] = z
 
     z0 = np.asarray(open_store(SCORES, required=("global",))["global"][:], dtype=np.float32)
     if manifest.has("salient"):
@@ -83,12 +84,10 @@ def run(params: Params) -> None:
     per_class = {m: per_class_ap(y_test, z) for m, z in predictions.items()}
     curves = {m: pr_curve(y_test, z) for m, z in predictions.items()}
     write_plots(manifest.classes, curves, per_class, metrics["labels"])
-    train_rows = np.flatnonzero(train)
     html = render_report(metrics, manifest.classes, per_class, test_paths, y_test, predictions["student"],
                          n_examples=n_examples, pr_curves=curves, run=run_info(params, manifest),
                          train_paths=list(manifest_paths(manifest)[train_rows]), train_truth=truth[train_rows],
-                         train_rungs={name: rung_logits(name, manifest.column("image_id")[train_rows])
-                                      for name in REPORT_RUNGS})
+                         train_rungs={name: train_logits[name] for name in REPORT_RUNGS})
     with atomic_path(REPORT) as tmp:
         tmp.write_text(html)
     _print_summary(metrics)
@@ -99,17 +98,6 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
-
-
-REPORT_RUNGS = ("z0", "cut", "corrected", "refined")  # the per-image view of label changes in the report
-
-
-def rung_logits(name: str, image_ids) -> np.ndarray:
-    """A ladder rung's logits for these images, in their order. [n, C]"""
-    path, column = LADDER[name]
-    table = Table(path)
-    row = {image_id: i for i, image_id in enumerate(table.column("image_id"))}
-    return table.column(column)[[row[i] for i in image_ids]]
 
 
 def run_info(params: Params, manifest: Table) -> dict:

@@ -10,19 +10,15 @@ import numpy as np
 
 from pipeline.export import FORMATS, coco_dict, csv_rows
 from pipeline.storage import DataError, Table, atomic_path
-from stages.common import CORRECTED, INITIAL, MANIFEST, REFINED
-
-# name → (table, column): the rungs a user may export (refined: the pipeline's final train labels)
-SOURCES = {"refined": (REFINED, "refined"), "corrected": (CORRECTED, "corrected"),
-           **{name: (INITIAL, name) for name in ("cut", "cdul", "z0", "tiles", "crops")}}
+from stages.common import LABEL_COLUMNS, MANIFEST
 
 
 def run(out: Path, source: str, fmt: str, threshold: float) -> None:
-    if source not in SOURCES:
-        raise ValueError(f"--labels must be one of {list(SOURCES)}, got {source!r}")
+    if source not in LABEL_COLUMNS:  # any rung of the ladder; refined is the pipeline's final train labels
+        raise ValueError(f"--labels must be one of {list(LABEL_COLUMNS)}, got {source!r}")
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
-    path, column = SOURCES[source]
+    path, column = LABEL_COLUMNS[source]
     table, manifest = Table(path), Table(MANIFEST)
     row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
     missing = [i for i in table.column("image_id") if i not in row_of]

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline.datasets import Issue, issue_summary, issues_table
+from pipeline.export import joined_labels
 from pipeline.images import list_images
 from pipeline.logits import sigmoid
 from pipeline.progress import progress_bar
@@ -30,9 +31,9 @@ def issues_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.issues.parquet")
 
 
-def predicted_labels(probs: np.ndarray, classes: list[str], threshold: float) -> list[str]:
-    """Per row, the classes at or above `threshold`, joined by ';' (the labels format of dataset.labels)."""
-    return [";".join(c for c, hit in zip(classes, row, strict=True) if hit) for row in probs >= threshold]
+def image_id(rel: Path) -> str:
+    """A predicted file's id: its path under the folder without the suffix, as the label tables name images."""
+    return rel.with_suffix("").as_posix()
 
 
 def run(images_dir: Path, out: Path, model_path: Path, batch_size: int, num_workers: int,
@@ -49,8 +50,8 @@ def run(images_dir: Path, out: Path, model_path: Path, batch_size: int, num_work
         logits, decoded, unreadable = predict_files(module, size, paths, batch_size, num_workers,
                                                     on_batch=bar.update)
     rel = [p.relative_to(images_dir) for p in paths]
-    issues = [Issue(rel[u.index].with_suffix("").as_posix(), rel[u.index].as_posix(), u.kind, u.detail,
-                    "excluded") for u in unreadable]
+    issues = [Issue(image_id(rel[u.index]), rel[u.index].as_posix(), u.kind, u.detail, "excluded")
+              for u in unreadable]
     for issue in issues[:SHOWN]:
         tqdm.write(f"cannot decode {issue.path} ({issue.kind}): {issue.detail}")
     if len(issues) > SHOWN:
@@ -62,9 +63,9 @@ def run(images_dir: Path, out: Path, model_path: Path, batch_size: int, num_work
         raise DataError(f"{images_dir}: none of the {len(paths)} image files can be decoded; nothing written")
     kept = [rel[i] for i in decoded]
     probs = sigmoid(logits)
-    write_table(out, {"image_id": [r.with_suffix("").as_posix() for r in kept], "path": [r.as_posix() for r in kept],
+    write_table(out, {"image_id": [image_id(r) for r in kept], "path": [r.as_posix() for r in kept],
                       "logits": logits.astype(np.float32), "probs": probs.astype(np.float32),
-                      "labels": predicted_labels(probs, classes, threshold)}, classes,
+                      "labels": joined_labels(probs, classes, threshold)}, classes,
                 extra_metadata={"model": str(model_path), "threshold": str(threshold)},
                 units={"probs": "probability", "labels": f"class names with probs >= {threshold}, ';'-joined"})
     with atomic_path(issues_path(out)) as tmp:
