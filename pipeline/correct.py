@@ -14,9 +14,13 @@ median, so the shift puts typical negatives at σ(−margin). It changes no clas
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 from pipeline.logits import logit, sigmoid
+from pipeline.transfer import ThresholdRule, apply_transfer, transfer_by_cooccurrence, transfer_by_prototypes
 
 METHODS = ("sqrt", "linear", "hard", "none")
 CALIBRATIONS = ("median", "none")
@@ -65,3 +69,74 @@ def calibrate_per_class(z: np.ndarray, margin: float) -> np.ndarray:
     """z − median over rows of each column − margin [N, C]: per class, the median entry lands at −margin."""
     z = np.asarray(z, dtype=np.float32)
     return (z - np.median(z, axis=0, keepdims=True) - np.float32(margin)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Correction:
+    """Section `correct`: which estimate to correct, and how."""
+
+    source: str = "cut"  # a rung of the initial label table
+    method: str = "sqrt"
+    beta: int = 1
+    hard_threshold: float = 0.5
+    calibration: str = "none"
+    margin: float = 1.0
+
+
+@dataclass(frozen=True)
+class PrototypeTransfer:
+    """Section `prototypes` when on: known labels → unknown entries through class prototypes."""
+
+    rule: ThresholdRule
+    k: int
+    bank: int
+    raise_logit: float
+
+
+@dataclass(frozen=True)
+class CooccurrenceTransfer:
+    """Section `cooccurrence` when on: known labels → unknown entries through P(i | j)."""
+
+    rule: ThresholdRule
+    raise_logit: float
+
+
+@dataclass
+class Corrected:
+    target: np.ndarray  # [N, C] corrected logits, known entries written over
+    raised: np.ndarray  # bool [N, C]: unknown entries a transfer raised
+    lowered: np.ndarray  # bool [N, C]: unknown entries a transfer lowered
+    store: dict  # the prototypes and similarities to keep (data/prototypes.zarr)
+
+
+def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarray, correction: Correction,
+                       prototypes: PrototypeTransfer | None = None, cooccurrence: CooccurrenceTransfer | None = None,
+                       embeddings: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None) -> Corrected:
+    """Correct `initial` [N, C], transfer the known labels (ratio > 0) to unknown entries, then write the
+    known entries over everything, so they always win.
+
+    known [N, C] bool, labels [N, C] the true labels (read only where known); `embeddings()` returns the
+    (image, text) embeddings the prototype transfer needs, read only when it runs.
+    """
+    c = correction
+    target = correct_labels(initial, c.beta, c.method, c.hard_threshold)
+    if c.calibration == "median":
+        target = calibrate_per_class(target, c.margin)
+    known = np.asarray(known, bool)
+    any_known = bool(known.any())
+    raised = np.zeros(known.shape, bool)
+    lowered = raised.copy()
+    store: dict = {}
+    if any_known and prototypes is not None:
+        emb, text = embeddings()
+        raised, lowered, bank, sims = transfer_by_prototypes(emb, text, target, known, labels, prototypes.rule,
+                                                             prototypes.k, prototypes.bank)
+        store = {"visual": bank.visual, "counts": bank.counts, "text": bank.text, **sims}
+        target = apply_transfer(target, raised, lowered, prototypes.raise_logit)
+    if any_known and cooccurrence is not None:
+        up, store["cooccurrence"] = transfer_by_cooccurrence(known, labels, cooccurrence.rule)
+        target = apply_transfer(target, up, np.zeros_like(up), cooccurrence.raise_logit)
+        raised |= up
+    if any_known:  # partial labels: what is known is never guessed
+        target = apply_known_labels(target, known, labels)
+    return Corrected(target, raised, lowered, store)

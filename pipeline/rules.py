@@ -23,42 +23,18 @@ Each rule is a named option; known labels are never changed by any of them and a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline.logits import logit
+from pipeline.settings import RuleSettings
+from pipeline.storage import scored_embeddings
 from pipeline.transfer import unit_rows
 
-RULES = ("none", "plmcl", "g2netpl", "large_loss", "label_distribution")
 EPS = 1e-4  # soft labels stay inside (0, 1) so that their logits are finite
-
-
-@dataclass(frozen=True)
-class RuleSettings:
-    name: str = "none"
-    plmcl_eta: float = 0.5  # pull towards the prediction
-    plmcl_alpha: float = 0.9  # momentum
-    plmcl_beta: float = 0.5  # velocity damping
-    g2netpl_eta: float = 2.0  # KL penalty weight (> 1 sharpens, ≤ 1 lets entropy win)
-    g2netpl_lr: float = 0.05
-    g2netpl_steps: int = 10
-    ll_delta: float = 0.1  # % of the batch's entries rejected more per epoch
-    ll_max_rate: float = 0.5
-    ld_sigma: float = 0.1  # RBF width on cosine distance
-
-    def __post_init__(self):
-        if self.name not in RULES:
-            raise ValueError(f"rule must be one of {RULES}, got {self.name!r}")
-
-    @property
-    def updates_labels(self) -> bool:
-        return self.name in ("plmcl", "g2netpl")
-
-
-NO_RULE = RuleSettings()
 
 
 def plmcl_update(y: np.ndarray, y_prev: np.ndarray, p: np.ndarray, eta: float, alpha: float,
@@ -105,6 +81,16 @@ def label_distribution_weights(emb: np.ndarray, text: np.ndarray, positive: np.n
     n_pos = positive.sum(1, keepdims=True)
     weights = np.divide(affinity * n_pos, total, out=np.ones_like(affinity), where=total > 0)
     return np.where(positive, weights, 1.0).astype(np.float32)
+
+
+def rule_weights(rule: RuleSettings, targets_logit: np.ndarray, scores: str | Path,
+                 rows: np.ndarray) -> np.ndarray | None:
+    """label_distribution weights [len(rows), C] from the embeddings of the score store's `rows`;
+    None for every other rule (nothing is read)."""
+    if rule.name != "label_distribution":
+        return None
+    emb, text = scored_embeddings(scores)
+    return label_distribution_weights(emb[rows], text, targets_logit > 0, rule.ld_sigma)
 
 
 def rule_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, rule: RuleSettings,

@@ -197,3 +197,25 @@ def write_small_store(path: str | Path, arrays: Mapping[str, np.ndarray], attrs:
             group.create_array(name, shape=value.shape, dtype=value.dtype,
                                chunks=tuple(max(1, d) for d in value.shape))[...] = value
         group.attrs.update(dict(attrs))
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    """Sorted, indented JSON with a final newline, written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> object:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run the stage that writes it first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def scored_embeddings(scores: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(image_emb [N, D], text_emb [C, D]) of a score store, as float32."""
+    store = open_store(scores, required=("image_emb", "text_emb"))
+    return np.asarray(store["image_emb"][:], np.float32), np.asarray(store["text_emb"][:], np.float32)

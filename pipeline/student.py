@@ -1,10 +1,8 @@
-"""Standalone students and their checkpoints.
+"""The small CNN student and prediction with any student.
 
-`frozen_tower` (default): the adapter's frozen backbone tower (the teacher's, by default) + the sew
-adapter, exported as one module.
 `small_cnn`: a small CNN trained from scratch on the refined labels with CDUL's consistency term
-(predictions on an image and on its augmented view should agree).
-Checkpoints are plain dicts of tensors and configs, loadable with weights_only=True.
+(predictions on an image and on its augmented view should agree). The default student, `frozen_tower`,
+is the sew adapter on its frozen tower (pipeline.adapter). Their checkpoints: pipeline.models.
 """
 
 from __future__ import annotations
@@ -18,13 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline import clip
-from pipeline.adapter import Adapter, AdapterConfig, FrozenTowerClassifier
 from pipeline.images import ImageDecodeError, ResizedOrFaulty
 from pipeline.resume import Checkpointer
-from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
-
-KINDS = ("frozen_tower", "small_cnn")
+from pipeline.rules import rule_loss, update_pseudo_labels
+from pipeline.settings import NO_RULE, RuleSettings
 
 
 class SmallCNN(nn.Module):
@@ -137,42 +132,6 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
                                "optimizer": opt.state_dict(), "targets": targets, "y_prev": torch.from_numpy(y_prev),
                                "generator": gen.get_state(), "torch_rng": torch.get_rng_state()})
     return model.eval()
-
-
-def frozen_tower_checkpoint(adapter_ckpt: dict, model: nn.Module) -> dict:
-    """student.pt for the default student: the tower's weights travel with it, so it stands alone."""
-    return {"kind": "frozen_tower", "model": adapter_ckpt["backbone"]["model"],
-            "backbone_sha256": adapter_ckpt["backbone"]["sha256"], "visual_state_dict": model.visual.state_dict(),
-            "adapter_config": adapter_ckpt["adapter_config"], "adapter_state_dict": adapter_ckpt["state_dict"],
-            "image_size": adapter_ckpt["image_size"], "classes": adapter_ckpt["classes"]}
-
-
-def small_cnn_checkpoint(model: SmallCNN, classes: Sequence[str]) -> dict:
-    return {"kind": "small_cnn", "config": model.config, "state_dict": model.state_dict(), "classes": list(classes)}
-
-
-def adapter_module(adapter_ckpt: dict, backbone: nn.Module) -> FrozenTowerClassifier:
-    """Frozen tower + adapter from an adapter.pt / ceiling.pt checkpoint dict."""
-    adapter = Adapter(AdapterConfig.from_dict(adapter_ckpt["adapter_config"]))
-    adapter.load_state_dict(adapter_ckpt["state_dict"])
-    return FrozenTowerClassifier(backbone, adapter, int(adapter_ckpt["image_size"])).eval()
-
-
-def load_student(path) -> tuple[nn.Module, list[str], int]:
-    """(module taking uint8 images, class names, input size) from a student.pt file."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    kind = ckpt.get("kind")
-    if kind == "frozen_tower":
-        model = clip.create_model(ckpt["model"])
-        model.visual.load_state_dict(ckpt["visual_state_dict"])
-        module = adapter_module({"adapter_config": ckpt["adapter_config"], "state_dict": ckpt["adapter_state_dict"],
-                                 "image_size": ckpt["image_size"]}, model)
-        return module, ckpt["classes"], module.image_size
-    if kind == "small_cnn":
-        module = SmallCNN(**ckpt["config"])
-        module.load_state_dict(ckpt["state_dict"])
-        return module.eval(), ckpt["classes"], module.image_size
-    raise ValueError(f"{path}: unknown student kind {kind!r} (expected one of {KINDS})")
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
 
+from pipeline import clip
 from pipeline.clip import DEFAULT_TEMPLATES, encode_images, image_size_of, normalize_images
-from pipeline.resume import Checkpointer, numpy_rng_state, set_numpy_rng_state
+from pipeline.progress import progress_bar
+from pipeline.resume import Checkpointer, fingerprint, numpy_rng_state, set_numpy_rng_state
 from pipeline.scenes import SceneConfig, dominant_object, render_scene, scene_rng
 
 TEACHER_STREAM = 1  # scene-generator stream of the teacher's own scenes (the dataset uses stream 0)
@@ -162,3 +166,55 @@ def train_toy_teacher(model: torch.nn.Module, tokenizer, classes: Sequence[str],
                                "scheduler": sched.state_dict(), "numpy_rng": numpy_rng_state(rng),
                                "torch_rng": torch.get_rng_state()})
     return model.eval()
+
+
+HELDOUT_STREAM = 2  # scenes for the teacher's own sanity check, distinct from training and dataset
+CHECKPOINT_EVERY = 25  # steps between resumable checkpoints (~8 s of training; a save takes ~0.1 s)
+
+
+def train_embedded_teacher(name: str, scenes: SceneConfig, training: TeacherTraining, sampling: ViewSampling,
+                           n_scenes: int, work_dir: str | Path) -> tuple[torch.nn.Module, float]:
+    """A fresh open_clip model `name` trained on `n_scenes` of its own scenes, with progress and resumable
+    checkpoints in `work_dir`. Returns (the model, its held-out salient top-1)."""
+    seed = training.seed
+    torch.manual_seed(seed)  # initial weights depend on the seed only
+    model = clip.create_model(name)
+    if clip.image_size_of(model) != scenes.image_size:
+        raise ValueError(f"teacher.model {name} expects {clip.image_size_of(model)} px images but "
+                         f"dataset.image_size is {scenes.image_size}")
+    tokenizer = clip.tokenizer_for(name)
+    pool = make_scene_pool(n_scenes, scenes, seed)
+    bar = progress_bar(total=training.steps, desc="teacher", unit="step")
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+    run_id = fingerprint(name, asdict(scenes), asdict(training), asdict(sampling), n_scenes)
+    checkpointer = Checkpointer(work_dir, run_id, every=CHECKPOINT_EVERY, log=tqdm.write)
+    train_toy_teacher(model, tokenizer, scenes.classes, pool, training, sampling, on_step=on_step,
+                      checkpointer=checkpointer)
+    bar.close()
+    return model, heldout_salient_top1(model, tokenizer, scenes, seed)
+
+
+def save_embedded_teacher(model: torch.nn.Module, name: str, classes: Sequence[str], path: Path,
+                          recorded_path: str, top1: float) -> dict:
+    """Write the weights to `path`; return the teacher's descriptor (pipeline.clip.load_described), which
+    names the weights by `recorded_path`, where they will be once the output is in place."""
+    torch.save({"state_dict": model.state_dict(), "model": name, "classes": list(classes)}, path)
+    return {"model": name, "pretrained": "embedded", "weights": recorded_path, "found_in": "trained",
+            "sha256": clip.sha256_of(path), "trust_checkpoint": False, "classes": list(classes),
+            "heldout_salient_top1": top1}
+
+
+def heldout_salient_top1(model, tokenizer, scenes: SceneConfig, seed: int, n: int = 256) -> float:
+    """Share of n held-out scenes whose top zero-shot class is their salient object."""
+    pool = make_scene_pool(n, scenes, seed, stream=HELDOUT_STREAM)
+    with torch.inference_mode():
+        text = clip.encode_classes(model, tokenizer, scenes.classes)
+        x = clip.normalize_images(torch.from_numpy(pool.images).permute(0, 3, 1, 2), model)
+        z = clip.scores_to_logits(clip.encode_images(model, x), text, clip.logit_scale_of(model))
+    salient = np.array([c[0] for c in pool.object_classes])
+    return float((z.argmax(1).numpy() == salient).mean())

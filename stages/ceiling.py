@@ -4,24 +4,42 @@ every paper table) → data/models/ceiling.pt. Skipped, with a note, when the da
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from pipeline import clip
+from pipeline.adaptation import backbone_descriptor, fit_adapter, needs_host_boxes, read_train_split
 from pipeline.correct import NEGATIVE_LOGIT, POSITIVE_LOGIT
-from pipeline.storage import Table, atomic_path
-from stages.common import CEILING, MANIFEST, Params, clear_work_dir
-from stages.sew import check, train_adapter  # noqa: F401  (check: ceiling reads the sew params)
+from pipeline.models import NoModel, save_checkpoint
+from pipeline.storage import Table
+from stages.common import (
+    CEILING,
+    INITIAL,
+    MANIFEST,
+    SCORES,
+    TEACHER_DESCRIPTOR,
+    Params,
+    adapter_options,
+    backbone_params,
+    clear_work_dir,
+    sew_settings,
+    work_dir,
+)
 
 
 def run(params: Params) -> None:
     manifest = Table(MANIFEST)
     if not manifest.has("labels"):
-        with atomic_path(CEILING) as tmp:
-            torch.save({"kind": "none", "reason": "dataset has no ground truth"}, tmp)
+        save_checkpoint(CEILING, NoModel("dataset has no ground truth"))
         print("no ground truth: no supervised ceiling")
         return
-    truth = np.where(manifest.column("labels") > 0, POSITIVE_LOGIT, NEGATIVE_LOGIT).astype(np.float32)
-    ckpt, _, _ = train_adapter(params, truth, np.ones(truth.shape, bool), "ceiling")
-    with atomic_path(CEILING) as tmp:
-        torch.save(ckpt, tmp)
+    p = params.section("sew")  # the sew stage's composites and adapter, on true labels
+    settings = sew_settings(p)
+    split = read_train_split(MANIFEST, INITIAL, SCORES, needs_host_boxes(settings))
+    truth = np.where(manifest.column("labels")[split.rows] > 0, POSITIVE_LOGIT, NEGATIVE_LOGIT).astype(np.float32)
+    descriptor = backbone_descriptor(*backbone_params(p), TEACHER_DESCRIPTOR)
+    spec, adapter, _ = fit_adapter(clip.load_described(descriptor), descriptor, split, truth,
+                                   np.ones(truth.shape, bool), settings, adapter_options(p),
+                                   p.get("image_size", int, lo=8), work_dir("ceiling"), "ceiling",
+                                   num_workers=p.get("num_workers", int, lo=0))
+    save_checkpoint(CEILING, spec, adapter)
     clear_work_dir("ceiling")
     print(f"supervised ceiling adapter → {CEILING}")

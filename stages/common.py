@@ -1,18 +1,18 @@
-"""Shared glue for stages: params access with clear errors, canonical artifact paths, JSON output."""
+"""The one module stages share: canonical artifact paths, params access with clear errors, and the
+settings built from params sections that more than one stage reads (sew and ceiling: the composites and
+the adapter; sew and distill: the partial-label rule)."""
 
 from __future__ import annotations
 
 import difflib
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from pipeline.scenes import SceneConfig
-from pipeline.storage import atomic_path, open_store
+from pipeline.settings import E_STEPS, OVERLAY_LABELS, PASTES, RULES, AdapterOptions, RuleSettings, SewSettings
 
 PARAMS_FILE = Path("params.yaml")
 DATA = Path("data")
@@ -252,21 +252,49 @@ def scene_config(p: Params) -> SceneConfig:
                        max_small=p.get("max_small", int, lo=0, hi=5))
 
 
-def write_json(path: Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def sew_settings(p: Params) -> SewSettings:
+    """The composites and EM of section `sew` (read by the sew and ceiling stages)."""
+    k = p.get("k", (int, str))
+    if k != "auto" and (isinstance(k, str) or k < 1):
+        k = p.fail("k", f"must be auto or an int >= 1, got {k!r}", "auto")
+    d = SewSettings()
+    return SewSettings(p=p.get("p", float, lo=0.0, hi=1.0), q=p.get("q", float, lo=0.0, hi=1.0),
+                       max_overlays=p.get("L", int, lo=0), pool_k=None if k == "auto" else k,
+                       pool_share=p.get("pool_share", float, lo=0.0, hi=1.0, default=d.pool_share),
+                       overlay_label=p.get("overlay_label", str, choices=OVERLAY_LABELS, default=d.overlay_label),
+                       paste=p.get("paste", str, choices=PASTES, default=d.paste),
+                       placement_tries=p.get("placement_tries", int, lo=1, default=d.placement_tries),
+                       cover_limit=p.get("cover_limit", float, lo=0.0, hi=1.0, default=d.cover_limit),
+                       e_step=p.get("e_step", str, choices=E_STEPS, default=d.e_step),
+                       e_weight=p.get("e_weight", float, lo=0.0, hi=1.0, default=d.e_weight),
+                       e_rounds=p.get("e_rounds", int, lo=1, default=d.e_rounds),
+                       epochs=p.get("epochs", int, lo=1),
+                       batch_size=p.get("batch_size", int, lo=2), lr=p.get("lr", float, lo=0.0),
+                       estimator_lr=p.get("estimator_lr", float, lo=0.0),
+                       weight_decay=p.get("weight_decay", float, lo=0.0, default=d.weight_decay),
+                       seed=p.get("seed", int))
 
 
-def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (run the stage that writes it first)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+def adapter_options(p: Params) -> AdapterOptions:
+    """`sew.adapter`: the adapter's size."""
+    a = p.section("adapter")
+    return AdapterOptions(hidden=a.get("hidden", int, lo=1), layers=a.get("layers", int, lo=1),
+                          heads=a.get("heads", int, lo=1), residual=a.get("residual", float, lo=0.0, hi=1.0))
 
 
-def scored_embeddings() -> tuple[np.ndarray, np.ndarray]:
-    """(image_emb [N, D], text_emb [C, D]) from data/scores.zarr, as float32."""
-    scores = open_store(SCORES, required=("image_emb", "text_emb"))
-    return np.asarray(scores["image_emb"][:], np.float32), np.asarray(scores["text_emb"][:], np.float32)
+def backbone_params(p: Params) -> tuple[str, str, bool]:
+    """`sew.backbone`: (model, pretrained, trust_checkpoint) of the frozen tower the adapter trains on."""
+    b = p.section("backbone")
+    return b.get("model", str), b.get("pretrained", str), b.get("trust_checkpoint", bool, default=False)
+
+
+def rule_settings(params: Params) -> RuleSettings:
+    """The partial-label training rule (top-level `rule`) with the constants of its own section."""
+    name = params.get("rule", str, choices=RULES)
+    pl, g2, ll, ld = (params.section(k) for k in ("plmcl", "g2netpl", "large_loss", "label_distribution"))
+    return RuleSettings(
+        name=name, plmcl_eta=pl.get("eta", float, lo=0.0, hi=1.0), plmcl_alpha=pl.get("alpha", float, lo=0.0, hi=1.0),
+        plmcl_beta=pl.get("beta", float, lo=0.0, hi=1.0), g2netpl_eta=g2.get("eta", float, lo=0.0),
+        g2netpl_lr=g2.get("lr", float, lo=0.0), g2netpl_steps=g2.get("steps", int, lo=0),
+        ll_delta=ll.get("delta", float, lo=0.0, hi=100.0), ll_max_rate=ll.get("max_rate", float, lo=0.0, hi=1.0),
+        ld_sigma=ld.get("sigma", float, lo=1e-6))

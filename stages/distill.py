@@ -1,6 +1,6 @@
 """Stage `distill`: the standalone student → data/models/student.pt.
 
-`distill.student: frozen_tower` exports the teacher's visual tower + the sew adapter as one module;
+`distill.student: frozen_tower` exports the adapter's frozen tower + the sew adapter as one module;
 `small_cnn` trains a small CNN on the refined labels with CDUL's consistency term.
 """
 
@@ -9,27 +9,27 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from pipeline import clip
 from pipeline.images import ResizedImages
+from pipeline.models import STUDENT_KINDS, SmallCNNSpec, save_checkpoint, student_of_adapter, write_checkpoint
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
-from pipeline.rules import RuleSettings
-from pipeline.storage import Table, atomic_path, manifest_paths
-from pipeline.student import KINDS, StudentTraining, frozen_tower_checkpoint, small_cnn_checkpoint, train_small_cnn
+from pipeline.rules import RuleSettings, rule_weights
+from pipeline.storage import Table, manifest_paths
+from pipeline.student import StudentTraining, train_small_cnn
 from stages.common import (
     ADAPTER,
     MANIFEST,
     OBSERVED,
     REFINED,
+    SCORES,
     STUDENT,
     Params,
     clear_work_dir,
+    rule_settings,
     work_dir,
 )
-from stages.rule import rule_settings, rule_weights
 
 
 def check(params: Params) -> tuple[str, StudentTraining, int, RuleSettings]:
@@ -38,14 +38,13 @@ def check(params: Params) -> tuple[str, StudentTraining, int, RuleSettings]:
     training = StudentTraining(epochs=c.get("epochs", int, lo=1), batch_size=c.get("batch_size", int, lo=2),
                                lr=c.get("lr", float, lo=0.0), consistency=c.get("consistency", float, lo=0.0),
                                width=c.get("width", int, lo=1), seed=c.get("seed", int))
-    return p.get("student", str, choices=KINDS), training, c.get("image_size", int, lo=8), rule_settings(params)
+    return p.get("student", str, choices=STUDENT_KINDS), training, c.get("image_size", int, lo=8), rule_settings(params)
 
 
 def run(params: Params) -> None:
     kind, training, size, rule = check(params)
     if kind == "frozen_tower":
-        adapter = torch.load(ADAPTER, weights_only=True)
-        ckpt = frozen_tower_checkpoint(adapter, clip.load_described(adapter["backbone"]))
+        write_checkpoint(STUDENT, student_of_adapter(ADAPTER))  # the tower and the adapter as one module
     else:
         refined, manifest, observed = Table(REFINED), Table(MANIFEST), Table(OBSERVED)
         row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
@@ -55,13 +54,11 @@ def run(params: Params) -> None:
                              observed.column("known")[rows])
         steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))
         with progress_bar(total=steps, desc="distill", unit="step") as bar:
-            model = train_small_cnn(ResizedImages(paths, size), refined.column("refined"), size, training,
-                                    on_step=lambda s, loss: bar.update(1),
-                                    known=observed.column("known")[rows].astype(bool), rule=rule,
-                                    weights=rule_weights(rule, refined.column("refined"), rows),
-                                    checkpointer=Checkpointer(work_dir("distill"), run_id, log=tqdm.write))
-        ckpt = small_cnn_checkpoint(model, refined.classes)
-    with atomic_path(STUDENT) as tmp:
-        torch.save(ckpt, tmp)
+            module = train_small_cnn(ResizedImages(paths, size), refined.column("refined"), size, training,
+                                     on_step=lambda s, loss: bar.update(1),
+                                     known=observed.column("known")[rows].astype(bool), rule=rule,
+                                     weights=rule_weights(rule, refined.column("refined"), SCORES, rows),
+                                     checkpointer=Checkpointer(work_dir("distill"), run_id, log=tqdm.write))
+        save_checkpoint(STUDENT, SmallCNNSpec(len(refined.classes), training.width, size, refined.classes), module)
     clear_work_dir("distill")
     print(f"student ({kind}) → {STUDENT}")

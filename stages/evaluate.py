@@ -3,30 +3,27 @@ reports/metrics.json, reports/plots/, reports/report.html."""
 
 from __future__ import annotations
 
-import csv
-import math
-from pathlib import Path
+from importlib.metadata import version
 
 import numpy as np
-import torch
 
-from pipeline import clip
-from pipeline.metrics import classification_report, inversions, mean_ap, per_class_ap, precision_recall_curve
-from pipeline.report import render_report
-from pipeline.storage import Table, atomic_path, manifest_paths, open_store
-from pipeline.student import adapter_module, load_student, predict_paths
-from stages.common import (
-    CEILING,
-    LABEL_COLUMNS,
-    MANIFEST,
-    METRICS,
-    PLOTS,
-    REPORT,
-    SCORES,
-    STUDENT,
-    Params,
-    write_json,
+from pipeline.evaluation import (
+    finite,
+    gap_closure,
+    label_ladder,
+    pr_curve,
+    run_summary,
+    salient_top1,
+    summary_lines,
+    test_reports,
+    write_plots,
 )
+from pipeline.metrics import per_class_ap
+from pipeline.models import load_checkpoint, load_student
+from pipeline.report import render_report
+from pipeline.storage import Table, atomic_path, manifest_paths, open_store, write_json
+from pipeline.student import predict_paths
+from stages.common import CEILING, LABEL_COLUMNS, MANIFEST, METRICS, PLOTS, REPORT, SCORES, STUDENT, Params
 
 REPORT_RUNGS = ("z0", "cut", "corrected", "refined")  # the per-image view of label changes in the report
 
@@ -47,109 +44,39 @@ def run(params: Params) -> None:
     truth = manifest.column("labels").astype(np.int8)
     split = manifest.column("split")
     train, test = split == "train", split == "test"
-    row = {image_id: i for i, image_id in enumerate(manifest.column("image_id"))}
-    metrics: dict = {"labels": {}}
-
+    row_of = {image_id: i for i, image_id in enumerate(manifest.column("image_id"))}
     tables = {path: Table(path) for path, _ in LABEL_COLUMNS.values()}  # each label table read once
-    train_rows = np.flatnonzero(train)
-    train_logits = {}  # rung → its train logits in manifest order, for the report
-    for name, (path, column) in LABEL_COLUMNS.items():  # label quality on the train split
-        table = tables[path]
-        rows = np.array([row[i] for i in table.column("image_id")])
-        keep = train[rows]
-        y, z = truth[rows][keep], table.column(column)[keep]
-        metrics["labels"][name] = {"map": mean_ap(y, z), "inversions": inversions(y, z)}
-        train_logits[name] = np.empty_like(z)
-        train_logits[name][np.searchsorted(train_rows, rows[keep])] = z
-
+    labels, train_logits = label_ladder(truth, train, row_of, {
+        name: (tables[path].column("image_id"), tables[path].column(column))
+        for name, (path, column) in LABEL_COLUMNS.items()})
+    metrics: dict = {"labels": labels}
     z0 = np.asarray(open_store(SCORES, required=("global",))["global"][:], dtype=np.float32)
     if manifest.has("salient"):
-        metrics["teacher"] = {"salient_top1": float((z0[test].argmax(1) == manifest.column("salient")[test]).mean())}
+        metrics["teacher"] = {"salient_top1": salient_top1(z0[test], manifest.column("salient")[test])}
+
     test_paths = list(manifest_paths(manifest)[test])
     predictions = {"zero_shot": z0[test]}
     student, _, size = load_student(STUDENT)
     predictions["student"] = predict_paths(student, size, test_paths)
-    ceiling = torch.load(CEILING, weights_only=True)
-    if ceiling.get("kind") == "adapter":
-        module = adapter_module(ceiling, clip.load_described(ceiling["backbone"]))
-        predictions["ceiling"] = predict_paths(module, module.image_size, test_paths)
+    ceiling_spec, ceiling = load_checkpoint(CEILING)
+    if ceiling is not None:
+        predictions["ceiling"] = predict_paths(ceiling, ceiling_spec.image_size, test_paths)
     y_test = truth[test]
-    metrics["test"] = {m: classification_report(y_test, z, threshold, top_k) for m, z in predictions.items()}
-    t = metrics["test"]
-    if "ceiling" in t and abs(t["ceiling"]["map"] - t["zero_shot"]["map"]) > 1e-9:
-        metrics["gap_closure"] = (t["student"]["map"] - t["zero_shot"]["map"]) / (
-            t["ceiling"]["map"] - t["zero_shot"]["map"])
-    metrics = _finite(metrics)
+    metrics["test"] = test_reports(y_test, predictions, threshold, top_k)
+    if (closure := gap_closure(metrics["test"])) is not None:
+        metrics["gap_closure"] = closure
+    metrics = finite(metrics)
     write_json(METRICS, metrics)
+
     per_class = {m: per_class_ap(y_test, z) for m, z in predictions.items()}
     curves = {m: pr_curve(y_test, z) for m, z in predictions.items()}
-    write_plots(manifest.classes, curves, per_class, metrics["labels"])
+    write_plots(PLOTS, manifest.classes, curves, per_class, metrics["labels"])
+    run = run_summary(params.as_dict(), dict(open_store(SCORES).attrs), manifest.metadata, version("mlpl"))
+    train_rows = np.flatnonzero(train)
     html = render_report(metrics, manifest.classes, per_class, test_paths, y_test, predictions["student"],
-                         n_examples=n_examples, pr_curves=curves, run=run_info(params, manifest),
+                         n_examples=n_examples, pr_curves=curves, run=run,
                          train_paths=list(manifest_paths(manifest)[train_rows]), train_truth=truth[train_rows],
                          train_rungs={name: train_logits[name] for name in REPORT_RUNGS})
     with atomic_path(REPORT) as tmp:
         tmp.write_text(html)
-    _print_summary(metrics)
-
-
-def _write_csv(path: Path, header: list[str], rows) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-
-
-def run_info(params: Params, manifest: Table) -> dict:
-    """What the report says about this run: the settings a reader asks first, where the scores came from,
-    and every param."""
-    from importlib.metadata import version
-
-    p = params.as_dict()
-    attrs = dict(open_store(SCORES).attrs)
-    summary = {"labels known (ratio)": p.get("ratio"), "estimator (init.views)": p["init"].get("views"),
-               "correction": f"{p['correct']['method']} on top-{p['correct']['beta']} of {p['correct']['source']}, "
-                             f"calibration {p['correct'].get('calibration', 'none')}",
-               "sewing": f"L={p['sew']['L']}, p={p['sew']['p']}, q={p['sew']['q']}, E-step {p['sew'].get('e_step')}",
-               "partial-label rule": p.get("rule"), "student": p["distill"]["student"]}
-    provenance = {"mlpl": version("mlpl"), "teacher": f"{attrs.get('model')} ({attrs.get('pretrained')})",
-                  "teacher weights sha256": str(attrs.get("weights_sha256", ""))[:16] + "…",
-                  "scores": f"{attrs.get('n_images')} images, {attrs.get('precision')} on {attrs.get('device')}",
-                  "dataset": f"{manifest.metadata.get('source', '?')} at {manifest.metadata.get('root', '?')}"}
-    return {"summary": summary, "provenance": provenance, "params": p}
-
-
-def pr_curve(truth: np.ndarray, logits: np.ndarray, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """Micro-averaged (recall, precision), thinned to ≤ `points` points."""
-    precision, recall = precision_recall_curve(truth.ravel(), logits.ravel())
-    keep = np.unique(np.linspace(0, len(recall) - 1, min(points, len(recall))).astype(int))
-    return recall[keep], precision[keep]
-
-
-def write_plots(classes, curves, per_class, ladder) -> None:
-    PLOTS.mkdir(parents=True, exist_ok=True)
-    models = list(per_class)
-    _write_csv(PLOTS / "per_class_ap.csv", ["class", *models],
-               ([name, *(f"{per_class[m][c]:.4f}" for m in models)] for c, name in enumerate(classes)))
-    _write_csv(PLOTS / "ladder.csv", ["table", "map"], ([k, f"{v['map']:.4f}"] for k, v in ladder.items()))
-    _write_csv(PLOTS / "pr.csv", ["model", "recall", "precision"],
-               ([m, f"{r:.4f}", f"{p:.4f}"] for m, (recall, precision) in curves.items()
-                for r, p in zip(recall, precision, strict=True)))
-
-
-def _finite(obj):
-    """NaN has no place in JSON: a quantity that cannot be computed is absent."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items() if not (isinstance(v, float) and not math.isfinite(v))}
-    return obj
-
-
-def _print_summary(m: dict) -> None:
-    print("train label mAP: " + "  →  ".join(f"{k} {v['map']:.3f}" for k, v in m["labels"].items()))
-    for name, r in m["test"].items():
-        print(f"test {name:9s} mAP {r['map']:.3f}  CF1 {r['cf1']:.3f}  OF1 {r['of1']:.3f}  "
-              f"hamming {r['hamming']:.3f}")
-    if "teacher" in m:
-        print(f"teacher salient top-1 {m['teacher']['salient_top1']:.3f}")
-    if "gap_closure" in m:
-        print(f"gap closure {m['gap_closure']:.3f}")
+    print("\n".join(summary_lines(metrics)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from pipeline.storage import read_json
 from stages.common import (
     ADAPTER,
     CEILING,
@@ -18,7 +19,6 @@ from stages.common import (
     SCORES_WORK,
     STUDENT,
     TEACHER_DESCRIPTOR,
-    read_json,
 )
 
 

@@ -18,9 +18,10 @@ from pipeline.datasets import Issue, issue_summary, issues_table
 from pipeline.export import joined_labels
 from pipeline.images import list_images
 from pipeline.logits import sigmoid
+from pipeline.models import load_student
 from pipeline.progress import progress_bar
 from pipeline.storage import DataError, atomic_path, write_table
-from pipeline.student import load_student, predict_files
+from pipeline.student import predict_files
 
 ON_BAD_INPUT = ("skip", "fail")
 SHOWN = 10  # bad files named on the console; the issues table lists them all

@@ -23,8 +23,8 @@ from datetime import timedelta
 from pipeline import clip
 from pipeline.cut import CROP_PLACEMENTS, CutSettings
 from pipeline.scoring import PRECISIONS, STORE_NAME, ScoreJob, Workers, score_to_store
-from pipeline.storage import Table, manifest_paths, replace_path
-from stages.common import MANIFEST, SCORES, SCORES_WORK, TEACHER_DESCRIPTOR, Params, read_json
+from pipeline.storage import Table, manifest_paths, read_json, replace_path
+from stages.common import MANIFEST, SCORES, SCORES_WORK, TEACHER_DESCRIPTOR, Params
 
 # Ranks wait at barriers while the slowest finishes its shards (hours on CPUs for a big dataset); a dead
 # rank does not leave the others waiting this long, torchrun tears the whole group down.

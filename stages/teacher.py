@@ -7,18 +7,11 @@ open_clip pretrained tag or a local weights file, resolved offline and recorded 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
-
-import numpy as np
-import torch
-from tqdm import tqdm
 
 from pipeline import clip
-from pipeline.progress import progress_bar
-from pipeline.resume import Checkpointer, fingerprint
 from pipeline.scenes import SceneConfig
-from pipeline.storage import atomic_path
-from pipeline.toy_teacher import TeacherTraining, ViewSampling, make_scene_pool, train_toy_teacher
+from pipeline.storage import atomic_path, write_json
+from pipeline.toy_teacher import TeacherTraining, ViewSampling, save_embedded_teacher, train_embedded_teacher
 from stages.common import (
     TEACHER_DESCRIPTOR,
     TEACHER_DIR,
@@ -27,12 +20,9 @@ from stages.common import (
     resolve_weights,
     scene_config,
     work_dir,
-    write_json,
 )
 
 CHECKPOINT_NAME = "teacher.pt"
-CHECKPOINT_EVERY = 25  # steps between resumable checkpoints (~8 s of training; a save takes ~0.1 s)
-HELDOUT_STREAM = 2  # scenes for the teacher's own sanity check, distinct from training and dataset
 
 
 def check(params: Params) -> tuple[str, str, bool, tuple | None]:
@@ -68,47 +58,13 @@ def run(params: Params) -> None:
 
 def train_embedded(name: str, scenes: SceneConfig, training: TeacherTraining, sampling: ViewSampling,
                    n_scenes: int) -> dict:
-    seed = training.seed
-    torch.manual_seed(seed)  # initial weights depend on the seed only
-    model = clip.create_model(name)
-    if clip.image_size_of(model) != scenes.image_size:
-        raise ValueError(f"teacher.model {name} expects {clip.image_size_of(model)} px images but "
-                         f"dataset.image_size is {scenes.image_size}")
-    tokenizer = clip.tokenizer_for(name)
-    pool = make_scene_pool(n_scenes, scenes, seed)
-    bar = progress_bar(total=training.steps, desc="teacher", unit="step")
     started = time.time()
-
-    def on_step(step: int, loss: float) -> None:
-        bar.update(1)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss:.3f}")
-
-    run_id = fingerprint(name, asdict(scenes), asdict(training), asdict(sampling), n_scenes)
-    checkpointer = Checkpointer(work_dir("teacher"), run_id, every=CHECKPOINT_EVERY, log=tqdm.write)
-    train_toy_teacher(model, tokenizer, scenes.classes, pool, training, sampling, on_step=on_step,
-                      checkpointer=checkpointer)
-    bar.close()
-    top1 = heldout_salient_top1(model, tokenizer, scenes, seed)
+    model, top1 = train_embedded_teacher(name, scenes, training, sampling, n_scenes, work_dir("teacher"))
     print(f"teacher trained in {time.time() - started:.0f}s; held-out salient top-1 {top1:.3f}")
     with atomic_path(TEACHER_DIR) as tmp:
         tmp.mkdir()
-        ckpt = tmp / CHECKPOINT_NAME
-        torch.save({"state_dict": model.state_dict(), "model": name, "classes": list(scenes.classes)}, ckpt)
-        descriptor = {"model": name, "pretrained": "embedded", "weights": str(TEACHER_DIR / CHECKPOINT_NAME),
-                      "found_in": "trained", "sha256": clip.sha256_of(ckpt), "trust_checkpoint": False,
-                      "classes": list(scenes.classes), "heldout_salient_top1": top1}
+        descriptor = save_embedded_teacher(model, name, scenes.classes, tmp / CHECKPOINT_NAME,
+                                           str(TEACHER_DIR / CHECKPOINT_NAME), top1)
         write_json(tmp / TEACHER_DESCRIPTOR.name, descriptor)
     clear_work_dir("teacher")
     return descriptor
-
-
-def heldout_salient_top1(model, tokenizer, scenes: SceneConfig, seed: int, n: int = 256) -> float:
-    pool = make_scene_pool(n, scenes, seed, stream=HELDOUT_STREAM)
-    with torch.inference_mode():
-        text = clip.encode_classes(model, tokenizer, scenes.classes)
-        x = clip.normalize_images(torch.from_numpy(pool.images).permute(0, 3, 1, 2), model)
-        z = clip.scores_to_logits(clip.encode_images(model, x), text, clip.logit_scale_of(model))
-    salient = np.array([c[0] for c in pool.object_classes])
-    return float((z.argmax(1).numpy() == salient).mean())
-

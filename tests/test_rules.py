@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import rules as R
+from pipeline.settings import NO_RULE, RuleSettings
 
 
 def test_plmcl_update_by_hand():
@@ -43,7 +44,7 @@ def test_rule_loss_large_loss_ignores_rejected_entries():
     logits = torch.tensor([[3.0, -3.0, 0.0]])
     targets = torch.tensor([[0.0, 1.0, 1.0]])  # entries 0 and 1 are confidently wrong: large losses
     known = torch.tensor([[False, False, True]])
-    rule = R.RuleSettings("large_loss", ll_delta=30.0, ll_max_rate=1.0)  # 30 % more per epoch
+    rule = RuleSettings("large_loss", ll_delta=30.0, ll_max_rate=1.0)  # 30 % more per epoch
     per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")[0]
     assert R.rule_loss(logits, targets, known, rule, epoch=0).item() == pytest.approx(per.mean().item())
     # epoch 1: rate 0.3 → ⌈0.3 · 3⌉ = 1 entry: the larger of entries 0, 1 (equal losses → one of them) rejected
@@ -52,7 +53,7 @@ def test_rule_loss_large_loss_ignores_rejected_entries():
 
 def test_no_rule_is_plain_bce():
     logits, targets = torch.randn(4, 3), torch.rand(4, 3)
-    got = R.rule_loss(logits, targets, torch.zeros(4, 3, dtype=torch.bool), R.NO_RULE, 3)
+    got = R.rule_loss(logits, targets, torch.zeros(4, 3, dtype=torch.bool), NO_RULE, 3)
     assert torch.equal(got, F.binary_cross_entropy_with_logits(logits, targets))
 
 
@@ -71,7 +72,7 @@ def test_known_labels_never_overwritten_by_updates():
     known = np.array([[True, False], [False, True]])
     p = np.array([[0.1, 0.9], [0.9, 0.1]])
     for name in ("plmcl", "g2netpl"):
-        new = R.update_pseudo_labels(y, y, p, known, R.RuleSettings(name))
+        new = R.update_pseudo_labels(y, y, p, known, RuleSettings(name))
         assert new[0, 0] == 0.9 and new[1, 1] == 0.6 and new[0, 1] != 0.2 and new[1, 0] != 0.4
     with pytest.raises(ValueError, match="rule must be one of"):
-        R.RuleSettings("nope")
+        RuleSettings("nope")

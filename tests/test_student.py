@@ -4,20 +4,20 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.adapter import adapter_for
+from pipeline.adapter import FrozenTowerClassifier, adapter_for
 from pipeline.images import ResizedImages
-from pipeline.report import render_report
-from pipeline.rules import RULES, RuleSettings
-from pipeline.student import (
-    StudentTraining,
-    adapter_module,
-    augment,
-    frozen_tower_checkpoint,
+from pipeline.models import (
+    AdapterSpec,
+    FrozenTowerSpec,
+    NoModel,
+    SmallCNNSpec,
+    load_checkpoint,
     load_student,
-    predict_paths,
-    small_cnn_checkpoint,
-    train_small_cnn,
+    save_checkpoint,
 )
+from pipeline.report import render_report
+from pipeline.settings import RULES, RuleSettings
+from pipeline.student import StudentTraining, augment, predict_paths, train_small_cnn
 from stages.cli import app
 from tests.conftest import TINY_MODEL
 
@@ -47,14 +47,27 @@ def _images(tmp_path, n=6):
 def test_frozen_tower_student_roundtrip(tmp_path, tiny_model):
     torch.manual_seed(0)
     adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2).eval()
-    ckpt = {"adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(), "image_size": 32,
-            "classes": ["a", "b", "c"], "backbone": {"model": TINY_MODEL, "sha256": "x"}}
+    spec = AdapterSpec(adapter.cfg, 32, ["a", "b", "c"], {"model": TINY_MODEL, "sha256": "x"})
     paths = _images(tmp_path)
-    direct = predict_paths(adapter_module(ckpt, tiny_model), 32, paths, batch_size=4)
-    torch.save(frozen_tower_checkpoint(ckpt, tiny_model), tmp_path / "student.pt")
-    module, classes, size = load_student(tmp_path / "student.pt")  # weights_only load
+    direct = predict_paths(FrozenTowerClassifier(tiny_model, adapter, 32), 32, paths, batch_size=4)
+    save_checkpoint(tmp_path / "adapter.pt", spec, adapter)
+    loaded_spec, loaded = load_checkpoint(tmp_path / "adapter.pt", backbone=tiny_model)  # weights_only load
+    assert loaded_spec == spec
+    assert np.allclose(predict_paths(loaded, 32, paths, batch_size=3), direct, atol=1e-5)
+    save_checkpoint(tmp_path / "student.pt", FrozenTowerSpec.from_adapter(loaded_spec), loaded)
+    module, classes, size = load_student(tmp_path / "student.pt")  # the tower's weights travel with it
     assert classes == ["a", "b", "c"] and size == 32
     assert np.allclose(predict_paths(module, size, paths, batch_size=3), direct, atol=1e-5)
+
+
+def test_checkpoint_kinds_and_refusals(tmp_path):
+    save_checkpoint(tmp_path / "none.pt", NoModel("dataset has no ground truth"))
+    assert load_checkpoint(tmp_path / "none.pt") == (NoModel("dataset has no ground truth"), None)
+    with pytest.raises(ValueError, match="unknown student kind 'none'"):
+        load_student(tmp_path / "none.pt")
+    torch.save({"kind": "mystery"}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="unknown model kind 'mystery'"):
+        load_checkpoint(tmp_path / "odd.pt")
 
 
 def test_small_cnn_learns_and_roundtrips(tmp_path):
@@ -66,7 +79,7 @@ def test_small_cnn_learns_and_roundtrips(tmp_path):
     model = train_small_cnn(ResizedImages(paths, 16), targets, 16, StudentTraining(epochs=30, batch_size=4, width=4),
                             on_step=lambda s, loss: losses.append(loss))
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
-    torch.save(small_cnn_checkpoint(model, ["a", "b"]), tmp_path / "cnn.pt")
+    save_checkpoint(tmp_path / "cnn.pt", SmallCNNSpec(2, 4, 16, ["a", "b"]), model)
     module, classes, size = load_student(tmp_path / "cnn.pt")
     assert size == 16 and classes == ["a", "b"]
     assert np.allclose(predict_paths(module, 16, paths), predict_paths(model, 16, paths), atol=1e-6)
@@ -161,8 +174,7 @@ def test_vit_tower_patch_tokens_feed_the_adapter():
     vit = create_model("mlpl-tiny-vit")
     adapter = adapter_for(vit, 3, 32, hidden=16, heads=2).eval()
     assert adapter.cfg.grid == (4, 4)  # 32 px / 8 px patches
-    out = adapter_module({"adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(),
-                          "image_size": 32}, vit)(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    out = FrozenTowerClassifier(vit, adapter, 32)(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
     assert out.shape == (2, 3)
     with pytest.raises(ValueError, match="sew.image_size"):
         adapter_for(vit, 3, 64)
@@ -171,9 +183,8 @@ def test_vit_tower_patch_tokens_feed_the_adapter():
 def _student(tmp_path, tiny_model):
     torch.manual_seed(0)
     adapter = adapter_for(tiny_model, 2, 32, hidden=16, heads=2).eval()
-    ckpt = {"adapter_config": adapter.cfg.to_dict(), "state_dict": adapter.state_dict(), "image_size": 32,
-            "classes": ["a", "b"], "backbone": {"model": TINY_MODEL, "sha256": "x"}}
-    torch.save(frozen_tower_checkpoint(ckpt, tiny_model), tmp_path / "student.pt")
+    spec = FrozenTowerSpec(TINY_MODEL, "x", adapter.cfg, 32, ["a", "b"])
+    save_checkpoint(tmp_path / "student.pt", spec, FrozenTowerClassifier(tiny_model, adapter, 32))
     return tmp_path / "student.pt"
 
 

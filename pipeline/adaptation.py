@@ -1,0 +1,98 @@
+"""Training the adapter on composites of the train split: the one body of the `sew` stage (its labels
+are the corrected pseudo labels, refined by EM) and of the `ceiling` stage (the true labels, the same
+composites: the "fully supervised" row of every paper table). TailorCLIP §3.3.2–§3.5, Algorithm 1; the
+composites and the EM are in pipeline.sew, the adapter in pipeline.adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from pipeline import clip
+from pipeline.adapter import Adapter, adapter_for
+from pipeline.cut import best_view_boxes
+from pipeline.logits import sigmoid
+from pipeline.models import AdapterSpec
+from pipeline.progress import progress_bar
+from pipeline.resume import Checkpointer, fingerprint
+from pipeline.settings import NO_RULE, AdapterOptions, RuleSettings, SewSettings
+from pipeline.sew import SewDataset, overlay_pool, overlay_pool_pairs, train_adapter_em
+from pipeline.storage import Table, manifest_paths, open_store, read_json
+
+
+@dataclass(frozen=True)
+class TrainSplit:
+    """What adapter training reads about the train images, in manifest order."""
+
+    rows: np.ndarray  # their rows in the manifest
+    image_ids: list[str]
+    paths: list[str]
+    classes: list[str]
+    z0: np.ndarray  # [N, C] CLIP's global logits: the overlay pool ranks by them (eq. 10)
+    host_boxes: np.ndarray | None  # [N, C, 4] each class's best-scoring view, where overlays avoid
+
+
+def read_train_split(manifest: str | Path, initial: str | Path, scores: str | Path, with_boxes: bool) -> TrainSplit:
+    """The train split of the manifest, its z⁰ from the initial label table and (with_boxes) the box of
+    the best-scoring local view of every class from the score store."""
+    table = Table(manifest)
+    train = table.column("split") == "train"
+    boxes = None
+    if with_boxes:
+        store = open_store(scores, required=("local", "crops", "boxes"))
+        boxes = best_view_boxes(*(np.asarray(store[name][:], dtype=np.float32)
+                                  for name in ("local", "crops", "boxes")))[train]
+    return TrainSplit(np.flatnonzero(train), list(table.column("image_id")[train]),
+                      list(manifest_paths(table)[train]), list(table.classes), Table(initial).column("z0")[train],
+                      boxes)
+
+
+def backbone_descriptor(model: str, pretrained: str, trust_checkpoint: bool, teacher_descriptor: str | Path) -> dict:
+    """The frozen tower the adapter trains on: the teacher's (`model: teacher`, the default) or a model of
+    its own, as the papers score with RN50x64 and adapt RN101."""
+    if model == "teacher":
+        return read_json(teacher_descriptor)
+    return clip.describe(model, pretrained, trust_checkpoint)
+
+
+def needs_host_boxes(settings: SewSettings) -> bool:
+    """Overlay placement or hidden host labels read where each class most likely is."""
+    return settings.placement_tries > 1 or settings.cover_limit < 1
+
+
+def fit_adapter(model: nn.Module, descriptor: dict, split: TrainSplit, targets: np.ndarray, frozen: np.ndarray,
+                settings: SewSettings, options: AdapterOptions, image_size: int, work_dir: str | Path, desc: str,
+                rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
+                num_workers: int = 0) -> tuple[AdapterSpec, Adapter, np.ndarray]:
+    """Train an adapter on `model`'s frozen tower (described by `descriptor`) with composites of the split.
+
+    targets [N, C]: label logits of the train images; frozen [N, C]: entries EM keeps (known labels).
+    Resumes from a checkpoint in `work_dir` left by the same run; shows progress as `desc`.
+    Returns (the adapter's spec, the adapter, refined Z [N, C]).
+    """
+    torch.manual_seed(settings.seed)
+    adapter = adapter_for(model, len(split.classes), image_size, **asdict(options))
+    k = settings.pool_size(len(split.paths), len(split.classes))
+    pool = overlay_pool_pairs(split.z0, k) if settings.overlay_label == "pooled" else overlay_pool(split.z0, k)
+    dataset = SewDataset(split.paths, image_size, pool, settings, split.host_boxes,
+                         sigmoid(targets).astype(np.float32))
+    steps = settings.epochs * max(1, len(dataset) // settings.batch_size)
+    bar = progress_bar(total=steps, desc=desc, unit="step")
+
+    def on_step(epoch: int, step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", refresh=False)
+
+    run_id = fingerprint(asdict(settings), asdict(rule), adapter.cfg.to_dict(), image_size, descriptor,
+                         targets, frozen, split.z0, split.image_ids)
+    refined = train_adapter_em(model.visual, clip.normalizer_of(model), adapter, dataset, targets, frozen, settings,
+                               num_workers=num_workers, on_step=on_step, rule=rule, weights=weights,
+                               checkpointer=Checkpointer(work_dir, run_id, log=tqdm.write))
+    bar.close()
+    return AdapterSpec(adapter.cfg, image_size, split.classes, descriptor), adapter, refined
