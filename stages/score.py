@@ -13,22 +13,14 @@ must be on a filesystem all of them see; rank 0 creates the store and moves the 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import sys
-from collections.abc import Iterator
-from datetime import timedelta
 
 from pipeline import clip
 from pipeline.cut import CROP_PLACEMENTS, CutSettings
-from pipeline.scoring import PRECISIONS, STORE_NAME, ScoreJob, Workers, score_to_store
+from pipeline.scoring import PRECISIONS, STORE_NAME, ScoreJob, score_to_store, torchrun_workers
 from pipeline.storage import Table, manifest_paths, read_json, replace_path
 from stages.common import MANIFEST, SCORES, SCORES_WORK, TEACHER_DESCRIPTOR, Params
-
-# Ranks wait at barriers while the slowest finishes its shards (hours on CPUs for a big dataset); a dead
-# rank does not leave the others waiting this long, torchrun tears the whole group down.
-BARRIER_TIMEOUT = timedelta(days=7)
 
 
 def cut_settings(p: Params) -> CutSettings:
@@ -51,25 +43,6 @@ def score_job(p: Params) -> ScoreJob:
                     num_workers=p.get("num_workers", int, lo=0),
                     batch_views=None if batch_views == "auto" else batch_views,
                     precision=p.get("precision", str, default="auto", choices=PRECISIONS), device=device)
-
-
-@contextlib.contextmanager
-def torchrun_workers() -> Iterator[Workers]:
-    """This process's Workers from torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK); one worker without.
-
-    gloo serves CPU and GPU nodes alike: the ranks only synchronise at barriers, no tensors travel.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        yield Workers()
-        return
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
-    try:
-        yield Workers(rank=dist.get_rank(), world=dist.get_world_size(),
-                      local_rank=int(os.environ.get("LOCAL_RANK", "0")), barrier=dist.barrier)
-    finally:
-        dist.destroy_process_group()
 
 
 def check(params: Params) -> tuple[ScoreJob, list[str]]:

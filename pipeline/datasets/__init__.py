@@ -1,0 +1,79 @@
+"""Datasets: each `dataset.format` is one reader, turning a dataset into the manifest columns of DESIGN.md §4.
+
+- `pipeline.datasets.registry`: the readers by format (`register_reader`, `reader_for`, `create_reader`);
+- `embedded`: the seeded scene benchmark, rendered (pipeline.scenes);
+- `folder`: a directory of images plus a CSV or Parquet table (`image`, `labels`, optional `split`);
+- `voc`, `coco`, `nuswide`: the datasets' own on-disk layouts (see each reader);
+- `pipeline.datasets.checks`: the row checks every importer applies, the image check after importing;
+- `pipeline.datasets.issues`: the issue report (reports/data_issues.parquet).
+
+Bad rows never stop an import: a path escaping the root, a repeated image id, a label of an unknown class,
+an unusable annotation or an absent file excludes that row and becomes an `Issue` (a row of
+reports/data_issues.parquet). `check_images` then decodes every kept image as the later stages will.
+Only problems with the dataset as a whole (no such directory, an unreadable labels table, a bad split value,
+a label file of the wrong length) raise DataError, naming the file and the key.
+"""
+
+# The readers register in import order, which is the order of FORMATS (and of the error naming them).
+# isort: off
+from pipeline.datasets import embedded, folder, voc, coco, nuswide  # noqa: F401
+# isort: on
+from pipeline.datasets.checks import (
+    ON_BAD_INPUT,
+    CheckedImport,
+    ImportedDataset,
+    InputChecks,
+    check_images,
+    check_import,
+    in_place_note,
+    no_positive_issues,
+)
+from pipeline.datasets.coco import read_coco
+from pipeline.datasets.embedded import DATASET_STREAM, RenderedScenes, render_scenes
+from pipeline.datasets.folder import read_folder
+from pipeline.datasets.issues import (
+    ACTIONS,
+    ISSUE_KINDS,
+    ISSUE_SCHEMA,
+    ROW_FAULTS,
+    Issue,
+    issue_summary,
+    issues_table,
+)
+from pipeline.datasets.nuswide import read_nuswide
+from pipeline.datasets.registry import READERS, Reader, create_reader, formats, reader_for, register_reader
+from pipeline.datasets.voc import VOC_CLASSES, read_voc
+
+FORMATS = formats()
+
+__all__ = [
+    "ACTIONS",
+    "DATASET_STREAM",
+    "FORMATS",
+    "ISSUE_KINDS",
+    "ISSUE_SCHEMA",
+    "ON_BAD_INPUT",
+    "READERS",
+    "ROW_FAULTS",
+    "VOC_CLASSES",
+    "CheckedImport",
+    "ImportedDataset",
+    "InputChecks",
+    "Issue",
+    "Reader",
+    "RenderedScenes",
+    "check_images",
+    "check_import",
+    "create_reader",
+    "in_place_note",
+    "issue_summary",
+    "issues_table",
+    "no_positive_issues",
+    "read_coco",
+    "read_folder",
+    "read_nuswide",
+    "read_voc",
+    "reader_for",
+    "register_reader",
+    "render_scenes",
+]
