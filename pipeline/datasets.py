@@ -1,4 +1,4 @@
-"""Dataset importers: each turns a dataset on disk into the manifest columns of DESIGN.md §4.
+"""Dataset importers: each turns a dataset on disk into the manifest columns of docs/design.md#data-formats.
 
 `folder`: a directory of images plus a CSV or Parquet table with columns `image` (path relative to the
 root), `labels` (class names separated by `;`, empty for none) and optionally `split` (train/test).

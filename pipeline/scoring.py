@@ -5,7 +5,7 @@ scored whole, written whole, then marked done by an empty file in `done/`; a rer
 Batches never cross a shard boundary, so a resumed run sees exactly the batches an uninterrupted one
 does and writes byte-identical arrays.
 
-Speed (DESIGN.md §7): each image is decoded once in DataLoader workers and all its views are cut from the
+Speed (docs/design.md#scale): each image is decoded once in DataLoader workers and all its views are cut from the
 decoded tensor; the views of up to `batch_images` images go through the tower together, in forwards of at
 most `batch_views` views (sized for the device); `inference_mode`, channels-last, autocast where the
 hardware computes in bf16/fp16 natively; text embeddings are computed once by the caller; a background
