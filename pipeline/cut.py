@@ -1,5 +1,5 @@
 """The cut stage: views of an image (global, K-tile grid, M random crops) and the estimators that fuse
-their scores into initial pseudo labels (TailorCLIP §3.2 eq. 7, CDUL's global-local aggregator, `000_…`).
+their scores into initial pseudo labels (TailorCLIP §3.2 eq. 7 and CDUL: docs/references.md#tailorclip, #cdul).
 
 Two departures from the authors, each a setting whose paper value stays selectable (configs/paper.yaml):
 crops are placed by a uniform centre rather than a uniform corner (CROP_PLACEMENTS), and eq. 7 may fuse

@@ -1,4 +1,4 @@
-"""Multi-label metrics (DESIGN.md §5 Evaluate). Scores are any monotone confidences (logits or probs)."""
+"""Multi-label metrics (docs/design.md#evaluate). Scores are any monotone confidences (logits or probs)."""
 
 from __future__ import annotations
 

@@ -3,19 +3,20 @@
 Each rule is a named option; known labels are never changed by any of them and always supervise
 (partial BCE: the loss over known entries plus the pseudo-labelled rest).
 - `none`: pseudo labels as given (TailorCLIP's EM moves them in `sew`).
-- `plmcl` (PLMCL, `000_…` §III.A): soft pseudo labels follow the network with momentum and velocity
-  damping, once per epoch: ŷ(t+1) = clip(ŷ(t) + η(p(t) − ŷ(t)) + (α − β)·v(t)), v(t) = ŷ(t) − ŷ(t−1).
+- `plmcl` (PLMCL, docs/references.md#plmcl; Singh & Ahmad §III.A): soft pseudo labels follow the
+  network with momentum and velocity damping, once per epoch:
+  ŷ(t+1) = clip(ŷ(t) + η(p(t) − ŷ(t)) + (α − β)·v(t)), v(t) = ŷ(t) − ŷ(t−1).
   The paper's update has only the momentum and velocity terms (both on v, so it never moves from
   rest); the pull η(p − ŷ) is its "alignment with network predictions" made explicit.
-- `g2netpl` (G2NetPL, `000_…` §III.B): the pseudo-label player descends
+- `g2netpl` (G2NetPL, docs/references.md#g2netpl; Singh & Ahmad §III.B): the pseudo-label player descends
   Φ(ŷ) = H(ŷ) + η·KL(ŷ ‖ p): entropy pushes labels to 0/1, the KL term keeps them near the network's
   prediction p. dΦ/dŷ = −S⁻¹(ŷ) + η(S⁻¹(ŷ) − S⁻¹(p)); for η > 1 the fixed point is the sharpened
   S⁻¹(ŷ) = η/(η − 1)·S⁻¹(p).
-- `large_loss` (LL-R, Kim et al. 2022, eq. 5 and the authors' code): in every batch the unknown entries
+- `large_loss` (LL-R, docs/references.md#large-loss, eq. 5 and the authors' code): in every batch the unknown entries
   with the largest losses are rejected (weight 0): k = ⌈rate · B · C⌉ of them, counted over the whole
   batch as the reference code does, with rate = `delta` % per epoch from 0 (the reference's `delta_rel`
   is in percent and divided by 100), capped at `max_rate`.
-- `label_distribution` (MulSupConLD, `004_…`): each image's positives get weights from a label
+- `label_distribution` (MulSupConLD, docs/references.md#mulsupconld): each image's positives get weights from a label
   distribution recovered with an RBF kernel on the cosine distance between the image embedding and the
   class text embeddings, scaled so an image's positive weights average 1; negatives keep weight 1.
 """

@@ -2,7 +2,7 @@
 
 Each scene has one large salient object and 0..max_small small objects of other classes that never
 overlap it, on a smooth textured background with faint noise. Colours are random, shapes are never
-rotated: a clean world in which a small CLIP-style model learns fast (DESIGN.md §6).
+rotated: a clean world in which a small CLIP-style model learns fast (docs/design.md#the-embedded-benchmark).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Storage formats (DESIGN.md §4): Parquet label tables, the sharded Zarr score store, atomic outputs.
+"""Storage formats (docs/design.md#data-formats): Parquet label tables, the sharded Zarr score store, atomic outputs.
 
 Tables: one row per image, `image_id`, `split`, and one `fixed_size_list<float32|int8>[C]` column per
 quantity, class names as JSON in the schema metadata, so pandas/polars/duckdb read them without us.

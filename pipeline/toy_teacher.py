@@ -2,8 +2,8 @@
 
 The teacher sees scenes captioned like web alt-text: a full scene is captioned by its salient object
 only. Web photos are framed in every way, so a share of the training views are random crops captioned
-by the object that dominates the crop (DESIGN.md §6: without them the teacher is confidently wrong on
-the zoomed-in views the cut stage shows it). Views of pure background are never captioned.
+by the object that dominates the crop (docs/design.md#the-embedded-benchmark: without them the teacher
+is confidently wrong on the zoomed-in views the cut stage shows it). Views of pure background are never captioned.
 """
 
 from __future__ import annotations

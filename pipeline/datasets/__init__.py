@@ -1,4 +1,5 @@
-"""Datasets: each `dataset.format` is one reader, turning a dataset into the manifest columns of DESIGN.md §4.
+"""Datasets: each `dataset.format` is one reader, turning a dataset into the manifest columns of
+docs/design.md#data-formats.
 
 - `pipeline.datasets.registry`: the readers by format (`register_reader`, `reader_for`, `create_reader`);
 - `embedded`: the seeded scene benchmark, rendered (pipeline.scenes);

@@ -4,7 +4,7 @@ These decide only speed (and floating-point rounding): which device, whether to 
 how many views go through one forward and how many images one loader batch holds. What they resolve to
 is recorded in the store attributes and its fingerprint (pipeline.scoring.loop), so a resumed run never
 mixes shards computed under other rules. Kept apart from the loop so benchmarks and tests can ask what
-a machine would use without scoring anything (DESIGN.md §7, docs/scaling.md).
+a machine would use without scoring anything (docs/design.md#scale, docs/scaling.md).
 """
 
 from __future__ import annotations
