@@ -102,11 +102,12 @@ def summary_lines(m: dict) -> list[str]:
 def run_summary(params: Mapping, score_attrs: Mapping, manifest_metadata: Mapping, mlpl_version: str) -> dict:
     """What the report says about a run: the settings a reader asks first, where the scores came from,
     and every param (`params`: the params file as a dict)."""
-    p = params
+    p, s = params, params["sew"]
     summary = {"labels known (ratio)": p.get("ratio"), "estimator (init.views)": p["init"].get("views"),
                "correction": f"{p['correct']['method']} on top-{p['correct']['beta']} of {p['correct']['source']}, "
                              f"calibration {p['correct'].get('calibration', 'none')}",
-               "sewing": f"L={p['sew']['L']}, p={p['sew']['p']}, q={p['sew']['q']}, E-step {p['sew'].get('e_step')}",
+               "sewing": f"L={s.get('max_overlays')}, p={s.get('overlay_prob')}, q={s.get('overlay_side')}, "
+                         f"E-step {s.get('e_step')}",
                "partial-label rule": p.get("rule"), "student": p["distill"]["student"]}
     a = score_attrs
     provenance = {"mlpl": mlpl_version, "teacher": f"{a.get('model')} ({a.get('pretrained')})",

@@ -194,13 +194,13 @@ class SewDataset(Dataset):
     def composite(self, i: int) -> Composite:
         s = self.settings
         rng = np.random.default_rng(np.random.SeedSequence([s.seed, self.epoch, i]))
-        n = overlay_count(rng, s.p, s.max_overlays)
+        n = overlay_count(rng, s.overlay_prob, s.max_overlays)
         picks = self.pool[rng.choice(len(self.pool), size=n, replace=True)] if n and len(self.pool) else []
         hidden = torch.zeros(0 if self.host_boxes is None else self.host_boxes.shape[1], dtype=torch.bool)
         if len(picks):
             boxes = None if self.host_boxes is None else self.host_boxes[i]
             weights = None if self.host_weights is None else self.host_weights[i]
-            image, rects = sew(self.load(i), [self.load(int(j)) for j, _ in picks], rng, s.q, boxes, weights,
+            image, rects = sew(self.load(i), [self.load(int(j)) for j, _ in picks], rng, s.overlay_side, boxes, weights,
                                s.placement_tries, s.paste)
             if boxes is not None:
                 cover = np.zeros(len(boxes))

@@ -9,6 +9,7 @@ from pipeline import clip
 from pipeline.adaptation import backbone_descriptor, fit_adapter, needs_host_boxes, read_train_split
 from pipeline.correct import NEGATIVE_LOGIT, POSITIVE_LOGIT
 from pipeline.models import NoModel, save_checkpoint
+from pipeline.settings import AdapterOptions, SewSettings
 from pipeline.storage import Table
 from stages.common import (
     CEILING,
@@ -17,10 +18,8 @@ from stages.common import (
     SCORES,
     TEACHER_DESCRIPTOR,
     Params,
-    adapter_options,
     backbone_params,
     clear_work_dir,
-    sew_settings,
     work_dir,
 )
 
@@ -32,12 +31,12 @@ def run(params: Params) -> None:
         print("no ground truth: no supervised ceiling")
         return
     p = params.section("sew")  # the sew stage's composites and adapter, on true labels
-    settings = sew_settings(p)
+    settings = p.build(SewSettings)
     split = read_train_split(MANIFEST, INITIAL, SCORES, needs_host_boxes(settings))
     truth = np.where(manifest.column("labels")[split.rows] > 0, POSITIVE_LOGIT, NEGATIVE_LOGIT).astype(np.float32)
     descriptor = backbone_descriptor(*backbone_params(p), TEACHER_DESCRIPTOR)
     spec, adapter, _ = fit_adapter(clip.load_described(descriptor), descriptor, split, truth,
-                                   np.ones(truth.shape, bool), settings, adapter_options(p),
+                                   np.ones(truth.shape, bool), settings, p.section("adapter").build(AdapterOptions),
                                    p.get("image_size", int, lo=8), work_dir("ceiling"), "ceiling",
                                    num_workers=p.get("num_workers", int, lo=0))
     save_checkpoint(CEILING, spec, adapter)

@@ -4,15 +4,17 @@ the adapter; sew and distill: the partial-label rule)."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import shutil
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from pipeline.scenes import SceneConfig
-from pipeline.settings import E_STEPS, OVERLAY_LABELS, PASTES, RULES, AdapterOptions, RuleSettings, SewSettings
+from pipeline.settings import Settings, allowed_text, field_types, value_ok
 
 PARAMS_FILE = Path("params.yaml")
 DATA = Path("data")
@@ -57,6 +59,9 @@ REPORT = REPORTS / "report.html"
 
 class ParamsError(ValueError):
     pass
+
+
+S = TypeVar("S", bound=Settings)
 
 
 class ParamsAudit:
@@ -203,6 +208,68 @@ class Params:
             return self.fail(name, f"must be {allowed}, got {value!r}", stand_in)
         return value
 
+    def build(self, cls: type[S]) -> S:
+        """The settings dataclass `cls` (pipeline.settings) from this view: each field read under its
+        params key (the field's name, or `cls.PARAMS_KEYS[name]` relative to this view) and checked
+        against its type and metadata, so the dataclass is the one definition of the section. An absent
+        key takes the field's default; a deprecated key (`cls.DEPRECATED`) still works, with a warning.
+        While auditing, every bad key is collected and the result built from stand-ins."""
+        keys = getattr(cls, "PARAMS_KEYS", {})
+        types_of = field_types(cls)
+        values, bad = {}, False
+        for f in dataclasses.fields(cls):
+            key = keys.get(f.name, f.name)
+            old = next((o for o, new in cls.DEPRECATED.items() if new == f.name and self._has(o)), None)
+            if old is not None:
+                if self._has(key):
+                    values[f.name] = self.fail(old, f"is the old name of '{self._key(key)}': keep one of them",
+                                               f.default)
+                    bad = True
+                    continue
+                warnings.warn(f"{self._source}: '{self._key(old)}' is deprecated, write '{self._key(key)}'",
+                              FutureWarning, stacklevel=2)
+                key = old
+            if not self._has(key):
+                values[f.name] = f.default
+                continue
+            kinds = types_of[f.name]
+            raw = self._raw(key)
+            if f.metadata.get("auto") and raw == "auto":
+                values[f.name] = None
+                continue
+            kind = kinds[0] if len(kinds) == 1 else kinds
+            before = len(self._audit.errors) if self._audit is not None else 0
+            value = self.get(key, kind)
+            if self._audit is not None and len(self._audit.errors) > before:
+                values[f.name], bad = f.default, True
+                continue
+            if not value_ok(f.metadata, value):
+                auto = " or auto" if f.metadata.get("auto") else ""
+                near = difflib.get_close_matches(str(value), [str(c) for c in f.metadata.get("choices", ())], n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                value = self.fail(key, f"must be {allowed_text(f.metadata)}{auto}, got {value!r}{hint}", f.default)
+                bad = True
+            values[f.name] = value
+        if bad:
+            return cls()
+        try:
+            return cls(**values)
+        except ValueError as e:  # a relation between fields
+            return self._relation(cls, e)
+
+    def _relation(self, cls: type[S], error: ValueError) -> S:
+        if self._audit is None:
+            raise ParamsError(f"{self._source}: {error}") from None
+        self._audit.errors.append(f"{self._source}: {error}")
+        return cls()
+
+    def _has(self, name: str) -> bool:
+        try:
+            self._node(name)
+            return True
+        except ParamsError:
+            return False
+
     def path(self, name: str, kind: str = "file") -> str:
         """A path param that must exist now (kind: file or dir), so a typo fails before any compute."""
         value = self.get(name, str)
@@ -252,49 +319,7 @@ def scene_config(p: Params) -> SceneConfig:
                        max_small=p.get("max_small", int, lo=0, hi=5))
 
 
-def sew_settings(p: Params) -> SewSettings:
-    """The composites and EM of section `sew` (read by the sew and ceiling stages)."""
-    k = p.get("k", (int, str))
-    if k != "auto" and (isinstance(k, str) or k < 1):
-        k = p.fail("k", f"must be auto or an int >= 1, got {k!r}", "auto")
-    d = SewSettings()
-    return SewSettings(p=p.get("p", float, lo=0.0, hi=1.0), q=p.get("q", float, lo=0.0, hi=1.0),
-                       max_overlays=p.get("L", int, lo=0), pool_k=None if k == "auto" else k,
-                       pool_share=p.get("pool_share", float, lo=0.0, hi=1.0, default=d.pool_share),
-                       overlay_label=p.get("overlay_label", str, choices=OVERLAY_LABELS, default=d.overlay_label),
-                       paste=p.get("paste", str, choices=PASTES, default=d.paste),
-                       placement_tries=p.get("placement_tries", int, lo=1, default=d.placement_tries),
-                       cover_limit=p.get("cover_limit", float, lo=0.0, hi=1.0, default=d.cover_limit),
-                       e_step=p.get("e_step", str, choices=E_STEPS, default=d.e_step),
-                       e_weight=p.get("e_weight", float, lo=0.0, hi=1.0, default=d.e_weight),
-                       e_rounds=p.get("e_rounds", int, lo=1, default=d.e_rounds),
-                       epochs=p.get("epochs", int, lo=1),
-                       batch_size=p.get("batch_size", int, lo=2), lr=p.get("lr", float, lo=0.0),
-                       estimator_lr=p.get("estimator_lr", float, lo=0.0),
-                       weight_decay=p.get("weight_decay", float, lo=0.0, default=d.weight_decay),
-                       seed=p.get("seed", int))
-
-
-def adapter_options(p: Params) -> AdapterOptions:
-    """`sew.adapter`: the adapter's size."""
-    a = p.section("adapter")
-    return AdapterOptions(hidden=a.get("hidden", int, lo=1), layers=a.get("layers", int, lo=1),
-                          heads=a.get("heads", int, lo=1), residual=a.get("residual", float, lo=0.0, hi=1.0))
-
-
 def backbone_params(p: Params) -> tuple[str, str, bool]:
     """`sew.backbone`: (model, pretrained, trust_checkpoint) of the frozen tower the adapter trains on."""
     b = p.section("backbone")
     return b.get("model", str), b.get("pretrained", str), b.get("trust_checkpoint", bool, default=False)
-
-
-def rule_settings(params: Params) -> RuleSettings:
-    """The partial-label training rule (top-level `rule`) with the constants of its own section."""
-    name = params.get("rule", str, choices=RULES)
-    pl, g2, ll, ld = (params.section(k) for k in ("plmcl", "g2netpl", "large_loss", "label_distribution"))
-    return RuleSettings(
-        name=name, plmcl_eta=pl.get("eta", float, lo=0.0, hi=1.0), plmcl_alpha=pl.get("alpha", float, lo=0.0, hi=1.0),
-        plmcl_beta=pl.get("beta", float, lo=0.0, hi=1.0), g2netpl_eta=g2.get("eta", float, lo=0.0),
-        g2netpl_lr=g2.get("lr", float, lo=0.0), g2netpl_steps=g2.get("steps", int, lo=0),
-        ll_delta=ll.get("delta", float, lo=0.0, hi=100.0), ll_max_rate=ll.get("max_rate", float, lo=0.0, hi=1.0),
-        ld_sigma=ld.get("sigma", float, lo=1e-6))

@@ -15,7 +15,8 @@ from pipeline.images import ResizedImages
 from pipeline.models import STUDENT_KINDS, SmallCNNSpec, save_checkpoint, student_of_adapter, write_checkpoint
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
-from pipeline.rules import RuleSettings, rule_weights
+from pipeline.rules import rule_weights
+from pipeline.settings import RuleSettings
 from pipeline.storage import Table, manifest_paths
 from pipeline.student import StudentTraining, train_small_cnn
 from stages.common import (
@@ -27,7 +28,6 @@ from stages.common import (
     STUDENT,
     Params,
     clear_work_dir,
-    rule_settings,
     work_dir,
 )
 
@@ -38,7 +38,8 @@ def check(params: Params) -> tuple[str, StudentTraining, int, RuleSettings]:
     training = StudentTraining(epochs=c.get("epochs", int, lo=1), batch_size=c.get("batch_size", int, lo=2),
                                lr=c.get("lr", float, lo=0.0), consistency=c.get("consistency", float, lo=0.0),
                                width=c.get("width", int, lo=1), seed=c.get("seed", int))
-    return p.get("student", str, choices=STUDENT_KINDS), training, c.get("image_size", int, lo=8), rule_settings(params)
+    return (p.get("student", str, choices=STUDENT_KINDS), training, c.get("image_size", int, lo=8),
+            params.build(RuleSettings))
 
 
 def run(params: Params) -> None:

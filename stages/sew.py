@@ -7,6 +7,7 @@ from pipeline import clip
 from pipeline.adaptation import backbone_descriptor, fit_adapter, needs_host_boxes, read_train_split
 from pipeline.models import save_checkpoint
 from pipeline.rules import rule_weights
+from pipeline.settings import AdapterOptions, RuleSettings, SewSettings
 from pipeline.storage import Table, write_table
 from stages.common import (
     ADAPTER,
@@ -18,38 +19,35 @@ from stages.common import (
     SCORES,
     TEACHER_DESCRIPTOR,
     Params,
-    adapter_options,
     backbone_params,
     clear_work_dir,
     resolve_weights,
-    rule_settings,
-    sew_settings,
     work_dir,
 )
 
 
-def check(params: Params) -> None:
+def check(params: Params) -> tuple[SewSettings, AdapterOptions, RuleSettings]:
     p = params.section("sew")
-    sew_settings(p), adapter_options(p), rule_settings(params)
+    settings = p.build(SewSettings), p.section("adapter").build(AdapterOptions), params.build(RuleSettings)
     p.get("image_size", int, lo=8), p.get("num_workers", int, lo=0)
     b = p.section("backbone")
     pretrained = b.get("pretrained", str)
     b.get("trust_checkpoint", bool, default=False)
     if b.get("model", str) != "teacher":
         resolve_weights(b, b.model_name("model"), pretrained)
+    return settings
 
 
 def run(params: Params) -> None:
-    check(params)
+    settings, options, rule = check(params)
     p = params.section("sew")
-    settings, rule = sew_settings(p), rule_settings(params)
     corrected, observed = Table(CORRECTED), Table(OBSERVED)
     split = read_train_split(MANIFEST, INITIAL, SCORES, needs_host_boxes(settings))
     targets = corrected.column("corrected")[split.rows]
     descriptor = backbone_descriptor(*backbone_params(p), TEACHER_DESCRIPTOR)
     spec, adapter, refined = fit_adapter(
         clip.load_described(descriptor), descriptor, split, targets,
-        observed.column("known").astype(bool)[split.rows], settings, adapter_options(p),
+        observed.column("known").astype(bool)[split.rows], settings, options,
         p.get("image_size", int, lo=8), work_dir("sew"), "sew", rule,
         rule_weights(rule, targets, SCORES, split.rows), p.get("num_workers", int, lo=0))
     save_checkpoint(ADAPTER, spec, adapter)

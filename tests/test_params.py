@@ -63,3 +63,40 @@ def test_validate_names_unknown_keys_with_the_nearest_known_one(tmp_path, monkey
     assert [line.split(": ", 1)[1] for line in lines] == [
         "'init.views' must be one of ['all', 'crops'], got 'al' (did you mean 'all'?)",
         "unknown key 'correct.methd' (did you mean 'correct.method'?)"]
+
+
+def test_build_reads_a_settings_dataclass_as_the_one_definition(tmp_path):
+    from pipeline.settings import RuleSettings, SewSettings
+
+    p = params(tmp_path, "sew:\n  overlay_prob: 0.25\n  pool_k: auto\n  epochs: 3\n").section("sew")
+    s = p.build(SewSettings)
+    assert (s.overlay_prob, s.pool_k, s.epochs) == (0.25, None, 3)
+    assert s.max_overlays == SewSettings().max_overlays  # an absent key takes the field's default
+    # every bad key at once, with the dataclass's own bounds (p < 1 is exclusive) and choices
+    audited = params(tmp_path, "sew:\n  overlay_prob: 1.0\n  paste: fether\n  epochs: two\n"
+                     "rule: plmc\nplmcl:\n  eta: 2.0\n").audited()
+    assert audited.section("sew").build(SewSettings) == SewSettings()  # stand-ins while auditing
+    audited.build(RuleSettings)
+    assert [e.split(": ", 1)[1] for e in audited.audit.errors] == [
+        "'sew.overlay_prob' must be in [0.0, 1.0), got 1.0",
+        "'sew.paste' must be one of ['feather', 'rectangle'], got 'fether' (did you mean 'feather'?)",
+        "'sew.epochs' must be int, got 'two'",
+        "'rule' must be one of ['none', 'plmcl', 'g2netpl', 'large_loss', 'label_distribution'], got 'plmc' "
+        "(did you mean 'plmcl'?)",
+        "'plmcl.eta' must be in [0.0, 1.0], got 2.0"]
+    with pytest.raises(ParamsError, match=r"sew.e_rounds must be in \[1, sew.epochs\]"):  # a relation of fields
+        params(tmp_path, "sew:\n  epochs: 2\n  e_rounds: 3\n").section("sew").build(SewSettings)
+    with pytest.raises(ValueError, match=r"sew.overlay_prob must be in \[0.0, 1.0\)"):  # the same rule in code
+        SewSettings(overlay_prob=1.0)
+
+
+def test_old_key_names_still_work_with_a_warning(tmp_path):
+    from pipeline.settings import SewSettings
+
+    p = params(tmp_path, "sew:\n  p: 0.3\n  L: 0\n  k: 7\n").audited()
+    with pytest.warns(FutureWarning, match="'sew.L' is deprecated, write 'sew.max_overlays'"):
+        s = p.section("sew").build(SewSettings)
+    assert (s.overlay_prob, s.max_overlays, s.pool_k) == (0.3, 0, 7) and p.unread_keys() == []
+    both = params(tmp_path, "sew:\n  L: 0\n  max_overlays: 2\n").section("sew")
+    with pytest.raises(ParamsError, match="'sew.L' is the old name of 'sew.max_overlays'"):
+        both.build(SewSettings)

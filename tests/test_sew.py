@@ -134,7 +134,7 @@ def image_paths(tmp_path_factory):
 
 
 def test_dataset_is_seeded_per_epoch_and_L0_disables_sewing(image_paths):
-    s = SewSettings(p=0.9, max_overlays=2, seed=3)
+    s = SewSettings(overlay_prob=0.9, max_overlays=2, seed=3)
     ds = SewDataset(image_paths, 32, np.arange(10), s)
     a_img, a_src, _, _ = ds[4]
     b_img, b_src, _, _ = ds[4]
@@ -142,7 +142,7 @@ def test_dataset_is_seeded_per_epoch_and_L0_disables_sewing(image_paths):
     assert a_src[0] == 4 and len(a_src) == 3
     ds.epoch = 1
     assert any(not torch.equal(ds[i][1], SewDataset(image_paths, 32, np.arange(10), s)[i][1]) for i in range(10))
-    plain = SewDataset(image_paths, 32, np.arange(10), SewSettings(p=0.9, max_overlays=0))
+    plain = SewDataset(image_paths, 32, np.arange(10), SewSettings(overlay_prob=0.9, max_overlays=0))
     img, src, _, _ = plain[4]
     assert src.tolist() == [4] and torch.equal(img, torch.full((3, 32, 32), 80, dtype=torch.uint8))
 
@@ -222,7 +222,7 @@ def test_every_rule_keeps_known_labels_and_trains(tiny_model, image_paths, rule)
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(ValueError, match="sew.p"):
-        SewSettings(p=1.0)
-    with pytest.raises(ValueError, match="sew.q"):
-        SewSettings(q=0.0)
+    with pytest.raises(ValueError, match="sew.overlay_prob"):
+        SewSettings(overlay_prob=1.0)
+    with pytest.raises(ValueError, match="sew.overlay_side"):
+        SewSettings(overlay_side=0.0)
