@@ -15,14 +15,14 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from pipeline import clip
-from pipeline.adapter import Adapter, adapter_for
+from pipeline.adapter import Adapter, AdapterOptions, adapter_for
 from pipeline.cut import best_view_boxes
 from pipeline.logits import sigmoid
 from pipeline.models import AdapterSpec
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
-from pipeline.settings import NO_RULE, AdapterOptions, RuleSettings, SewSettings
-from pipeline.sew import SewDataset, overlay_pool, overlay_pool_pairs, train_adapter_em
+from pipeline.rules import NO_RULE, RuleSettings
+from pipeline.sew import SewDataset, SewSettings, overlay_pool, overlay_pool_pairs, train_adapter_em
 from pipeline.storage import Table, manifest_paths, open_store, read_json
 
 

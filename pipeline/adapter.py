@@ -8,11 +8,13 @@ of a full linear layer) → logits [B, C].
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
 from pipeline import clip
+from pipeline.settings import Settings, setting
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,18 @@ class AdapterConfig:
     @classmethod
     def from_dict(cls, d: dict) -> AdapterConfig:
         return cls(**{**d, "grid": tuple(d["grid"])})
+
+
+@dataclass(frozen=True)
+class AdapterOptions(Settings):
+    """Section `sew.adapter`: the adapter's size; the rest of pipeline.adapter.AdapterConfig follows the tower."""
+
+    hidden: int = setting(128, ge=1)
+    layers: int = setting(1, ge=1)
+    heads: int = setting(4, ge=1)
+    residual: float = setting(0.2, ge=0.0, le=1.0)  # share of the bottleneck output in the residual mix
+
+    SECTION: ClassVar[str] = "sew.adapter"
 
 
 class Adapter(nn.Module):

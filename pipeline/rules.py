@@ -24,18 +24,54 @@ Each rule is a named option; known labels are never changed by any of them and a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline.logits import logit
-from pipeline.settings import RuleSettings
+from pipeline.settings import Settings, setting
 from pipeline.storage import scored_embeddings
 from pipeline.transfer import unit_rows
 
+RULES = ("none", "plmcl", "g2netpl", "large_loss", "label_distribution")
 EPS = 1e-4  # soft labels stay inside (0, 1) so that their logits are finite
+
+
+@dataclass(frozen=True)
+class RuleSettings(Settings):
+    """The partial-label training rule: top-level `rule`, with the constants of the rule's own section."""
+
+    name: str = setting("none", choices=RULES)
+    plmcl_eta: float = setting(0.5, ge=0.0, le=1.0)  # pull towards the prediction
+    plmcl_alpha: float = setting(0.9, ge=0.0, le=1.0)  # momentum
+    plmcl_beta: float = setting(0.5, ge=0.0, le=1.0)  # velocity damping
+    g2netpl_eta: float = setting(2.0, ge=0.0)  # KL penalty weight (> 1 sharpens, ≤ 1 lets entropy win)
+    g2netpl_lr: float = setting(0.05, ge=0.0)
+    g2netpl_steps: int = setting(10, ge=0)
+    ll_delta: float = setting(0.1, ge=0.0, le=100.0)  # % of the batch's entries rejected more per epoch
+    ll_max_rate: float = setting(0.5, ge=0.0, le=1.0)
+    ld_sigma: float = setting(0.1, ge=1e-6)  # RBF width on cosine distance
+
+    # read from several sections: field → params key
+    PARAMS_KEYS: ClassVar[dict[str, str]] = {
+        "name": "rule", "plmcl_eta": "plmcl.eta", "plmcl_alpha": "plmcl.alpha", "plmcl_beta": "plmcl.beta",
+        "g2netpl_eta": "g2netpl.eta", "g2netpl_lr": "g2netpl.lr", "g2netpl_steps": "g2netpl.steps",
+        "ll_delta": "large_loss.delta", "ll_max_rate": "large_loss.max_rate", "ld_sigma": "label_distribution.sigma"}
+
+    @classmethod
+    def key(cls, name: str) -> str:
+        return cls.PARAMS_KEYS.get(name, name)
+
+    @property
+    def updates_labels(self) -> bool:
+        return self.name in ("plmcl", "g2netpl")
+
+
+NO_RULE = RuleSettings()
 
 
 def plmcl_update(y: np.ndarray, y_prev: np.ndarray, p: np.ndarray, eta: float, alpha: float,

@@ -32,6 +32,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -41,8 +42,55 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline import clip
 from pipeline.images import decode_image, resize_u8
 from pipeline.resume import Checkpointer
-from pipeline.rules import rule_loss, update_pseudo_labels
-from pipeline.settings import NO_RULE, RuleSettings, SewSettings
+from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
+from pipeline.settings import Settings, setting
+
+OVERLAY_LABELS = ("pooled", "all")
+PASTES = ("feather", "rectangle")
+E_STEPS = ("predictions", "backprop")
+
+
+@dataclass(frozen=True)
+class SewSettings(Settings):
+    """Section `sew`: the composites (TailorCLIP Algorithm 1) and the EM."""
+
+    overlay_prob: float = setting(0.5, ge=0.0, lt=1.0)  # p: probability of one more overlay (n is geometric)
+    overlay_side: float = setting(0.5, gt=0.0, le=1.0)  # q: overlays fit in a box of side q/√n of the host
+    max_overlays: int = setting(3, ge=0)  # L; 0 disables sewing
+    pool_k: int | None = setting(None, ge=1, auto=True)  # top-k images per class by z⁰; auto (None): pool_share
+    pool_share: float = setting(0.25, gt=0.0, le=1.0)  # k = ⌈share · N / C⌉
+    overlay_label: str = setting("pooled", choices=OVERLAY_LABELS)
+    paste: str = setting("feather", choices=PASTES)
+    placement_tries: int = setting(8, ge=1)  # random positions tried per overlay; the least covering one is taken
+    cover_limit: float = setting(0.5, gt=0.0, le=1.0)  # a host label whose view is covered beyond this is ignored
+    e_step: str = setting("predictions", choices=E_STEPS)
+    e_weight: float = setting(0.5, ge=0.0, le=1.0)  # predictions: weight of the adapter's logits in the E-step
+    e_rounds: int = setting(1, ge=1)  # predictions: E-steps, evenly spaced over the epochs (the last after the last)
+    epochs: int = setting(8, ge=1)
+    batch_size: int = setting(32, ge=2)
+    lr: float = setting(1e-3, ge=0.0)  # adapter
+    estimator_lr: float = setting(1e-2, ge=0.0)  # Z, backprop E-step only
+    weight_decay: float = setting(1e-4, ge=0.0)
+    seed: int = setting(0)
+
+    SECTION: ClassVar[str] = "sew"
+    DEPRECATED: ClassVar[dict[str, str]] = {"p": "overlay_prob", "q": "overlay_side", "L": "max_overlays",
+                                            "k": "pool_k"}
+
+    def relation_errors(self) -> list[str]:
+        if self.e_rounds > self.epochs:
+            return [f"sew.e_rounds must be in [1, sew.epochs], got {self.e_rounds}"]
+        return []
+
+    @property
+    def e_step_epochs(self) -> tuple[int, ...]:
+        """After which epochs (counted from 1) the predictions E-step runs: e_rounds of them, evenly spaced."""
+        return tuple(math.ceil(self.epochs * (r + 1) / self.e_rounds) for r in range(self.e_rounds))
+
+    def pool_size(self, n_images: int, n_classes: int) -> int:
+        if self.pool_k is not None:
+            return self.pool_k
+        return max(1, math.ceil(self.pool_share * n_images / max(1, n_classes)))
 
 
 def overlay_pool(z0: np.ndarray, k: int) -> np.ndarray:

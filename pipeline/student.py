@@ -18,8 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.images import ImageDecodeError, ResizedOrFaulty
 from pipeline.resume import Checkpointer
-from pipeline.rules import rule_loss, update_pseudo_labels
-from pipeline.settings import NO_RULE, RuleSettings
+from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
 
 
 class SmallCNN(nn.Module):

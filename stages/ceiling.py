@@ -7,9 +7,10 @@ import numpy as np
 
 from pipeline import clip
 from pipeline.adaptation import backbone_descriptor, fit_adapter, needs_host_boxes, read_train_split
+from pipeline.adapter import AdapterOptions
 from pipeline.correct import NEGATIVE_LOGIT, POSITIVE_LOGIT
 from pipeline.models import NoModel, save_checkpoint
-from pipeline.settings import AdapterOptions, SewSettings
+from pipeline.sew import SewSettings
 from pipeline.storage import Table
 from stages.common import (
     CEILING,

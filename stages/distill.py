@@ -15,8 +15,7 @@ from pipeline.images import ResizedImages
 from pipeline.models import STUDENT_KINDS, SmallCNNSpec, save_checkpoint, student_of_adapter, write_checkpoint
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
-from pipeline.rules import rule_weights
-from pipeline.settings import RuleSettings
+from pipeline.rules import RuleSettings, rule_weights
 from pipeline.storage import Table, manifest_paths
 from pipeline.student import StudentTraining, train_small_cnn
 from stages.common import (

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pipeline import clip
 from pipeline.adaptation import backbone_descriptor, fit_adapter, needs_host_boxes, read_train_split
+from pipeline.adapter import AdapterOptions
 from pipeline.models import save_checkpoint
-from pipeline.rules import rule_weights
-from pipeline.settings import AdapterOptions, RuleSettings, SewSettings
+from pipeline.rules import RuleSettings, rule_weights
+from pipeline.sew import SewSettings
 from pipeline.storage import Table, write_table
 from stages.common import (
     ADAPTER,

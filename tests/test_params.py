@@ -66,7 +66,8 @@ def test_validate_names_unknown_keys_with_the_nearest_known_one(tmp_path, monkey
 
 
 def test_build_reads_a_settings_dataclass_as_the_one_definition(tmp_path):
-    from pipeline.settings import RuleSettings, SewSettings
+    from pipeline.rules import RuleSettings
+    from pipeline.sew import SewSettings
 
     p = params(tmp_path, "sew:\n  overlay_prob: 0.25\n  pool_k: auto\n  epochs: 3\n").section("sew")
     s = p.build(SewSettings)
@@ -91,7 +92,7 @@ def test_build_reads_a_settings_dataclass_as_the_one_definition(tmp_path):
 
 
 def test_old_key_names_still_work_with_a_warning(tmp_path):
-    from pipeline.settings import SewSettings
+    from pipeline.sew import SewSettings
 
     p = params(tmp_path, "sew:\n  p: 0.3\n  L: 0\n  k: 7\n").audited()
     with pytest.warns(FutureWarning, match="'sew.L' is deprecated, write 'sew.max_overlays'"):

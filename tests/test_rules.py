@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import rules as R
-from pipeline.settings import NO_RULE, RuleSettings
+from pipeline.rules import NO_RULE, RuleSettings
 
 
 def test_plmcl_update_by_hand():

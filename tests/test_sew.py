@@ -5,9 +5,10 @@ from PIL import Image
 
 from pipeline import clip
 from pipeline.adapter import adapter_for
-from pipeline.settings import RULES, RuleSettings, SewSettings
+from pipeline.rules import RULES, RuleSettings
 from pipeline.sew import (
     SewDataset,
+    SewSettings,
     composite_logits,
     covered_share,
     e_step,

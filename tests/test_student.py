@@ -16,7 +16,7 @@ from pipeline.models import (
     save_checkpoint,
 )
 from pipeline.report import render_report
-from pipeline.settings import RULES, RuleSettings
+from pipeline.rules import RULES, RuleSettings
 from pipeline.student import StudentTraining, augment, predict_paths, train_small_cnn
 from stages.cli import app
 from tests.conftest import TINY_MODEL
