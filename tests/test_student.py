@@ -57,6 +57,7 @@ def test_frozen_tower_student_roundtrip(tmp_path, tiny_model):
     assert np.allclose(predict_paths(module, size, paths, batch_size=3), direct, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_small_cnn_learns_and_roundtrips(tmp_path):
     paths = _images(tmp_path, 8)
     # class 0: bright images; the CNN must fit a simple brightness rule
