@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro test lint env
+.PHONY: repro test test-fast lint env
 
 env: $(STAMP)
 
@@ -26,3 +26,8 @@ lint: $(STAMP)
 # which overlaps well on 2 cores; module fixtures (one tiny project per file) stay in one worker.
 test: $(STAMP) lint
 	pytest -q -n 2 --dist loadfile
+
+# Unit tests only: everything not marked `e2e` (the tests that drive the real dvc/mlpl CLI in a temporary
+# project or train for long), in under 2 min on 2 cores.
+test-fast: $(STAMP) lint
+	pytest -q -n 2 -m "not e2e"

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.dvcproject import make_project, sh, stages_run  # noqa: E402
+from benchmarks.project import TINY_PARAMS, make_project, sh, stages_run  # noqa: E402
 
 
 def timed(cmd: str, cwd: Path) -> tuple[float, set[str], str]:
@@ -51,7 +51,7 @@ def clip_views(project: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=ROOT / "tests" / "tiny_params.yaml",
+    ap.add_argument("--params", type=Path, default=TINY_PARAMS,
                     help="params file of the project copy (default: the tiny test config)")
     ap.add_argument("--ratio", default="0.1", help="the ablation: dvc exp run -S ratio=<this>")
     ap.add_argument("--keep", type=Path, help="build the project copy in this (empty) folder and keep it")

@@ -6,8 +6,8 @@ from importlib.metadata import version
 import yaml
 from typer.testing import CliRunner
 
+from benchmarks.project import ROOT
 from stages.cli import app
-from tests.dvcproject import ROOT
 
 
 def test_version():

@@ -69,11 +69,13 @@ def test_coco_missing_image_and_bad_json(tmp_path):
         read_coco(root)
 
 
+@pytest.mark.e2e
 def test_prepare_stage_imports_coco(tmp_path):
     import yaml
 
+    from benchmarks.project import make_project, sh
     from pipeline.storage import Table
-    from tests.dvcproject import make_project, score_with_tiny_teacher, sh
+    from tests.dvcproject import score_with_tiny_teacher
 
     root = coco_tree(tmp_path, [(1, 1), (2, 3)], [(7, 18)])
     (tmp_path / "p").mkdir()

@@ -6,8 +6,8 @@ import open_clip
 import pytest
 import yaml
 
+from benchmarks.project import ROOT, make_project, sh
 from pipeline import clip
-from tests.dvcproject import ROOT, make_project, sh
 from tests.test_voc import voc_tree
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -52,6 +52,7 @@ def test_config_has_every_param_dvc_yaml_declares(path):
     assert not missing, f"{path.name} lacks {sorted(missing)}"
 
 
+@pytest.mark.e2e
 def test_voc_config_asks_for_weights_then_prepares(tmp_path):
     root = voc_tree(tmp_path, {"000001": [("dog", 0)], "000002": [("cat", 0)]}, ["000001"], ["000002"])
     config = yaml.safe_load((ROOT / "configs" / "voc2007.yaml").read_text())

@@ -3,9 +3,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from benchmarks.project import make_project, sh
 from pipeline.datasets import read_folder
 from pipeline.storage import DataError, Table
-from tests.dvcproject import make_project, sh
 
 
 def folder(tmp_path, rows, sizes=None):
@@ -64,6 +64,7 @@ def test_folder_bad_rows_are_excluded_and_reported(tmp_path, rows, kind):
     assert "labels.csv row 3" in d.issues[0].detail  # the line of the table is named
 
 
+@pytest.mark.e2e
 def test_prepare_and_score_a_folder_dataset(tmp_path):
     root, table = folder(tmp_path, ["image,labels,split", "a.png,circle,train", "b.jpg,square;cross,train",
                                     "sub/c.png,triangle,test", "d.png,,test"], sizes={"d.png": (25, 60)})

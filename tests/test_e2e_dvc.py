@@ -11,19 +11,35 @@ import time
 import pytest
 import yaml
 
-from tests.dvcproject import env, make_project, sh, stages_run
+from benchmarks.project import env, make_project, sh, stages_run
+
+pytestmark = pytest.mark.e2e
 
 ALL_STAGES = {"validate", "prepare", "mask", "teacher", "score", "init", "correct", "sew", "ceiling", "distill",
               "evaluate"}
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    return make_project(tmp_path_factory.mktemp("proj"))
+def built(tmp_path_factory):
+    """One tiny project, reproduced from scratch once and committed (dvc.lock with it): (project, repro result)."""
+    project = make_project(tmp_path_factory.mktemp("proj"))
+    repro = sh("dvc repro", project)
+    sh("git add -A && git commit -qm repro", project)
+    return project, repro
 
 
-def test_repro_builds_everything(project):
-    r = sh("dvc repro", project)
+@pytest.fixture
+def project(built):
+    """The built project back at its committed baseline (params.yaml, dvc.lock and the outputs), whatever an earlier
+    test left there (an experiment's params and outputs, a deleted store): every test starts from the same state,
+    alone (`pytest -k`) or after the others."""
+    project, _ = built
+    sh("git checkout -q -- . && dvc checkout -q", project)
+    return project
+
+
+def test_repro_builds_everything(built, project):
+    _, r = built
     assert stages_run(r.stdout) == ALL_STAGES
     import json
 
@@ -38,7 +54,6 @@ def test_repro_builds_everything(project):
     assert "<svg" in (project / "reports" / "report.html").read_text()
     info = sh("mlpl info", project).stdout
     assert "data/scores.zarr" in info and "missing" not in info
-    sh("git add -A && git commit -qm repro", project)
 
 
 def test_second_repro_does_nothing(project):
@@ -101,7 +116,6 @@ def test_invalid_params_fail_before_anything_is_touched(project):
         return {p.relative_to(project): p.read_bytes() for root in ("data", ".dvc/cache")
                 for p in sorted((project / root).rglob("*")) if p.is_file()}
 
-    sh("git checkout -q -- . && dvc checkout -q", project)  # back to the committed baseline
     before = snapshot()
 
     def bad(params):
@@ -159,7 +173,6 @@ def test_report_and_dvc_plots_render_offline_in_a_browser(project, tmp_path):
     in headless Chromium with every network request refused."""
     from tests.browser import rendered_dom
 
-    sh("git checkout -q -- . && dvc checkout -q", project)
     report = rendered_dom(project / "reports" / "report.html")
     assert report.count("<svg") >= 3 and "Most fixed" in report and "<dt>gap closure</dt>" in report
 
@@ -201,9 +214,8 @@ def test_outputs_match_docs(project):
     import pyarrow.parquet as pq
     import zarr
 
-    from tests.dvcproject import ROOT
+    from benchmarks.project import ROOT
 
-    sh("git checkout -q -- . && dvc checkout -q", project)
     documented = _documented((ROOT / "docs" / "outputs.md").read_text())
     assert {"data/prepared/manifest.parquet", "data/labels/refined.parquet", "data/scores.zarr",
             "reports/metrics.json", "reports/plots/"} <= set(documented)

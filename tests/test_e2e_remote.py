@@ -5,7 +5,11 @@ never runs the teacher over the images again (`score`)."""
 import json
 import re
 
-from tests.dvcproject import ROOT, make_project, sh, stages_run
+import pytest
+
+from benchmarks.project import ROOT, make_project, sh, stages_run
+
+pytestmark = pytest.mark.e2e
 
 TEAMMATE = "# on a teammate's machine"
 

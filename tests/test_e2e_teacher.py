@@ -7,9 +7,11 @@ import pytest
 import torch
 import yaml
 
+from benchmarks.project import make_project, sh
 from pipeline import clip
 from tests.conftest import TINY_MODEL
-from tests.dvcproject import make_project, sh
+
+pytestmark = pytest.mark.e2e
 
 NO_NETWORK = "unshare -n" if shutil.which("unshare") and sh("unshare -n true", ".", check=False).returncode == 0 else ""
 

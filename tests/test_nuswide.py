@@ -57,10 +57,12 @@ def test_nuswide_bad_label_file_is_named(tmp_path):
         read_nuswide(tmp_path)
 
 
+@pytest.mark.e2e
 def test_prepare_and_score_nuswide(tmp_path):
     import yaml
 
-    from tests.dvcproject import make_project, score_with_tiny_teacher, sh
+    from benchmarks.project import make_project, sh
+    from tests.dvcproject import score_with_tiny_teacher
 
     root = nus_tree(tmp_path, present=("actor/1.jpg", "sky/3.jpg"))
     (tmp_path / "p").mkdir()

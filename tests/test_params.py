@@ -49,8 +49,8 @@ def test_audit_collects_every_bad_key_and_finds_unread_ones(tmp_path):
 def test_validate_names_unknown_keys_with_the_nearest_known_one(tmp_path, monkeypatch):
     import yaml
 
+    from benchmarks.project import ROOT
     from stages.validate import validate
-    from tests.dvcproject import ROOT
 
     config = yaml.safe_load((ROOT / "tests" / "tiny_params.yaml").read_text())
     config["correct"]["methd"] = "sqrt"

@@ -104,6 +104,7 @@ def test_small_cnn_resumes_exactly(tmp_path, image_paths):
     assert _states_equal(resumed, ref)
 
 
+@pytest.mark.e2e
 def test_toy_teacher_resumes_exactly(tmp_path):
     scenes = SceneConfig(image_size=32, n_classes=4, max_small=2)
     pool = make_scene_pool(32, scenes, seed=0)

@@ -70,6 +70,7 @@ def test_checkpoint_kinds_and_refusals(tmp_path):
         load_checkpoint(tmp_path / "odd.pt")
 
 
+@pytest.mark.e2e
 def test_small_cnn_learns_and_roundtrips(tmp_path):
     paths = _images(tmp_path, 8)
     # class 0: bright images; the CNN must fit a simple brightness rule

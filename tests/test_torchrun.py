@@ -4,7 +4,9 @@ import shutil
 
 import pytest
 
-from tests.dvcproject import make_project, sh
+from benchmarks.project import make_project, sh
+
+pytestmark = pytest.mark.e2e
 
 # Same thread count in every process: bitwise equality is the claim about the sharding, not about whether
 # oneDNN picks the same kernels for 1 and 2 threads (it does on the machines we measured, see docs/scaling.md).

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from pipeline.scenes import SceneConfig
@@ -38,6 +39,7 @@ def test_views_are_captioned_by_their_dominant_object():
     assert set(cls.tolist()) <= present
 
 
+@pytest.mark.e2e
 def test_training_lowers_the_loss(tiny_tokenizer):
     from pipeline.clip import create_model
 

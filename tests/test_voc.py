@@ -75,11 +75,13 @@ def test_voc_bad_layout_is_named(tmp_path):
         read_voc(tmp_path)
 
 
+@pytest.mark.e2e
 def test_prepare_stage_imports_voc(tmp_path):
     import yaml
 
+    from benchmarks.project import make_project, sh
     from pipeline.storage import Table
-    from tests.dvcproject import make_project, score_with_tiny_teacher, sh
+    from tests.dvcproject import score_with_tiny_teacher
 
     root = voc_tree(tmp_path, {"000001": [("dog", 0)], "000002": [("cat", 0), ("dog", 1)]}, ["000001"], ["000002"])
     (tmp_path / "p").mkdir()

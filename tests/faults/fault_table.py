@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
-from tests.dvcproject import make_project, score_with_tiny_teacher, sh
+from benchmarks.project import make_project, sh
+from tests.dvcproject import score_with_tiny_teacher
 from tests.faults.builders import CLASSES, FAULTS, MAX_PIXELS, Fault, folder_dataset
 
 MANIFEST = Path("data/prepared/manifest.parquet")

@@ -9,6 +9,8 @@ import pytest
 from tests.faults.builders import FAULTS
 from tests.faults.fault_table import FaultRun, markdown, outcome, run_faults
 
+pytestmark = pytest.mark.e2e
+
 KEPT = [f.file for f in FAULTS if f.action != "excluded"]
 
 

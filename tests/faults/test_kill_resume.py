@@ -14,8 +14,10 @@ import pytest
 import torch
 import yaml
 
+from benchmarks.project import env, make_project, sh, stages_run
 from pipeline.storage import Table
-from tests.dvcproject import env, make_project, sh, stages_run
+
+pytestmark = pytest.mark.e2e
 
 KILLS = 5
 SEW_EPOCHS = KILLS + 2  # the last kill lands in epoch KILLS+1, with a whole epoch still to go

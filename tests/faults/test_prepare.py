@@ -4,11 +4,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from benchmarks.project import ROOT
 from pipeline.datasets import ISSUE_SCHEMA, read_folder
 from pipeline.storage import DataError
 from stages import prepare
 from stages.common import MANIFEST, Params, ParamsError
-from tests.dvcproject import ROOT
 from tests.faults.builders import save_rgb
 
 
