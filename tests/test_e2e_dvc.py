@@ -70,7 +70,7 @@ def test_ratio_ablation_never_recomputes_scores(project):
 
 @pytest.mark.parametrize("change, expected", [
     ("correct.method=hard", {"validate", "correct", "sew", "distill", "evaluate"}),
-    ("sew.L=0", {"validate", "sew", "ceiling", "distill", "evaluate"}),
+    ("sew.max_overlays=0", {"validate", "sew", "ceiling", "distill", "evaluate"}),
     # g2netpl moves the pseudo labels after every epoch, so even the one-epoch tiny run changes the refined
     # table and evaluate must rerun (label_distribution is a no-op there: no image has two positives).
     ("rule=g2netpl", {"validate", "sew", "distill", "evaluate"}),
@@ -121,13 +121,13 @@ def test_invalid_params_fail_before_anything_is_touched(project):
     def bad(params):
         params["ratio"] = 1.5
         params["score"]["crop_area"] = [0.2, 1.5]
-        params["sew"]["L"] = -1
+        params["sew"]["max_overlays"] = -1
         params["teacher"]["model"] = "RN5O"
 
     out = _refused_repro(project, bad)
     assert "'ratio' must be in [0.0, 1.0], got 1.5" in out
     assert "'score.crop_area' must be [low, high] within [0.0, 1.0], got [0.2, 1.5]" in out
-    assert "'sew.L' must be >= 0, got -1" in out and "'teacher.model' must be an open_clip model" in out
+    assert "'sew.max_overlays' must be >= 0, got -1" in out and "'teacher.model' must be an open_clip model" in out
     assert snapshot() == before  # no output deleted, nothing new in the cache
 
     # weights that do not resolve, a typo'd key and two bad keys of one section: all at once, before DVC
@@ -135,12 +135,13 @@ def test_invalid_params_fail_before_anything_is_touched(project):
     def also_bad(params):
         params["teacher"]["pretrained"] = "openai"
         params["score"]["crop_size"] = 5
-        params["sew"]["p"], params["sew"]["q"] = 2.0, -1.0
+        params["sew"]["overlay_prob"], params["sew"]["overlay_side"] = 2.0, -1.0
 
     out = _refused_repro(project, also_bad, f"HF_HOME={project / 'empty-hf'} HF_HUB_OFFLINE=1 ")
     assert "'teacher.pretrained' does not resolve offline" in out
     assert "unknown key 'score.crop_size' (did you mean 'score.crops'?)" in out
-    assert "'sew.p' must be in [0.0, 1.0], got 2.0" in out and "'sew.q' must be in [0.0, 1.0], got -1.0" in out
+    assert "'sew.overlay_prob' must be in [0.0, 1.0), got 2.0" in out
+    assert "'sew.overlay_side' must be in (0.0, 1.0], got -1.0" in out
     assert snapshot() == before
     assert stages_run(sh("dvc repro", project).stdout) == set()
 
