@@ -1,6 +1,7 @@
 """The label ladder over several benchmark seeds: every rung's mAP as mean ± sd.
 
-    python benchmarks/ladder.py [--params params.yaml] [--seeds 0 1 2] [--set KEY=VALUE ...] [--keep DIR]
+    python benchmarks/ladder.py [--params params.yaml] [--config FILE] [--seeds 0 1 2] [--set KEY=VALUE ...]
+                                [--keep DIR]
 
 Builds a fresh copy of the project (its git-tracked files, the given params file, a new git repo and
 DVC cache), queues one `dvc exp run --queue -S dataset.seed=S` per seed, runs the queue with
@@ -8,7 +9,7 @@ DVC cache), queues one `dvc exp run --queue -S dataset.seed=S` per seed, runs th
 teacher does not depend on dataset.seed: it is trained once and restored from the run cache after.
 Prints a table (train label mAP per rung, test mAP per model, gap closure) and ends with one JSON line:
 {"params", "seeds", "rungs": {rung: {"mean", "sd", "values"}}, "checks": {target: bool}, "wall_s"}.
-`--params configs/paper.yaml` gives the paper-faithful ladder.
+`--config configs/paper.yaml` gives the paper-faithful ladder.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def checks(rungs: dict[str, dict], per_seed: dict[int, dict[str, float]]) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file of the project copy")
+    ap.add_argument("--config", type=Path, help="a config of configs/ applied on top of the params file")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="dataset.seed values")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="one more -S override for every experiment (repeatable)")
@@ -117,7 +119,7 @@ def main() -> None:
     project = args.keep or Path(tempfile.mkdtemp(prefix="mlpl-ladder-"))
     project.mkdir(parents=True, exist_ok=True)
     try:
-        copy_project(project, args.params, lambda cmd, cwd: sh(["bash", "-c", cmd], cwd))
+        copy_project(project, args.params, lambda cmd, cwd: sh(["bash", "-c", cmd], cwd), args.config)
         names = {}
         for seed in args.seeds:
             names[seed] = f"ladder-seed{seed}"
@@ -140,7 +142,8 @@ def main() -> None:
     print(f"{'rung':20s} {'mean':>7s} {'sd':>7s}  " + "  ".join(f"seed {s}" for s in per_seed))
     for name, r in rungs.items():
         print(f"{name:20s} {r['mean']:7.4f} {r['sd']:7.4f}  " + "  ".join(f"{v:6.4f}" for v in r["values"]))
-    result = {"params": str(args.params), "overrides": args.overrides, "seeds": args.seeds, "rungs": rungs,
+    result = {"params": str(args.params), "config": str(args.config or ""), "overrides": args.overrides,
+              "seeds": args.seeds, "rungs": rungs,
               "checks": checks(rungs, per_seed), "wall_s": round(time.perf_counter() - start, 1)}
     print(json.dumps(result))
 

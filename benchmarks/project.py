@@ -32,10 +32,11 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def copy_project(dest: Path, params: Path, shell: Callable[[str, Path], object]) -> Path:
+def copy_project(dest: Path, params: Path, shell: Callable[[str, Path], object], config: Path | None = None) -> Path:
     """Copy the tracked (and untracked, unignored) files, not data, reports or dvc.lock, with `params` as
-    params.yaml, and commit them in a new repo at `dest`. `shell(cmd, cwd)` runs a shell command (with
-    a git identity in its environment)."""
+    params.yaml (and a config of configs/ applied to it, as `mlpl config --write` does), and commit them
+    in a new repo at `dest`. `shell(cmd, cwd)` runs a shell command (with a git identity in its
+    environment)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for rel in files:
@@ -43,6 +44,12 @@ def copy_project(dest: Path, params: Path, shell: Callable[[str, Path], object])
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
     shutil.copy2(params, dest / "params.yaml")
+    if config is not None:
+        from dvc.utils.hydra import apply_overrides
+
+        from stages.configs import overrides, read_config
+
+        apply_overrides(dest / "params.yaml", overrides(read_config(config)))
     shell("git init -q && git add -A && git commit -qm init", dest)
     return dest
 

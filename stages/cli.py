@@ -152,6 +152,23 @@ def compare(html: Annotated[Path, typer.Option("--html", help="Also write the ta
         raise typer.Exit(2) from None
 
 
+@app.command("config", cls=_Command)
+def config(file: Annotated[Path, typer.Argument(metavar="FILE", help="A config of configs/ (its differences "
+                                                                      "from params.yaml).")],
+           write: Annotated[bool, typer.Option("--write", help="Apply it to the params file in place, comments "
+                                                               "kept, for `dvc repro`.")] = False,
+           params: Path = PARAMS_OPTION) -> None:
+    """Apply a config: print its `dvc exp run` flags (`mlpl config FILE | xargs dvc exp run`) or --write it."""
+    from stages import configs as configs_stage
+    from stages.common import ParamsError
+
+    try:
+        configs_stage.run(file, params, write)
+    except (ParamsError, ValueError) as e:
+        typer.secho(f"mlpl config: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command("info")
 def info() -> None:
     """Print the dataset, the teacher and the cached artifacts with their sizes."""

@@ -1,5 +1,8 @@
-"""The recommended per-dataset params files in configs/: complete, consistent with params.yaml, usable."""
+"""The configs in configs/: each holds only its differences from params.yaml, names real keys and models,
+and applies through `mlpl config` (as `dvc exp run -S` flags or written into params.yaml)."""
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import open_clip
@@ -8,54 +11,78 @@ import yaml
 
 from benchmarks.project import ROOT, make_project, sh
 from pipeline import clip
+from stages.common import Params, ParamsError
+from stages.configs import leaves
+from stages.validate import validate
 from tests.test_voc import voc_tree
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def keys(tree: dict, prefix: str = "") -> set[str]:
-    out = set()
-    for k, v in tree.items():
-        out.add(prefix + k)
-        if isinstance(v, dict):
-            out |= keys(v, f"{prefix}{k}.")
-    return out
+def applied(path: Path, dest: Path) -> dict:
+    """params.yaml with the config written into it by `mlpl config --write`, as a dict."""
+    params = dest / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    subprocess.run(["mlpl", "config", str(path), "--write", "--params", str(params)], check=True,
+                   capture_output=True, text=True)
+    return yaml.safe_load(params.read_text())
 
 
 def test_configs_exist_for_each_importer_and_the_paper_mode():
-    formats = {yaml.safe_load(p.read_text())["dataset"]["format"] for p in CONFIGS}
+    formats = {yaml.safe_load(p.read_text()).get("dataset", {}).get("format", DEFAULTS["dataset"]["format"])
+               for p in CONFIGS}
     assert formats == {"voc", "coco", "nuswide", "folder", "embedded"}
     assert (ROOT / "configs" / "paper.yaml") in CONFIGS
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_matches_params_layout_and_names_real_models(path: Path):
-    default = yaml.safe_load((ROOT / "params.yaml").read_text())
-    config = yaml.safe_load(path.read_text())
-    outside_dataset = {k for k in keys(default) if not k.startswith(("dataset.", "teacher.train"))}
-    assert outside_dataset <= keys(config), sorted(outside_dataset - keys(config))
-    if config["dataset"]["format"] == "embedded":  # the paper mode of the embedded benchmark: toy teacher
-        assert keys(default) == keys(config)
-        return
-    clip.register_model_configs()
-    assert config["teacher"]["model"] in open_clip.list_models()
-    assert config["sew"]["backbone"]["model"] in open_clip.list_models()
-    assert config["teacher"]["pretrained"] in open_clip.list_pretrained_tags_by_model(config["teacher"]["model"])
+def test_config_holds_only_differences_and_applies_to_valid_params(path: Path, tmp_path):
+    config = dict(leaves(yaml.safe_load(path.read_text())))
+    default = dict(leaves(DEFAULTS))
+    assert not {k for k, v in config.items() if default.get(k, object()) == v}, "keys equal to the default"
+    merged = applied(path, tmp_path)
+    assert {k: v for k, v in leaves(merged) if k in config} == config  # every key as the config says
+    assert {k: v for k, v in leaves(merged) if k not in config} == {k: v for k, v in default.items()
+                                                                    if k not in config}  # the rest: defaults
+    # a typo'd key would be unknown; only the dataset's paths (set by the user) and weights this machine
+    # lacks may fail validation
+    try:
+        validate(Params.load(tmp_path / "params.yaml"))
+    except ParamsError as e:
+        problems = [line for line in str(e).splitlines()[1:]
+                    if "does not resolve offline" not in line and not line.endswith(("not a directory", "not a file"))]
+        assert not problems, problems
+    if merged["dataset"]["format"] != "embedded":
+        clip.register_model_configs()
+        assert merged["teacher"]["model"] in open_clip.list_models()
+        assert merged["sew"]["backbone"]["model"] in open_clip.list_models()
+        assert merged["teacher"]["pretrained"] in open_clip.list_pretrained_tags_by_model(merged["teacher"]["model"])
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_has_every_param_dvc_yaml_declares(path):
-    """DVC refuses to run a stage whose declared params are missing from params.yaml."""
-    declared = {k for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()
-                for k in stage.get("params", [])}
-    missing = {k for k in declared if k not in keys(yaml.safe_load(path.read_text()))}
-    assert not missing, f"{path.name} lacks {sorted(missing)}"
+def test_config_flags_are_dvc_set_param_overrides(tmp_path):
+    """What `mlpl config FILE` prints, passed through xargs, is what DVC's -S applies."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("dataset:\n  format: voc\n  root: /data/my VOC's/VOC2007\nscore:\n  crop_area: [0.1, 0.3]\n")
+    printed = subprocess.run(["mlpl", "config", str(path)], check=True, capture_output=True, text=True).stdout
+    args = subprocess.run(["xargs", "python3", "-c", "import sys, json; print(json.dumps(sys.argv[1:]))"],
+                          input=printed, check=True, capture_output=True, text=True).stdout
+    flags = yaml.safe_load(args)
+    assert flags[::2] == ["-S"] * 3
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    apply_overrides(params, flags[1::2])
+    got = yaml.safe_load(params.read_text())
+    assert got["dataset"]["root"] == "/data/my VOC's/VOC2007" and got["score"]["crop_area"] == [0.1, 0.3]
+    assert "# fraction of train label entries known" in params.read_text()  # comments kept
 
 
 @pytest.mark.e2e
 def test_voc_config_asks_for_weights_then_prepares(tmp_path):
     root = voc_tree(tmp_path, {"000001": [("dog", 0)], "000002": [("cat", 0)]}, ["000001"], ["000002"])
-    config = yaml.safe_load((ROOT / "configs" / "voc2007.yaml").read_text())
+    config = applied(ROOT / "configs" / "voc2007.yaml", tmp_path)
     config["dataset"]["root"] = str(root)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(config))
