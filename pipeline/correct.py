@@ -16,14 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from pipeline.logits import logit, sigmoid
+from pipeline.settings import Settings, setting
 from pipeline.transfer import ThresholdRule, apply_transfer, transfer_by_cooccurrence, transfer_by_prototypes
 
 METHODS = ("sqrt", "linear", "hard", "none")
 CALIBRATIONS = ("median", "none")
+SOURCES = ("z0", "tiles", "crops", "cdul", "cut")  # the rungs of the initial label table
 POSITIVE_LOGIT = float(np.log(0.9999 / 0.0001))  # a label known (or declared) present
 NEGATIVE_LOGIT = -POSITIVE_LOGIT
 
@@ -72,33 +75,41 @@ def calibrate_per_class(z: np.ndarray, margin: float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Correction:
+class Correction(Settings):
     """Section `correct`: which estimate to correct, and how."""
 
-    source: str = "cut"  # a rung of the initial label table
-    method: str = "sqrt"
-    beta: int = 1
-    hard_threshold: float = 0.5
-    calibration: str = "none"
-    margin: float = 1.0
+    source: str = setting("cut", choices=SOURCES)  # a rung of the initial label table
+    method: str = setting("sqrt", choices=METHODS)
+    beta: int = setting(1, ge=0)
+    hard_threshold: float = setting(0.5, ge=0.0, le=1.0)
+    calibration: str = setting("none", choices=CALIBRATIONS)
+    margin: float = setting(1.0, ge=0.0)
+
+    SECTION: ClassVar[str] = "correct"
 
 
 @dataclass(frozen=True)
-class PrototypeTransfer:
-    """Section `prototypes` when on: known labels → unknown entries through class prototypes."""
+class PrototypeTransfer(Settings):
+    """Section `prototypes` (its threshold keys: `rule`): known labels → unknown entries through class
+    prototypes; on unless `threshold: none`."""
 
-    rule: ThresholdRule
-    k: int
-    bank: int
-    raise_logit: float
+    rule: ThresholdRule = ThresholdRule()
+    k: int = setting(10, ge=1)
+    bank: int = setting(50, ge=1)
+    raise_logit: float = setting(2.0, ge=0.0)
+
+    SECTION: ClassVar[str] = "prototypes"
 
 
 @dataclass(frozen=True)
-class CooccurrenceTransfer:
-    """Section `cooccurrence` when on: known labels → unknown entries through P(i | j)."""
+class CooccurrenceTransfer(Settings):
+    """Section `cooccurrence` (its threshold keys: `rule`): known labels → unknown entries through P(i | j);
+    on unless `threshold: none`."""
 
-    rule: ThresholdRule
-    raise_logit: float
+    rule: ThresholdRule = ThresholdRule()
+    raise_logit: float = setting(2.0, ge=0.0)
+
+    SECTION: ClassVar[str] = "cooccurrence"
 
 
 @dataclass

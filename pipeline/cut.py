@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline.logits import logit, sigmoid
+from pipeline.settings import Settings, setting
 
 # How a crop's position is drawn. `centre`: the centre is uniform over the image and the box is shifted
 # inside, so an object is as likely to lie wholly inside some crop in a corner as in the centre (side 0.2,
@@ -32,22 +34,34 @@ CUT_VIEWS = ("all", "crops")
 
 
 @dataclass(frozen=True)
-class CutSettings:
-    grid: int = 3  # K = grid × grid tiles (CDUL)
-    crops: int = 20  # M random crops (TailorCLIP)
-    crop_area: tuple[float, float] = (0.1, 0.3)  # ρ, fraction of the image area kept
-    crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: bool = False  # the authors' code also flips crops at random
-    placement: str = "centre"  # see CROP_PLACEMENTS
+class CutSettings(Settings):
+    """The views `score` cuts from every image: section `score`."""
 
-    def __post_init__(self):
-        if self.placement not in CROP_PLACEMENTS:
-            raise ValueError(f"crop placement must be one of {CROP_PLACEMENTS}, got {self.placement!r}")
-        lo, hi = self.crop_area
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"crop_area must satisfy 0 < lo <= hi <= 1, got {self.crop_area}")
-        if self.grid < 1 or self.crops < 0:
-            raise ValueError("grid must be >= 1 and crops >= 0")
+    grid: int = setting(3, ge=1)  # K = grid × grid tiles (CDUL)
+    crops: int = setting(20, ge=0)  # M random crops (TailorCLIP)
+    crop_area: tuple[float, float] = setting((0.1, 0.3), gt=0.0, le=1.0, pair=True)  # ρ, image area kept
+    crop_aspect: tuple[float, float] = setting((3 / 4, 4 / 3), ge=0.01, pair=True)
+    flip: bool = setting(False)  # the authors' code also flips crops at random
+    # The field keeps its name: it is recorded under it in data/scores.zarr's attrs.
+    placement: str = setting("centre", choices=CROP_PLACEMENTS)
+
+    SECTION: ClassVar[str] = "score"
+    PARAMS_KEYS: ClassVar[dict[str, str]] = {"placement": "crop_placement"}
+
+    @classmethod
+    def key(cls, name: str) -> str:
+        return f"{cls.SECTION}.{cls.PARAMS_KEYS.get(name, name)}"
+
+
+@dataclass(frozen=True)
+class InitSettings(Settings):
+    """Section `init`: how the initial label estimates fuse the views."""
+
+    alpha: float = setting(0.1, ge=0.0)  # eq. 7 noise margin
+    cdul_zeta: float = setting(0.5, ge=0.0, le=1.0)  # CDUL aggregator threshold
+    views: str = setting("crops", choices=CUT_VIEWS)  # local views eq. 7 fuses
+
+    SECTION: ClassVar[str] = "init"
 
 
 def grid_boxes(grid: int) -> np.ndarray:

@@ -8,8 +8,11 @@ rotated: a clean world in which a small CLIP-style model learns fast (docs/desig
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+
+from pipeline.settings import Settings, setting
 
 SHAPE_CLASSES: tuple[str, ...] = (
     "circle", "square", "triangle", "cross", "ring", "diamond", "frame", "bar",
@@ -18,13 +21,17 @@ SUPERSAMPLE = 2  # render at 2x and box-downsample: anti-aliased edges
 
 
 @dataclass(frozen=True)
-class SceneConfig:
-    image_size: int = 64
-    salient_size: tuple[float, float] = (0.45, 0.65)  # side as a fraction of the canvas
-    small_size: tuple[float, float] = (0.17, 0.25)
-    max_small: int = 3
-    noise: float = 6.0  # std of pixel noise, in 0..255 units
-    n_classes: int = len(SHAPE_CLASSES)  # the first n shapes of SHAPE_CLASSES
+class SceneConfig(Settings):
+    """The embedded benchmark's scenes: section `dataset` (prepare renders them, the toy teacher trains on them)."""
+
+    image_size: int = setting(64, ge=16)
+    salient_size: tuple[float, float] = setting((0.45, 0.65), gt=0.0, le=1.0, pair=True)  # side / canvas side
+    small_size: tuple[float, float] = setting((0.17, 0.25), gt=0.0, le=1.0, pair=True)
+    max_small: int = setting(3, ge=0, le=5)
+    noise: float = setting(6.0, ge=0.0)  # std of pixel noise, in 0..255 units
+    n_classes: int = setting(len(SHAPE_CLASSES), ge=2, le=len(SHAPE_CLASSES))  # the first n shapes of SHAPE_CLASSES
+
+    SECTION: ClassVar[str] = "dataset"
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -16,12 +16,14 @@ from typing import Any, ClassVar
 
 
 def setting(default: Any = MISSING, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-            lt: float | None = None, choices: tuple | None = None, auto: bool = False) -> Any:
+            lt: float | None = None, choices: tuple | None = None, auto: bool = False, pair: bool = False) -> Any:
     """A settings field: its default and what values it takes (bounds, choices; `auto`: the params
-    value `auto` stands for None)."""
+    value `auto` stands for None; `pair`: a (low, high) tuple, low <= high, both within the bounds)."""
     meta = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}.items() if v is not None}
     if auto:
         meta["auto"] = True
+    if pair:
+        meta["pair"] = True
     return field(default=default, metadata=meta)
 
 
@@ -29,6 +31,10 @@ def allowed_text(meta: typing.Mapping) -> str:
     """`in [0, 1)`, `>= 1`, `one of ['a', 'b']`: what a field's metadata allows, for error messages."""
     if "choices" in meta:
         return f"one of {list(meta['choices'])}"
+    if meta.get("pair"):
+        lo = ("[", meta["ge"]) if "ge" in meta else ("(", meta["gt"]) if "gt" in meta else ("(", "-inf")
+        hi = ("]", meta["le"]) if "le" in meta else (")", meta["lt"]) if "lt" in meta else (")", "inf")
+        return f"[low, high] within {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
     lo = ("[", meta["ge"]) if "ge" in meta else ("(", meta["gt"]) if "gt" in meta else None
     hi = ("]", meta["le"]) if "le" in meta else (")", meta["lt"]) if "lt" in meta else None
     if lo and hi:
@@ -43,6 +49,11 @@ def value_ok(meta: typing.Mapping, value: Any) -> bool:
         return True
     if "choices" in meta:
         return value in meta["choices"]
+    if meta.get("pair"):
+        bounds = {k: v for k, v in meta.items() if k != "pair"}
+        return (isinstance(value, (tuple, list)) and len(value) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                and value[0] <= value[1] and all(value_ok(bounds, v) for v in value))
     return not (("ge" in meta and value < meta["ge"]) or ("gt" in meta and value <= meta["gt"])
                 or ("le" in meta and value > meta["le"]) or ("lt" in meta and value >= meta["lt"]))
 

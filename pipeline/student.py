@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.images import ImageDecodeError, ResizedOrFaulty
 from pipeline.resume import Checkpointer
 from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
+from pipeline.settings import Settings, setting
 
 
 class SmallCNN(nn.Module):
@@ -42,13 +44,17 @@ class SmallCNN(nn.Module):
 
 
 @dataclass(frozen=True)
-class StudentTraining:
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 2e-3
-    consistency: float = 1.0  # weight of CDUL's consistency term
-    width: int = 32
-    seed: int = 0
+class StudentTraining(Settings):
+    """Section `distill.small_cnn` (but image_size, read by the stage)."""
+
+    epochs: int = setting(15, ge=1)
+    batch_size: int = setting(64, ge=2)
+    lr: float = setting(2e-3, ge=0.0)
+    consistency: float = setting(1.0, ge=0.0)  # weight of CDUL's consistency term
+    width: int = setting(32, ge=1)
+    seed: int = setting(0)
+
+    SECTION: ClassVar[str] = "distill.small_cnn"
 
 
 def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

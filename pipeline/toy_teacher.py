@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from pipeline.clip import DEFAULT_TEMPLATES, encode_images, image_size_of, norma
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint, numpy_rng_state, set_numpy_rng_state
 from pipeline.scenes import SceneConfig, dominant_object, render_scene, scene_rng
+from pipeline.settings import Settings, setting
 
 TEACHER_STREAM = 1  # scene-generator stream of the teacher's own scenes (the dataset uses stream 0)
 
@@ -45,12 +47,16 @@ def make_scene_pool(n: int, cfg: SceneConfig, seed: int, stream: int = TEACHER_S
 
 
 @dataclass(frozen=True)
-class ViewSampling:
-    crop_prob: float = 0.5  # share of views that are random crops rather than the full scene
-    crop_area: tuple[float, float] = (0.1, 0.5)
-    aspect: tuple[float, float] = (3 / 4, 4 / 3)
-    min_fraction: float = 0.15  # the dominant object must cover this much of the crop
-    flip: bool = True
+class ViewSampling(Settings):
+    """How the toy teacher's training views are drawn: section `teacher.train`."""
+
+    crop_prob: float = setting(0.5, ge=0.0, le=1.0)  # share of views that are random crops rather than the full scene
+    crop_area: tuple[float, float] = setting((0.1, 0.5), ge=0.0, le=1.0, pair=True)
+    aspect: tuple[float, float] = setting((3 / 4, 4 / 3), gt=0.0, pair=True)
+    min_fraction: float = setting(0.15)  # the dominant object must cover this much of the crop (> 1: never)
+    flip: bool = setting(True)
+
+    SECTION: ClassVar[str] = "teacher.train"
 
 
 def sample_crop_box(rng: np.random.Generator, size: int, area: tuple[float, float],
@@ -111,13 +117,17 @@ def multi_positive_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Ten
 
 
 @dataclass(frozen=True)
-class TeacherTraining:
-    steps: int = 800
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup: int = 50
-    seed: int = 0
+class TeacherTraining(Settings):
+    """The toy teacher's optimisation: section `teacher.train`."""
+
+    steps: int = setting(800, ge=1)
+    batch_size: int = setting(128, ge=2)
+    lr: float = setting(2e-3, ge=0.0)
+    weight_decay: float = setting(0.05, ge=0.0)
+    warmup: int = setting(50, ge=1)  # steps of linear warm-up
+    seed: int = setting(0)
+
+    SECTION: ClassVar[str] = "teacher.train"
 
 
 def train_toy_teacher(model: torch.nn.Module, tokenizer, classes: Sequence[str], pool: ScenePool,

@@ -22,10 +22,12 @@ With prototypes, the visual and the text modality must agree (TRM-ML eq. 12).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from pipeline.logits import sigmoid
+from pipeline.settings import Settings, setting
 
 THRESHOLDS = ("none", "ema", "dtl")
 
@@ -158,23 +160,29 @@ def dtl_thresholds(s: np.ndarray, known: np.ndarray, labels: np.ndarray, tempera
 
 
 @dataclass(frozen=True)
-class ThresholdRule:
-    method: str = "ema"  # ema | dtl
-    momentum: float = 0.9  # ema: η
-    batch_size: int = 64  # ema: rows per minibatch
-    temperature: float = 0.05  # dtl: τ
-    lr: float = 0.01  # dtl
-    steps: int = 200  # dtl
-    seed: int = 0
+class ThresholdRule(Settings):
+    """The threshold keys of sections `prototypes` and `cooccurrence`; method `none`: transfer off."""
 
-    def __post_init__(self):
-        if self.method not in THRESHOLDS[1:]:
-            raise ValueError(f"threshold method must be one of {THRESHOLDS[1:]}, got {self.method!r}")
+    method: str = setting("ema", choices=THRESHOLDS)  # none | ema | dtl
+    momentum: float = setting(0.9, ge=0.0, le=1.0)  # ema: η
+    batch_size: int = setting(64, ge=1)  # ema: rows per minibatch
+    temperature: float = setting(0.05, ge=1e-6)  # dtl: τ
+    lr: float = setting(0.01, ge=0.0)  # dtl
+    steps: int = setting(200, ge=0)  # dtl
+    seed: int = setting(0)
+
+    PARAMS_KEYS: ClassVar[dict[str, str]] = {"method": "threshold"}
+
+    @classmethod
+    def key(cls, name: str) -> str:
+        return cls.PARAMS_KEYS.get(name, name)
 
 
 def decide(s: np.ndarray, known: np.ndarray, labels: np.ndarray, rule: ThresholdRule,
            lower: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(raise, lower) bool [N, C] for the unknown entries of s, thresholds learnt on the known ones."""
+    if rule.method not in THRESHOLDS[1:]:
+        raise ValueError(f"threshold method must be one of {THRESHOLDS[1:]}, got {rule.method!r}")
     if rule.method == "ema":
         pos, neg = ema_thresholds(s, known, labels, rule.momentum, rule.batch_size, rule.seed)
     else:

@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pipeline.scenes import SceneConfig
 from pipeline.settings import Settings, allowed_text, field_types, value_ok
 
 PARAMS_FILE = Path("params.yaml")
@@ -229,10 +228,18 @@ class Params:
                 warnings.warn(f"{self._source}: '{self._key(old)}' is deprecated, write '{self._key(key)}'",
                               FutureWarning, stacklevel=2)
                 key = old
+            nested = types_of[f.name][0]
+            if dataclasses.is_dataclass(nested) and isinstance(nested, type) and issubclass(nested, Settings):
+                values[f.name] = self.build(nested)  # a nested settings dataclass, read from the same section
+                continue
             if not self._has(key):
                 values[f.name] = f.default
                 continue
             kinds = types_of[f.name]
+            if f.metadata.get("pair"):
+                values[f.name], ok = self._pair(key, f.metadata, f.default)
+                bad = bad or not ok
+                continue
             raw = self._raw(key)
             if f.metadata.get("auto") and raw == "auto":
                 values[f.name] = None
@@ -256,6 +263,16 @@ class Params:
             return cls(**values)
         except ValueError as e:  # a relation between fields
             return self._relation(cls, e)
+
+    def _pair(self, key: str, meta: dict, default: Any) -> tuple[Any, bool]:
+        """A `pair` field: [low, high] → (float, float); (stand-in, False) when bad while auditing."""
+        before = len(self._audit.errors) if self._audit is not None else 0
+        value = self.get(key, list)
+        if self._audit is not None and len(self._audit.errors) > before:
+            return default, False
+        if not value_ok(meta, value):
+            return self.fail(key, f"must be {allowed_text(meta)}, got {value!r}", default), False
+        return (float(value[0]), float(value[1])), True
 
     def _relation(self, cls: type[S], error: ValueError) -> S:
         if self._audit is None:
@@ -311,12 +328,6 @@ def resolve_weights(p: Params, model: str, pretrained: str) -> None:
         resolve_pretrained(model, pretrained)
     except WeightsNotAvailable as e:
         p.fail("pretrained", f"does not resolve offline: {e}")
-
-
-def scene_config(p: Params) -> SceneConfig:
-    """The embedded benchmark's scene settings from the `dataset` section (prepare renders, teacher trains on them)."""
-    return SceneConfig(image_size=p.get("image_size", int, lo=16), n_classes=p.get("n_classes", int, lo=2, hi=8),
-                       max_small=p.get("max_small", int, lo=0, hi=5))
 
 
 def backbone_params(p: Params) -> tuple[str, str, bool]:

@@ -9,44 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.correct import (
-    CALIBRATIONS,
-    METHODS,
-    CooccurrenceTransfer,
-    Correction,
-    PrototypeTransfer,
-    correct_with_known,
-)
+from pipeline.correct import CooccurrenceTransfer, Correction, PrototypeTransfer, correct_with_known
 from pipeline.metrics import inversions
 from pipeline.storage import Table, scored_embeddings, write_small_store, write_table
-from pipeline.transfer import THRESHOLDS, ThresholdRule
 from stages.common import CORRECTED, INITIAL, MANIFEST, OBSERVED, PROTOTYPES, SCORES, Params
 
 
-def threshold_rule(p: Params) -> ThresholdRule | None:
-    """The section's threshold rule; None when `threshold: none` (its other keys are checked all the same)."""
-    method = p.get("threshold", str, choices=THRESHOLDS)
-    rule = ThresholdRule(method=THRESHOLDS[1] if method == "none" else method,
-                         momentum=p.get("momentum", float, lo=0.0, hi=1.0), batch_size=p.get("batch_size", int, lo=1),
-                         temperature=p.get("temperature", float, lo=1e-6),
-                         lr=p.get("lr", float, lo=0.0), steps=p.get("steps", int, lo=0), seed=p.get("seed", int))
-    return None if method == "none" else rule
-
-
 def check(params: Params) -> tuple[Correction, PrototypeTransfer | None, CooccurrenceTransfer | None]:
-    p, protos_p, cooc_p = params.section("correct"), params.section("prototypes"), params.section("cooccurrence")
-    correction = Correction(p.get("source", str, choices=("z0", "tiles", "crops", "cdul", "cut")),
-                            p.get("method", str, choices=METHODS), p.get("beta", int, lo=0),
-                            p.get("hard_threshold", float, lo=0.0, hi=1.0),
-                            p.get("calibration", str, choices=CALIBRATIONS, default="none"),
-                            p.get("margin", float, lo=0.0, default=1.0))
+    """The correction, and each transfer unless its `threshold: none`."""
+    correction = params.section("correct").build(Correction)
     # both sections are checked even when off, so switching one on never meets a bad key late
-    protos_rule = threshold_rule(protos_p)
-    protos = PrototypeTransfer(protos_rule, protos_p.get("k", int, lo=1), protos_p.get("bank", int, lo=1),
-                               protos_p.get("raise_logit", float, lo=0.0))
-    cooc_rule = threshold_rule(cooc_p)
-    cooc = CooccurrenceTransfer(cooc_rule, cooc_p.get("raise_logit", float, lo=0.0))
-    return correction, None if protos_rule is None else protos, None if cooc_rule is None else cooc
+    protos = params.section("prototypes").build(PrototypeTransfer)
+    cooc = params.section("cooccurrence").build(CooccurrenceTransfer)
+    return (correction, None if protos.rule.method == "none" else protos,
+            None if cooc.rule.method == "none" else cooc)
 
 
 def run(params: Params) -> None:

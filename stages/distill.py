@@ -34,10 +34,7 @@ from stages.common import (
 def check(params: Params) -> tuple[str, StudentTraining, int, RuleSettings]:
     p = params.section("distill")
     c = p.section("small_cnn")
-    training = StudentTraining(epochs=c.get("epochs", int, lo=1), batch_size=c.get("batch_size", int, lo=2),
-                               lr=c.get("lr", float, lo=0.0), consistency=c.get("consistency", float, lo=0.0),
-                               width=c.get("width", int, lo=1), seed=c.get("seed", int))
-    return (p.get("student", str, choices=STUDENT_KINDS), training, c.get("image_size", int, lo=8),
+    return (p.get("student", str, choices=STUDENT_KINDS), c.build(StudentTraining), c.get("image_size", int, lo=8),
             params.build(RuleSettings))
 
 

@@ -3,7 +3,9 @@ reports/metrics.json, reports/plots/, reports/report.html."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib.metadata import version
+from typing import ClassVar
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from pipeline.evaluation import (
 from pipeline.metrics import per_class_ap
 from pipeline.models import load_checkpoint, load_student
 from pipeline.report import render_report
+from pipeline.settings import Settings, setting
 from pipeline.storage import Table, atomic_path, manifest_paths, open_store, write_json
 from pipeline.student import predict_paths
 from stages.common import CEILING, LABEL_COLUMNS, MANIFEST, METRICS, PLOTS, REPORT, SCORES, STUDENT, Params
@@ -28,10 +31,18 @@ from stages.common import CEILING, LABEL_COLUMNS, MANIFEST, METRICS, PLOTS, REPO
 REPORT_RUNGS = ("z0", "cut", "corrected", "refined")  # the per-image view of label changes in the report
 
 
+@dataclass(frozen=True)
+class EvaluateSettings(Settings):
+    threshold: float = setting(0.5, ge=0.0, le=1.0)  # on probabilities, for the thresholded metrics
+    top_k: int = setting(3, ge=1)
+    examples: int = setting(12, ge=0)  # example images in reports/report.html
+
+    SECTION: ClassVar[str] = "evaluate"
+
+
 def check(params: Params) -> tuple[float, int, int]:
-    p = params.section("evaluate")
-    return (p.get("threshold", float, lo=0.0, hi=1.0), p.get("top_k", int, lo=1),
-            p.get("examples", int, lo=0, default=12))
+    s = params.section("evaluate").build(EvaluateSettings)
+    return s.threshold, s.top_k, s.examples
 
 
 def run(params: Params) -> None:

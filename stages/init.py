@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.cut import CUT_VIEWS, cdul_aggregate, fuse_crops
+from pipeline.cut import InitSettings, cdul_aggregate, fuse_crops
 from pipeline.storage import DataError, Table, ids_digest, open_store, write_table
 from stages.common import INITIAL, MANIFEST, SCORES, Params
 
 
-def check(params: Params) -> tuple[float, float, str]:
-    p = params.section("init")
-    return (p.get("alpha", float, lo=0.0), p.get("cdul_zeta", float, lo=0.0, hi=1.0),
-            p.get("views", str, default="crops", choices=CUT_VIEWS))
+def check(params: Params) -> InitSettings:
+    return params.section("init").build(InitSettings)
 
 
 def run(params: Params) -> None:
-    alpha, zeta, views = check(params)
+    s = check(params)
+    alpha, zeta, views = s.alpha, s.cdul_zeta, s.views
     manifest = Table(MANIFEST)
     store = open_store(SCORES, required=("global", "local", "crops"))
     ids = list(manifest.column("image_id"))

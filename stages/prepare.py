@@ -16,6 +16,7 @@ run, empty for the embedded generator. `dataset.on_bad_input: fail` turns any ex
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 
 import pyarrow.parquet as pq
 
@@ -32,15 +33,16 @@ from pipeline.datasets import (
     reader_for,
 )
 from pipeline.images import DEFAULT_MAX_PIXELS
+from pipeline.scenes import SceneConfig
 from pipeline.storage import DataError, atomic_path, write_table
-from stages.common import IMAGES_DIR, MANIFEST, REPORTS, Params, scene_config
+from stages.common import IMAGES_DIR, MANIFEST, REPORTS, Params
 
 DATA_ISSUES = REPORTS / "data_issues.parquet"
 
 # Each format's reader arguments from the `dataset` section (the readers: pipeline.datasets).
 SETTINGS = {
-    "embedded": lambda p: {"cfg": scene_config(p), "seed": p.get("seed", int), "n_train": p.get("n_train", int, lo=1),
-                           "n_test": p.get("n_test", int, lo=1)},
+    "embedded": lambda p: {"cfg": p.build(SceneConfig), "seed": p.get("seed", int),
+                           "n_train": p.get("n_train", int, lo=1), "n_test": p.get("n_test", int, lo=1)},
     "folder": lambda p: {"root": p.path("root", "dir"), "table": p.path("labels"), "seed": p.get("seed", int),
                          "classes": p.get("classes", (list, type(None)), default=None),
                          "test_fraction": p.get("test_fraction", float, lo=0.0, hi=1.0, default=0.2)},
@@ -52,7 +54,7 @@ SETTINGS = {
 }
 assert tuple(SETTINGS) == FORMATS, "every registered dataset format needs its settings here"
 # Every key some format reads, beyond format and the input checks: what validation accepts in `dataset`.
-FORMAT_KEYS = ("seed", "n_train", "n_test", "image_size", "n_classes", "max_small",  # embedded
+FORMAT_KEYS = ("seed", "n_train", "n_test", *(f.name for f in fields(SceneConfig)),  # embedded
                "root", "labels", "classes", "test_fraction", "train_set", "test_set", "include_difficult",
                "images_dir")
 

@@ -17,32 +17,15 @@ import shutil
 import sys
 
 from pipeline import clip
-from pipeline.cut import CROP_PLACEMENTS, CutSettings
-from pipeline.scoring import PRECISIONS, STORE_NAME, ScoreJob, score_to_store, torchrun_workers
+from pipeline.scoring import STORE_NAME, ScoreJob, score_to_store, torchrun_workers
 from pipeline.storage import Table, manifest_paths, read_json, replace_path
 from stages.common import MANIFEST, SCORES, SCORES_WORK, TEACHER_DESCRIPTOR, Params
 
 
-def cut_settings(p: Params) -> CutSettings:
-    return CutSettings(grid=p.get("grid", int, lo=1), crops=p.get("crops", int, lo=0),
-                       crop_area=p.pair("crop_area", 0.0, 1.0), crop_aspect=p.pair("crop_aspect", 0.01),
-                       flip=p.get("flip", bool),
-                       placement=p.get("crop_placement", str, default="centre", choices=CROP_PLACEMENTS))
-
-
 def score_job(p: Params) -> ScoreJob:
-    """The `score` section as a ScoreJob; keys added later (precision, device, batch_views) default to auto."""
-    batch_views = p.get("batch_views", (str, int), default="auto")
-    if batch_views != "auto" and (isinstance(batch_views, str) or isinstance(batch_views, bool) or batch_views < 1):
-        batch_views = p.fail("batch_views", f"must be auto or an int >= 1, got {batch_views!r}", "auto")
-    device = p.get("device", str, default="auto")
-    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
-        device = p.fail("device", f"must be auto, cpu, cuda or cuda:N, got {device!r}", "auto")
-    return ScoreJob(settings=cut_settings(p), seed=p.get("seed", int), shard_rows=p.get("shard_rows", int, lo=1),
-                    chunk_rows=p.get("chunk_rows", int, lo=1), batch_images=p.get("batch_images", int, lo=1),
-                    num_workers=p.get("num_workers", int, lo=0),
-                    batch_views=None if batch_views == "auto" else batch_views,
-                    precision=p.get("precision", str, default="auto", choices=PRECISIONS), device=device)
+    """The `score` section as a ScoreJob (its views: CutSettings); an absent key takes its default (auto for
+    precision, device, batch_views)."""
+    return p.build(ScoreJob)
 
 
 def check(params: Params) -> tuple[ScoreJob, list[str]]:

@@ -18,7 +18,6 @@ from stages.common import (
     Params,
     clear_work_dir,
     resolve_weights,
-    scene_config,
     work_dir,
 )
 
@@ -35,13 +34,8 @@ def check(params: Params) -> tuple[str, str, bool, tuple | None]:
         p.allow("train")  # the toy teacher's settings, unused by real weights
         return name, pretrained, trust, None
     t = p.section("train")
-    seed = t.get("seed", int)
-    training = TeacherTraining(steps=t.get("steps", int, lo=1), batch_size=t.get("batch_size", int, lo=2),
-                               lr=t.get("lr", float, lo=0.0), seed=seed)
-    sampling = ViewSampling(crop_prob=t.get("crop_prob", float, lo=0.0, hi=1.0),
-                            crop_area=t.pair("crop_area", 0.0, 1.0))
-    return name, pretrained, trust, (scene_config(params.section("dataset")), training, sampling,
-                                     t.get("scenes", int, lo=1))
+    return name, pretrained, trust, (params.section("dataset").build(SceneConfig), t.build(TeacherTraining),
+                                     t.build(ViewSampling), t.get("scenes", int, lo=1))
 
 
 def run(params: Params) -> None:

@@ -126,7 +126,7 @@ def test_invalid_params_fail_before_anything_is_touched(project):
 
     out = _refused_repro(project, bad)
     assert "'ratio' must be in [0.0, 1.0], got 1.5" in out
-    assert "'score.crop_area' must be [low, high] within [0.0, 1.0], got [0.2, 1.5]" in out
+    assert "'score.crop_area' must be [low, high] within (0.0, 1.0], got [0.2, 1.5]" in out
     assert "'sew.max_overlays' must be >= 0, got -1" in out and "'teacher.model' must be an open_clip model" in out
     assert snapshot() == before  # no output deleted, nothing new in the cache
 

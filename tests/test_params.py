@@ -101,3 +101,17 @@ def test_old_key_names_still_work_with_a_warning(tmp_path):
     both = params(tmp_path, "sew:\n  L: 0\n  max_overlays: 2\n").section("sew")
     with pytest.raises(ParamsError, match="'sew.L' is the old name of 'sew.max_overlays'"):
         both.build(SewSettings)
+
+
+def test_build_reads_pairs_and_nested_settings(tmp_path):
+    from pipeline.scoring import ScoreJob
+
+    p = params(tmp_path, "score:\n  crops: 2\n  crop_area: [0.2, 1.5]\n  crop_placement: corner\n"
+                         "  batch_views: auto\n  device: tpu\n").audited()
+    assert p.section("score").build(ScoreJob) == ScoreJob()  # stand-ins while auditing
+    assert [e.split(": ", 1)[1] for e in p.audit.errors] == [
+        "'score.crop_area' must be [low, high] within (0.0, 1.0], got [0.2, 1.5]",
+        "score.device must be auto, cpu, cuda or cuda:N, got 'tpu'"]  # a relation of fields, checked all the same
+    ok = params(tmp_path, "score:\n  crops: 2\n  crop_area: [0.2, 0.5]\n  crop_placement: corner\n")
+    job = ok.section("score").build(ScoreJob)
+    assert (job.settings.crops, job.settings.crop_area, job.settings.placement) == (2, (0.2, 0.5), "corner")

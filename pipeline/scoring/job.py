@@ -12,8 +12,11 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import ClassVar
 
 from pipeline.cut import CutSettings
+from pipeline.scoring.device import PRECISIONS
+from pipeline.settings import Settings, setting
 
 # Ranks wait at barriers while the slowest finishes its shards (hours on CPUs for a big dataset); a dead
 # rank does not leave the others waiting this long, torchrun tears the whole group down.
@@ -21,18 +24,27 @@ BARRIER_TIMEOUT = timedelta(days=7)
 
 
 @dataclass(frozen=True)
-class ScoreJob:
-    """How to score. `device`, `precision` and `batch_views` may be "auto"/None: see the resolve_* functions."""
+class ScoreJob(Settings):
+    """How to score: section `score` (its views: `settings`, read from the same section). `device`,
+    `precision` and `batch_views` may be "auto"/None: see the resolve_* functions."""
 
-    settings: CutSettings
-    seed: int = 0
-    shard_rows: int = 256
-    chunk_rows: int = 64
-    batch_images: int = 16
-    num_workers: int = 0
-    batch_views: int | None = None  # views per forward; None = chosen for the device
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    settings: CutSettings = CutSettings()
+    seed: int = setting(0)
+    shard_rows: int = setting(256, ge=1)
+    chunk_rows: int = setting(64, ge=1)
+    batch_images: int = setting(16, ge=1)
+    num_workers: int = setting(0, ge=0)
+    batch_views: int | None = setting(None, ge=1, auto=True)  # views per forward; auto (None): chosen for the device
+    precision: str = setting("auto", choices=PRECISIONS)
+    device: str = setting("auto")  # auto | cpu | cuda | cuda:N
+
+    SECTION: ClassVar[str] = "score"
+
+    def relation_errors(self) -> list[str]:
+        if self.device not in ("auto", "cpu", "cuda") and not (
+                self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            return [f"score.device must be auto, cpu, cuda or cuda:N, got {self.device!r}"]
+        return []
 
     def shards(self, n: int) -> list[tuple[int, int]]:
         return [(s, min(s + self.shard_rows, n)) for s in range(0, n, self.shard_rows)]
