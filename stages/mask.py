@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from pipeline.masking import observed_mask
-from pipeline.settings import Settings, setting
+from pipeline.masking import MaskSettings, observed_mask
 from pipeline.storage import Table, write_table
 from stages.common import MANIFEST, OBSERVED, Params
-
-
-@dataclass(frozen=True)
-class MaskSettings(Settings):
-    """The top-level keys of the known-label draw."""
-
-    ratio: float = setting(0.0, ge=0.0, le=1.0)  # fraction of train label entries known
-    seed: int = setting(0)
 
 
 def check(params: Params) -> tuple[float, int]:
