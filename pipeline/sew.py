@@ -24,6 +24,9 @@ to lower even the ceiling trained on true labels:
   (the authors' code weights its E-step 0.5); `e_rounds` > 1 spreads such steps over the epochs. Each
   row of Z gets about two Adam steps of lr 1e-2 per epoch under eq. 19: it shrinks but never reorders,
   while the adapter's predictions do.
+- `plain_epochs` (ours): the last epochs train on the plain images only, so the adapter ends on the
+  distribution it is tested on; the composites of the earlier epochs have taught it the small and
+  partly covered objects.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class SewSettings(Settings):
     estimator_lr: float = setting(1e-2, ge=0.0)  # Z, backprop E-step only
     weight_decay: float = setting(1e-4, ge=0.0)
     seed: int = setting(0)
+    plain_epochs: int = setting(0, ge=0)  # the last epochs without overlays (ours; the paper: 0)
 
     SECTION: ClassVar[str] = "sew"
     DEPRECATED: ClassVar[dict[str, str]] = {"p": "overlay_prob", "q": "overlay_side", "L": "max_overlays",
@@ -80,6 +84,8 @@ class SewSettings(Settings):
     def relation_errors(self) -> list[str]:
         if self.e_rounds > self.epochs:
             return [f"sew.e_rounds must be in [1, sew.epochs], got {self.e_rounds}"]
+        if self.plain_epochs > self.epochs:
+            return [f"sew.plain_epochs must be in [0, sew.epochs], got {self.plain_epochs}"]
         return []
 
     @property
@@ -243,6 +249,8 @@ class SewDataset(Dataset):
         s = self.settings
         rng = np.random.default_rng(np.random.SeedSequence([s.seed, self.epoch, i]))
         n = overlay_count(rng, s.overlay_prob, s.max_overlays)
+        if self.epoch >= s.epochs - s.plain_epochs:  # the last epochs: plain images
+            n = 0
         picks = self.pool[rng.choice(len(self.pool), size=n, replace=True)] if n and len(self.pool) else []
         hidden = torch.zeros(0 if self.host_boxes is None else self.host_boxes.shape[1], dtype=torch.bool)
         if len(picks):

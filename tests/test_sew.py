@@ -148,6 +148,19 @@ def test_dataset_is_seeded_per_epoch_and_L0_disables_sewing(image_paths):
     assert src.tolist() == [4] and torch.equal(img, torch.full((3, 32, 32), 80, dtype=torch.uint8))
 
 
+def test_plain_epochs_train_the_last_epochs_without_overlays(image_paths):
+    s = SewSettings(overlay_prob=0.9, max_overlays=2, epochs=4, plain_epochs=2, seed=3)
+    ds = SewDataset(image_paths, 32, np.arange(10), s)
+    overlays = []
+    for epoch in range(4):
+        ds.epoch = epoch
+        overlays.append(sum(int((ds[i][1][1:] >= 0).sum()) for i in range(10)))
+    assert overlays[0] > 0 and overlays[1] > 0 and overlays[2:] == [0, 0]
+    assert torch.equal(ds[4][0], ds.load(4))  # the plain image itself
+    with pytest.raises(ValueError, match="sew.plain_epochs must be in"):
+        SewSettings(epochs=2, plain_epochs=3)
+
+
 def test_em_training_moves_free_entries_only(tiny_model, image_paths):
     torch.manual_seed(0)
     adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
