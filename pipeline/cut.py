@@ -48,10 +48,6 @@ class CutSettings(Settings):
     SECTION: ClassVar[str] = "score"
     PARAMS_KEYS: ClassVar[dict[str, str]] = {"placement": "crop_placement"}
 
-    @classmethod
-    def key(cls, name: str) -> str:
-        return f"{cls.SECTION}.{cls.PARAMS_KEYS.get(name, name)}"
-
 
 @dataclass(frozen=True)
 class InitSettings(Settings):

@@ -181,7 +181,7 @@ def load_checkpoint(path: str | Path, backbone: nn.Module | None = None) -> tupl
     spec, ckpt = read_spec(path)
     if isinstance(spec, NoModel):
         return spec, None
-    module = spec.build(backbone)
+    module = create_model(spec, backbone)
     spec.load_weights(module, ckpt)
     return spec, module.eval()
 

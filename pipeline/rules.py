@@ -62,10 +62,6 @@ class RuleSettings(Settings):
         "g2netpl_eta": "g2netpl.eta", "g2netpl_lr": "g2netpl.lr", "g2netpl_steps": "g2netpl.steps",
         "ll_delta": "large_loss.delta", "ll_max_rate": "large_loss.max_rate", "ld_sigma": "label_distribution.sigma"}
 
-    @classmethod
-    def key(cls, name: str) -> str:
-        return cls.PARAMS_KEYS.get(name, name)
-
     @property
     def updates_labels(self) -> bool:
         return self.name in ("plmcl", "g2netpl")

@@ -76,6 +76,7 @@ class Settings:
 
     SECTION: ClassVar[str] = ""  # the params section, for messages
     DEPRECATED: ClassVar[dict[str, str]] = {}  # old params key → field name, still read with a warning
+    PARAMS_KEYS: ClassVar[dict[str, str]] = {}  # field → its params key, where they differ
 
     def __post_init__(self) -> None:
         errors = [f"{self.key(f.name)} must be {allowed_text(f.metadata)}, got {getattr(self, f.name)!r}"
@@ -87,7 +88,9 @@ class Settings:
 
     @classmethod
     def key(cls, name: str) -> str:
-        return f"{cls.SECTION}.{name}" if cls.SECTION else name
+        """The params key of field `name`, for messages."""
+        key = cls.PARAMS_KEYS.get(name, name)
+        return f"{cls.SECTION}.{key}" if cls.SECTION else key
 
     def relation_errors(self) -> list[str]:
         return []

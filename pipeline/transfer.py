@@ -173,10 +173,6 @@ class ThresholdRule(Settings):
 
     PARAMS_KEYS: ClassVar[dict[str, str]] = {"method": "threshold"}
 
-    @classmethod
-    def key(cls, name: str) -> str:
-        return cls.PARAMS_KEYS.get(name, name)
-
 
 def decide(s: np.ndarray, known: np.ndarray, labels: np.ndarray, rule: ThresholdRule,
            lower: bool = True) -> tuple[np.ndarray, np.ndarray]:

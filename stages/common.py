@@ -213,7 +213,7 @@ class Params:
         against its type and metadata, so the dataclass is the one definition of the section. An absent
         key takes the field's default; a deprecated key (`cls.DEPRECATED`) still works, with a warning.
         While auditing, every bad key is collected and the result built from stand-ins."""
-        keys = getattr(cls, "PARAMS_KEYS", {})
+        keys = cls.PARAMS_KEYS
         types_of = field_types(cls)
         values, bad = {}, False
         for f in dataclasses.fields(cls):
@@ -229,33 +229,28 @@ class Params:
                               FutureWarning, stacklevel=2)
                 key = old
             nested = types_of[f.name][0]
-            if dataclasses.is_dataclass(nested) and isinstance(nested, type) and issubclass(nested, Settings):
+            if isinstance(nested, type) and issubclass(nested, Settings):
                 values[f.name] = self.build(nested)  # a nested settings dataclass, read from the same section
                 continue
             if not self._has(key):
                 values[f.name] = f.default
                 continue
-            kinds = types_of[f.name]
-            if f.metadata.get("pair"):
-                values[f.name], ok = self._pair(key, f.metadata, f.default)
-                bad = bad or not ok
-                continue
-            raw = self._raw(key)
-            if f.metadata.get("auto") and raw == "auto":
+            if f.metadata.get("auto") and self._raw(key) == "auto":
                 values[f.name] = None
                 continue
-            kind = kinds[0] if len(kinds) == 1 else kinds
+            kinds = types_of[f.name]
+            kind = list if f.metadata.get("pair") else kinds[0] if len(kinds) == 1 else kinds
             before = len(self._audit.errors) if self._audit is not None else 0
-            value = self.get(key, kind)
+            value = self.get(key, kind, choices=f.metadata.get("choices"))  # get names the nearest choice
             if self._audit is not None and len(self._audit.errors) > before:
                 values[f.name], bad = f.default, True
                 continue
             if not value_ok(f.metadata, value):
                 auto = " or auto" if f.metadata.get("auto") else ""
-                near = difflib.get_close_matches(str(value), [str(c) for c in f.metadata.get("choices", ())], n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                value = self.fail(key, f"must be {allowed_text(f.metadata)}{auto}, got {value!r}{hint}", f.default)
+                value = self.fail(key, f"must be {allowed_text(f.metadata)}{auto}, got {value!r}", f.default)
                 bad = True
+            elif f.metadata.get("pair"):
+                value = (float(value[0]), float(value[1]))
             values[f.name] = value
         if bad:
             return cls()
@@ -263,16 +258,6 @@ class Params:
             return cls(**values)
         except ValueError as e:  # a relation between fields
             return self._relation(cls, e)
-
-    def _pair(self, key: str, meta: dict, default: Any) -> tuple[Any, bool]:
-        """A `pair` field: [low, high] → (float, float); (stand-in, False) when bad while auditing."""
-        before = len(self._audit.errors) if self._audit is not None else 0
-        value = self.get(key, list)
-        if self._audit is not None and len(self._audit.errors) > before:
-            return default, False
-        if not value_ok(meta, value):
-            return self.fail(key, f"must be {allowed_text(meta)}, got {value!r}", default), False
-        return (float(value[0]), float(value[1])), True
 
     def _relation(self, cls: type[S], error: ValueError) -> S:
         if self._audit is None:

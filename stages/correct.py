@@ -31,21 +31,22 @@ def run(params: Params) -> None:
     known = observed.column("known").astype(bool)
     any_known = bool(known.any())
     labels = manifest.column("labels") if any_known else np.zeros(known.shape, np.int8)
-    out = correct_with_known(initial.column(correction.source), known, labels, correction, protos, cooc,
+    source, split = initial.column(correction.source), initial.column("split")
+    out = correct_with_known(source, known, labels, correction, protos, cooc,
                              embeddings=lambda: scored_embeddings(SCORES))
     write_small_store(PROTOTYPES, out.store, {"prototypes": protos is not None and any_known,
                                               "cooccurrence": cooc is not None and any_known,
                                               "classes": initial.classes})
-    write_table(CORRECTED, {"image_id": initial.column("image_id"), "split": initial.column("split"),
-                            "corrected": out.target}, initial.classes)
+    write_table(CORRECTED, {"image_id": initial.column("image_id"), "split": split, "corrected": out.target},
+                initial.classes)
     up, down = out.raised, out.lowered
     print(f"corrected {correction.source} with {correction.method} on top-{correction.beta}; {int(known.sum())} "
           f"known entries fixed; {int(up.sum())} unknown entries raised, {int(down.sum())} lowered by transfer "
           f"→ {CORRECTED}")
     if manifest.has("labels"):  # a person tuning β wants to see at once what the correction did to the order
-        train = initial.column("split") == "train"
+        train = split == "train"
         truth = manifest.column("labels")
-        print(f"train inversions: {inversions(truth[train], initial.column(correction.source)[train])} before, "
+        print(f"train inversions: {inversions(truth[train], source[train])} before, "
               f"{inversions(truth[train], out.target[train])} after")
         if up.any():
             print(f"raised entries truly positive: {truth[up].mean():.3f}")

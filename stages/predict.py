@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.datasets import Issue, issue_summary, issues_table
+from pipeline.datasets import ON_BAD_INPUT, Issue, issue_summary, issues_table
 from pipeline.export import joined_labels
 from pipeline.images import list_images
 from pipeline.logits import sigmoid
@@ -23,7 +23,6 @@ from pipeline.progress import progress_bar
 from pipeline.storage import DataError, atomic_path, write_table
 from pipeline.student import predict_files
 
-ON_BAD_INPUT = ("skip", "fail")
 SHOWN = 10  # bad files named on the console; the issues table lists them all
 
 

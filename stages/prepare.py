@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 
 from pipeline.datasets import (
     FORMATS,
-    ON_BAD_INPUT,
     ImportedDataset,
     InputChecks,
     Issue,
@@ -32,7 +31,6 @@ from pipeline.datasets import (
     issues_table,
     reader_for,
 )
-from pipeline.images import DEFAULT_MAX_PIXELS
 from pipeline.scenes import SceneConfig
 from pipeline.storage import DataError, atomic_path, write_table
 from stages.common import IMAGES_DIR, MANIFEST, REPORTS, Params
@@ -60,10 +58,7 @@ FORMAT_KEYS = ("seed", "n_train", "n_test", *(f.name for f in fields(SceneConfig
 
 
 def input_checks(p: Params) -> InputChecks:
-    # Only lowering the limit is allowed: every later stage decodes with the default one.
-    return InputChecks(max_pixels=p.get("max_pixels", int, lo=1, hi=DEFAULT_MAX_PIXELS, default=DEFAULT_MAX_PIXELS),
-                       on_bad_input=p.get("on_bad_input", str, choices=ON_BAD_INPUT, default="skip"),
-                       num_workers=p.get("num_workers", int, lo=0, default=0))
+    return p.build(InputChecks)
 
 
 def check(params: Params) -> tuple[str, dict, InputChecks]:

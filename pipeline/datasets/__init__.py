@@ -1,7 +1,7 @@
 """Datasets: each `dataset.format` is one reader, turning a dataset into the manifest columns of
 docs/design.md#data-formats.
 
-- `pipeline.datasets.registry`: the readers by format (`register_reader`, `reader_for`, `create_reader`);
+- `pipeline.datasets.registry`: the readers by format (`register_reader`, `reader_for`);
 - `embedded`: the seeded scene benchmark, rendered (pipeline.scenes);
 - `folder`: a directory of images plus a CSV or Parquet table (`image`, `labels`, optional `split`);
 - `voc`, `coco`, `nuswide`: the datasets' own on-disk layouts (see each reader);
@@ -42,10 +42,10 @@ from pipeline.datasets.issues import (
     issues_table,
 )
 from pipeline.datasets.nuswide import read_nuswide
-from pipeline.datasets.registry import READERS, Reader, create_reader, formats, reader_for, register_reader
+from pipeline.datasets.registry import READERS, Reader, reader_for, register_reader
 from pipeline.datasets.voc import VOC_CLASSES, read_voc
 
-FORMATS = formats()
+FORMATS = tuple(READERS)  # in registration order: the order of the imports above
 
 __all__ = [
     "ACTIONS",
@@ -65,7 +65,6 @@ __all__ = [
     "RenderedScenes",
     "check_images",
     "check_import",
-    "create_reader",
     "in_place_note",
     "issue_summary",
     "issues_table",

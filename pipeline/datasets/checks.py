@@ -13,12 +13,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from pipeline.datasets.issues import Issue, issue_summary
 from pipeline.images import DEFAULT_MAX_PIXELS, CheckedImages
 from pipeline.progress import progress_bar
+from pipeline.settings import Settings, setting
 
 
 @dataclass
@@ -153,15 +155,20 @@ def no_positive_issues(data: ImportedDataset) -> list[Issue]:
                   "kept") for c, n in zip(data.classes, counts, strict=True) if n == 0]
 
 
-
 ON_BAD_INPUT = ("skip", "fail")
 
 
 @dataclass(frozen=True)
-class InputChecks:
-    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused as decompression bombs
-    on_bad_input: str = "skip"  # skip: exclude and report | fail: any exclusion fails the stage
-    num_workers: int = 0  # DataLoader workers decoding images for the check
+class InputChecks(Settings):
+    """The `dataset` keys of the check every imported image passes."""
+
+    # larger images are refused as decompression bombs; only lowering the limit is allowed, as every
+    # later stage decodes with the default one
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, ge=1, le=DEFAULT_MAX_PIXELS)
+    on_bad_input: str = setting("skip", choices=ON_BAD_INPUT)  # skip: exclude and report | fail: any exclusion fails
+    num_workers: int = setting(0, ge=0)  # DataLoader workers decoding images for the check
+
+    SECTION: ClassVar[str] = "dataset"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The dataset formats: each `dataset.format` names one registered reader (timm's `create_reader` style).
 
-A reader module registers its reading function with `@register_reader(name)`; `reader_for(format)` and
-`create_reader(format, **settings)` look it up, so no code branches on the format's name. Formats are
+A reader module registers its reading function with `@register_reader(name)`; `reader_for(format)` looks
+it up, so no code branches on the format's name. Formats are
 listed (`FORMATS`) in the order they were registered (pipeline.datasets imports the readers in the order
 the docs list them).
 """
@@ -34,17 +34,8 @@ def register_reader(name: str, renders: bool = False) -> Callable[[Callable], Ca
     return register
 
 
-def formats() -> tuple[str, ...]:
-    return tuple(READERS)
-
-
 def reader_for(fmt: str) -> Reader:
     try:
         return READERS[fmt]
     except KeyError:
         raise ValueError(f"dataset.format must be one of {list(READERS)}, got {fmt!r}") from None
-
-
-def create_reader(fmt: str, **settings) -> Any:
-    """Read the dataset of format `fmt` with the reader's keyword arguments."""
-    return reader_for(fmt).read(**settings)

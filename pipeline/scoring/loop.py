@@ -126,8 +126,7 @@ def score_to_store(model: torch.nn.Module, text_emb: torch.Tensor, paths: Sequen
     autocast = (torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision]) if precision in AUTOCAST_DTYPES
                 else contextlib.nullcontext())
     group = zarr.open_group(str(store_path), mode="r+")
-    writer = ShardWriter({name: group[name] for name in ("global", "local", "crops", "boxes", "image_emb")},
-                         done_dir)
+    writer = ShardWriter({name: group[name] for name in shard_buffers(0, n_tiles, n_crops, n_cls, dim)}, done_dir)
     buffers: dict[int, dict[str, np.ndarray]] = {}
     remaining = {k: shard_bounds[k][1] - shard_bounds[k][0] for k in todo}
     bar = progress_bar(total=sum(remaining.values()), unit="img", desc="score", disable=not progress, smoothing=0.1)

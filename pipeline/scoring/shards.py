@@ -106,14 +106,9 @@ def prepare_store(store_path: Path, done_dir: Path, attrs: dict, text_emb: torch
         shutil.rmtree(done_dir)
     n = len(image_ids)
     store_path.parent.mkdir(parents=True, exist_ok=True)
-    n_tiles, n_crops = job.settings.grid ** 2, job.settings.crops
-    arrays = {
-        "global": ((n, n_cls), "float16"),
-        "local": ((n, n_tiles, n_cls), "float16"),
-        "crops": ((n, n_crops, n_cls), "float16"),
-        "boxes": ((n, n_crops, 4), "float32"),
-        "image_emb": ((n, dim), "float16"),
-    }
+    # the store's arrays: a shard's buffers (shard_buffers) with n rows
+    arrays = {name: ((n, *b.shape[1:]), b.dtype.name)
+              for name, b in shard_buffers(0, job.settings.grid ** 2, job.settings.crops, n_cls, dim).items()}
     group = create_score_store(store_path, arrays, job.shard_rows, job.chunk_rows, attrs, SCORE_DIMENSIONS)
     group.create_array("text_emb", shape=tuple(text_emb.shape), dtype="float32", chunks=tuple(text_emb.shape),
                        dimension_names=SCORE_DIMENSIONS["text_emb"])
