@@ -15,14 +15,22 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from pipeline import clip
-from pipeline.adapter import Adapter, AdapterOptions, adapter_for
+from pipeline.adapter import Adapter, AdapterConfig, AdapterOptions, adapter_for
 from pipeline.cut import best_view_boxes
+from pipeline.features import GRID, read_feature_store
 from pipeline.logits import sigmoid
 from pipeline.models import AdapterSpec
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
 from pipeline.rules import NO_RULE, RuleSettings
-from pipeline.sew import SewDataset, SewSettings, overlay_pool, overlay_pool_pairs, train_adapter_em
+from pipeline.sew import (
+    FeatureSewDataset,
+    SewDataset,
+    SewSettings,
+    overlay_pool,
+    overlay_pool_pairs,
+    train_adapter_em,
+)
 from pipeline.storage import Table, manifest_paths, open_store, read_json
 
 
@@ -61,27 +69,48 @@ def backbone_descriptor(model: str, pretrained: str, trust_checkpoint: bool, tea
     return clip.describe(model, pretrained, trust_checkpoint)
 
 
+def tower_inputs(settings: SewSettings, descriptor: dict, split: TrainSplit, image_size: int,
+                 features: str | Path) -> tuple[nn.Module | None, dict[str, np.ndarray] | None]:
+    """What fit_adapter trains from: (None, the feature store's arrays) with `composites: features`,
+    else (the frozen tower's model, None)."""
+    if settings.composites == "features":
+        return None, read_feature_store(features, split.image_ids, image_size, settings.overlay_side,
+                                        settings.max_overlays)
+    return clip.load_described(descriptor), None
+
+
 def needs_host_boxes(settings: SewSettings) -> bool:
     """Overlay placement or hidden host labels read where each class most likely is."""
     return settings.placement_tries > 1 or settings.cover_limit < 1
 
 
-def fit_adapter(model: nn.Module, descriptor: dict, split: TrainSplit, targets: np.ndarray, frozen: np.ndarray,
-                settings: SewSettings, options: AdapterOptions, image_size: int, work_dir: str | Path, desc: str,
-                rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
-                num_workers: int = 0) -> tuple[AdapterSpec, Adapter, np.ndarray]:
+def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, targets: np.ndarray,
+                frozen: np.ndarray, settings: SewSettings, options: AdapterOptions, image_size: int,
+                work_dir: str | Path, desc: str, rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
+                num_workers: int = 0, features: dict[str, np.ndarray] | None = None,
+                ) -> tuple[AdapterSpec, Adapter, np.ndarray]:
     """Train an adapter on `model`'s frozen tower (described by `descriptor`) with composites of the split.
 
     targets [N, C]: label logits of the train images; frozen [N, C]: entries EM keeps (known labels).
+    `features` (pipeline.features.read_feature_store): the tower's features of the split, so composites
+    are pasted in feature space and `model` is not needed (None); else composites are pasted in pixels.
     Resumes from a checkpoint in `work_dir` left by the same run; shows progress as `desc`.
     Returns (the adapter's spec, the adapter, refined Z [N, C]).
     """
     torch.manual_seed(settings.seed)
-    adapter = adapter_for(model, len(split.classes), image_size, **asdict(options))
+    if features is None:
+        adapter = adapter_for(model, len(split.classes), image_size, **asdict(options))
+    else:
+        _, dim, rows, cols = features[GRID].shape
+        adapter = Adapter(AdapterConfig(in_dim=dim, n_classes=len(split.classes), grid=(rows, cols),
+                                        **asdict(options)))
     k = settings.pool_size(len(split.paths), len(split.classes))
     pool = overlay_pool_pairs(split.z0, k) if settings.overlay_label == "pooled" else overlay_pool(split.z0, k)
-    dataset = SewDataset(split.paths, image_size, pool, settings, split.host_boxes,
-                         sigmoid(targets).astype(np.float32))
+    host_weights = sigmoid(targets).astype(np.float32)
+    if features is None:
+        dataset = SewDataset(split.paths, image_size, pool, settings, split.host_boxes, host_weights)
+    else:
+        dataset = FeatureSewDataset(features, pool, settings, split.host_boxes, host_weights)
     steps = settings.epochs * max(1, len(dataset) // settings.batch_size)
     bar = progress_bar(total=steps, desc=desc, unit="step")
 
@@ -91,7 +120,8 @@ def fit_adapter(model: nn.Module, descriptor: dict, split: TrainSplit, targets: 
 
     run_id = fingerprint(asdict(settings), asdict(rule), adapter.cfg.to_dict(), image_size, descriptor,
                          targets, frozen, split.z0, split.image_ids)
-    refined = train_adapter_em(model.visual, clip.normalizer_of(model), adapter, dataset, targets, frozen, settings,
+    visual, normalizer = (None, None) if features is not None else (model.visual, clip.normalizer_of(model))
+    refined = train_adapter_em(visual, normalizer, adapter, dataset, targets, frozen, settings,
                                num_workers=num_workers, on_step=on_step, rule=rule, weights=weights,
                                checkpointer=Checkpointer(work_dir, run_id, log=tqdm.write))
     bar.close()

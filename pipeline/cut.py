@@ -31,6 +31,9 @@ CROP_PLACEMENTS = ("centre", "corner")
 # The local views eq. 7 fuses: `crops` (TailorCLIP: the M random crops), or `all` (the K tiles too: tiles
 # cover the image evenly, and on the embedded benchmark eq. 7 over tiles ∪ crops beats both alone).
 CUT_VIEWS = ("all", "crops")
+# How `score` computes the views' scores: `crops` encodes each view at the tower's native size (1 + K + M
+# forwards per image), `dense` pools every view from one forward (pipeline.scoring.dense).
+SCORE_VIEWS = ("crops", "dense")
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,16 @@ class CutSettings(Settings):
     flip: bool = setting(False)  # the authors' code also flips crops at random
     # The field keeps its name: it is recorded under it in data/scores.zarr's attrs.
     placement: str = setting("centre", choices=CROP_PLACEMENTS)
+    views: str = setting("crops", choices=SCORE_VIEWS)
+    dense_size: int | None = setting(None, ge=8, auto=True)  # dense: input side; auto (None): twice the native
 
     SECTION: ClassVar[str] = "score"
     PARAMS_KEYS: ClassVar[dict[str, str]] = {"placement": "crop_placement"}
+
+    def relation_errors(self) -> list[str]:
+        if self.views == "dense" and self.flip:
+            return ["score.flip needs score.views: crops (a pooled view cannot be flipped)"]
+        return []
 
 
 @dataclass(frozen=True)

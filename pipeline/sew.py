@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline import clip
+from pipeline.features import GRID, overlay_cells, overlay_key
 from pipeline.images import decode_image, resize_u8
 from pipeline.resume import Checkpointer
 from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
@@ -51,6 +52,7 @@ from pipeline.settings import Settings, setting
 OVERLAY_LABELS = ("pooled", "all")
 PASTES = ("feather", "rectangle")
 E_STEPS = ("predictions", "backprop")
+COMPOSITES = ("pixels", "features")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class SewSettings(Settings):
     pool_share: float = setting(0.25, gt=0.0, le=1.0)  # k = ⌈share · N / C⌉
     overlay_label: str = setting("pooled", choices=OVERLAY_LABELS)
     paste: str = setting("feather", choices=PASTES)
+    composites: str = setting("features", choices=COMPOSITES)  # where overlays are pasted (pipeline.features)
     placement_tries: int = setting(8, ge=1)  # random positions tried per overlay; the least covering one is taken
     cover_limit: float = setting(0.5, gt=0.0, le=1.0)  # a host label whose view is covered beyond this is ignored
     e_step: str = setting("predictions", choices=E_STEPS)
@@ -239,6 +242,8 @@ class SewDataset(Dataset):
         self.host_boxes, self.host_weights = host_boxes, host_weights
         self.epoch = 0
 
+    encoded = False  # items are images; the tower encodes them
+
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -256,8 +261,7 @@ class SewDataset(Dataset):
         if len(picks):
             boxes = None if self.host_boxes is None else self.host_boxes[i]
             weights = None if self.host_weights is None else self.host_weights[i]
-            image, rects = sew(self.load(i), [self.load(int(j)) for j, _ in picks], rng, s.overlay_side, boxes, weights,
-                               s.placement_tries, s.paste)
+            image, rects = self.paste(i, [int(j) for j, _ in picks], rng, boxes, weights)
             if boxes is not None:
                 cover = np.zeros(len(boxes))
                 for r in rects:
@@ -272,21 +276,92 @@ class SewDataset(Dataset):
             classes[1: 1 + len(picks)] = torch.tensor([int(c) for _, c in picks], dtype=torch.long)
         return Composite(image, sources, classes, hidden)
 
+    def paste(self, host: int, overlays: list[int], rng: np.random.Generator, boxes: np.ndarray | None,
+              weights: np.ndarray | None) -> tuple[torch.Tensor, list[tuple[float, float, float, float]]]:
+        s = self.settings
+        return sew(self.load(host), [self.load(j) for j in overlays], rng, s.overlay_side, boxes, weights,
+                   s.placement_tries, s.paste)
+
     def __getitem__(self, i: int):
         c = self.composite(i)
         return c.image, c.sources, c.classes, c.hidden
 
 
+def sew_features(host: torch.Tensor, overlays: Sequence[torch.Tensor], rng: np.random.Generator,
+                 avoid: np.ndarray | None = None, avoid_weight: np.ndarray | None = None,
+                 tries: int = 1, paste: str = "rectangle",
+                 ) -> tuple[torch.Tensor, list[tuple[float, float, float, float]]]:
+    """Copy each overlay's grid (float [D, s, s]) over an s×s window of cells of a copy of host [D, G, G].
+
+    The window is placed as `sew` places a pixel overlay (the least covering of `tries` random
+    positions), on whole cells; `feather` blends each cell by the feather mask at its centre (the corners
+    of a 3×3 window keep most of the host, as the corners of a feathered pixel paste do).
+    Returns the composite grid and the windows as fractions of the side.
+    """
+    out = host.clone()
+    g = host.shape[-1]
+    rects = []
+    for ov in overlays:
+        s = ov.shape[-1]
+        best, best_cost = (0, 0), math.inf
+        for _ in range(tries):
+            y, x = int(rng.integers(0, g - s + 1)), int(rng.integers(0, g - s + 1))
+            if avoid is None or tries == 1:
+                best = (y, x)
+                break
+            cost = float((covered_share(avoid, (x / g, y / g, (x + s) / g, (y + s) / g)) * avoid_weight).sum())
+            if cost < best_cost:
+                best, best_cost = (y, x), cost
+        y, x = best
+        if paste == "feather":
+            alpha = feather_mask(s, s)
+            out[:, y:y + s, x:x + s] = alpha * ov + (1 - alpha) * out[:, y:y + s, x:x + s]
+        else:
+            out[:, y:y + s, x:x + s] = ov
+        rects.append((x / g, y / g, (x + s) / g, (y + s) / g))
+    return out, rects
+
+
+class FeatureSewDataset(SewDataset):
+    """SewDataset over the frozen tower's features (pipeline.features): item i is (composite grid float
+    [D, G, G], sources, classes, hidden), with the same draws of overlays per (seed, epoch, i)."""
+
+    encoded = True
+
+    def __init__(self, features: dict[str, np.ndarray], pool: np.ndarray, settings: SewSettings,
+                 host_boxes: np.ndarray | None = None, host_weights: np.ndarray | None = None):
+        self.features = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in features.items()}
+        grid = self.features[GRID]
+        super().__init__([""] * grid.shape[0], grid.shape[-1], pool, settings, host_boxes, host_weights)
+
+    def load(self, i: int) -> torch.Tensor:
+        return self.features[GRID][i].float()
+
+    def paste(self, host: int, overlays: list[int], rng: np.random.Generator, boxes: np.ndarray | None,
+              weights: np.ndarray | None) -> tuple[torch.Tensor, list[tuple[float, float, float, float]]]:
+        key = overlay_key(overlay_cells(self.size, self.settings.overlay_side, len(overlays)))
+        return sew_features(self.load(host), [self.features[key][j].float() for j in overlays], rng, boxes, weights,
+                            self.settings.placement_tries, self.settings.paste)
+
+
+def encode_batch(visual: torch.nn.Module | None, normalizer: tuple[torch.Tensor, torch.Tensor] | None,
+                 dataset: SewDataset, batch: torch.Tensor) -> torch.Tensor:
+    """The adapter's input for a batch of the dataset: tower features of images, or the features themselves."""
+    if dataset.encoded:
+        return batch
+    mean, std = normalizer
+    return clip.grid_features(visual, clip.normalize_u8(batch, mean, std))
+
+
 def predict_hosts(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor], adapter: torch.nn.Module,
                   dataset: SewDataset, batch_size: int) -> np.ndarray:
     """The adapter's logits on every training image as it is, without overlays. [N, C]"""
-    mean, std = normalizer
     adapter.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
             images = torch.stack([dataset.load(i) for i in range(start, min(start + batch_size, len(dataset)))])
-            out.append(adapter(clip.grid_features(visual, clip.normalize_u8(images, mean, std))))
+            out.append(adapter(encode_batch(visual, normalizer, dataset, images)))
     return torch.cat(out).numpy()
 
 
@@ -327,8 +402,8 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     opt = torch.optim.AdamW([
         {"params": adapter.parameters(), "lr": settings.lr, "weight_decay": settings.weight_decay},
         {"params": [z], "lr": settings.estimator_lr, "weight_decay": 0.0}])
-    mean, std = normalizer
-    visual.eval()
+    if visual is not None:
+        visual.eval()
     y_prev = torch.sigmoid(z0).numpy().astype(np.float64)
     start = 0
     state = checkpointer.restore() if checkpointer is not None else None
@@ -348,7 +423,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
         adapter.train()
         for step, (images, sources, classes, hidden) in enumerate(loader):
             with torch.no_grad():
-                feats = clip.grid_features(visual, clip.normalize_u8(images, mean, std))
+                feats = encode_batch(visual, normalizer, dataset, images)
             p = adapter(feats)
             rows = sources.clamp(min=0)  # gather the batch's rows first: never touch all N × C per step
             hidden = hidden if hidden.shape[-1] else None

@@ -48,12 +48,12 @@ PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="Params
 def _run_stage(name: str, params_file: Path, **kwargs) -> None:
     from pipeline.storage import DataError
     from stages.common import Params, ParamsError
-    from stages.validate import validate
+    from stages.validate import validate_once
 
     try:
         module = importlib.import_module(f"stages.{name}")
         params = Params.load(params_file)
-        validate(params)  # the whole file, before anything is computed or written
+        validate_once(params)  # the whole file, before anything is computed or written
         module.run(params, **kwargs)
     except (ParamsError, DataError, FileNotFoundError, ValueError) as e:
         typer.secho(f"mlpl {name}: {e}", fg=typer.colors.RED, err=True)
@@ -87,6 +87,7 @@ def score(params: Path = PARAMS_OPTION,
 
 _stage_command("init", "Initial pseudo labels from cached scores: z0, cut estimator, CDUL aggregate.")
 _stage_command("correct", "Order-persistent correction of the initial labels (+ known labels).")
+_stage_command("features", "Encode the train images once with the frozen tower, for composites in feature space.")
 _stage_command("sew", "Adapt on the corrected labels and refine them by EM.")
 _stage_command("ceiling", "Train the same adapter on the true train labels (supervised ceiling).")
 _stage_command("distill", "Export or train the standalone student from the refined labels.")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -42,7 +44,9 @@ INITIAL = LABELS / "initial.parquet"
 CORRECTED = LABELS / "corrected.parquet"
 REFINED = LABELS / "refined.parquet"
 PROTOTYPES = DATA / "prototypes.zarr"
+FEATURES = DATA / "features.zarr"  # the frozen tower's features of the train images (pipeline.features)
 PARAMS_OK = DATA / "params.ok"
+VALIDATED = DATA / ".params.validated"  # digest of the params `validate` last passed; not a DVC output
 # Every rung of the label ladder, in stage order → (label table, column): the column is named after the rung.
 LABEL_COLUMNS = {**{name: (INITIAL, name) for name in ("z0", "tiles", "crops", "cdul", "cut")},
                  "corrected": (CORRECTED, "corrected"), "refined": (REFINED, "refined")}
@@ -107,6 +111,10 @@ class Params:
         if not isinstance(data, dict):
             raise ParamsError(f"{path}: must be a mapping of keys, got {type(data).__name__}")
         return cls(data, path)
+
+    def digest(self) -> str:
+        """sha256 of the params' content (not of the file's bytes: comments and key order do not count)."""
+        return hashlib.sha256(json.dumps(self._data, sort_keys=True, default=str).encode()).hexdigest()
 
     def audited(self) -> Params:
         """The same params, with a fresh audit (see the class docstring)."""

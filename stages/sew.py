@@ -3,8 +3,7 @@ data/models/adapter.pt and data/labels/refined.parquet (Z after EM)."""
 
 from __future__ import annotations
 
-from pipeline import clip
-from pipeline.adaptation import backbone_descriptor, fit_adapter, needs_host_boxes, read_train_split
+from pipeline.adaptation import backbone_descriptor, fit_adapter, needs_host_boxes, read_train_split, tower_inputs
 from pipeline.adapter import AdapterOptions
 from pipeline.models import save_checkpoint
 from pipeline.rules import RuleSettings, rule_weights
@@ -13,6 +12,7 @@ from pipeline.storage import Table, write_table
 from stages.common import (
     ADAPTER,
     CORRECTED,
+    FEATURES,
     INITIAL,
     MANIFEST,
     OBSERVED,
@@ -46,11 +46,12 @@ def run(params: Params) -> None:
     split = read_train_split(MANIFEST, INITIAL, SCORES, needs_host_boxes(settings))
     targets = corrected.column("corrected")[split.rows]
     descriptor = backbone_descriptor(*backbone_params(p), TEACHER_DESCRIPTOR)
+    image_size = p.get("image_size", int, lo=8)
+    model, features = tower_inputs(settings, descriptor, split, image_size, FEATURES)
     spec, adapter, refined = fit_adapter(
-        clip.load_described(descriptor), descriptor, split, targets,
-        observed.column("known").astype(bool)[split.rows], settings, options,
-        p.get("image_size", int, lo=8), work_dir("sew"), "sew", rule,
-        rule_weights(rule, targets, SCORES, split.rows), p.get("num_workers", int, lo=0))
+        model, descriptor, split, targets, observed.column("known").astype(bool)[split.rows], settings, options,
+        image_size, work_dir("sew"), "sew", rule, rule_weights(rule, targets, SCORES, split.rows),
+        p.get("num_workers", int, lo=0), features)
     save_checkpoint(ADAPTER, spec, adapter)
     write_table(REFINED, {"image_id": corrected.column("image_id")[split.rows],
                           "split": corrected.column("split")[split.rows], "refined": refined}, corrected.classes)

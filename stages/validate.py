@@ -13,11 +13,13 @@ valid change reruns nothing through it. `mlpl <stage>` also validates first.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
+from pathlib import Path
 
-from stages.common import PARAMS_OK, Params, ParamsError
+from stages.common import PARAMS_OK, VALIDATED, Params, ParamsError
 
-CHECKED = ("prepare", "mask", "teacher", "score", "init", "correct", "sew", "distill", "evaluate")
+CHECKED = ("prepare", "mask", "teacher", "score", "init", "correct", "features", "sew", "distill", "evaluate")
 
 
 def unknown_key_errors(params: Params, unsure: set[str] = frozenset()) -> list[str]:
@@ -58,8 +60,29 @@ def validate(params: Params) -> None:
         raise ParamsError("invalid params, nothing was run:\n  " + "\n  ".join(dict.fromkeys(errors)))
 
 
-def run(params: Params) -> None:
+def code_digest() -> str:
+    """sha256 over the source of pipeline/ and stages/: the rules params are checked by."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((*root.glob("pipeline/**/*.py"), *root.glob("stages/*.py"))):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def validate_once(params: Params) -> None:
+    """validate, unless these very params passed these very checks last time: each stage of a `dvc repro`
+    would re-check what the `validate` stage has just checked, and importing every stage's code for it
+    costs seconds per stage. The digest lives outside every DVC output (data/.params.validated)."""
+    digest = f"{params.digest()} {code_digest()}"
+    if VALIDATED.is_file() and VALIDATED.read_text().strip() == digest:
+        return
     validate(params)
+    VALIDATED.parent.mkdir(parents=True, exist_ok=True)
+    VALIDATED.write_text(digest + "\n")
+
+
+def run(params: Params) -> None:
+    validate_once(params)
     PARAMS_OK.parent.mkdir(parents=True, exist_ok=True)
     PARAMS_OK.write_text("valid\n")  # constant: downstream stages never rerun because of it
     print(f"params valid → {PARAMS_OK}")

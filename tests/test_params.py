@@ -65,6 +65,42 @@ def test_validate_names_unknown_keys_with_the_nearest_known_one(tmp_path, monkey
         "unknown key 'correct.methd' (did you mean 'correct.method'?)"]
 
 
+def test_stages_validate_once_per_params_content(tmp_path, monkeypatch):
+    import yaml
+
+    from benchmarks.project import ROOT
+    from stages import validate as validation
+
+    config = yaml.safe_load((ROOT / "tests" / "tiny_params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    real = validation.validate
+    monkeypatch.setattr(validation, "validate", lambda p: (calls.append(1), real(p)))
+    validation.validate_once(Params.load(tmp_path / "params.yaml"))
+    assert calls == [1] and validation.VALIDATED.is_file()
+    # the same content, written otherwise (key order, comments): not checked again
+    (tmp_path / "params.yaml").write_text("# a comment\n" + yaml.safe_dump(config, sort_keys=False))
+    validation.validate_once(Params.load(tmp_path / "params.yaml"))
+    assert calls == [1]
+    # another value is checked again, and a bad one fails every time
+    config["sew"]["overlay_prob"] = 1.5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    for _ in range(2):
+        with pytest.raises(ParamsError, match="sew.overlay_prob"):
+            validation.validate_once(Params.load(tmp_path / "params.yaml"))
+    assert calls == [1, 1, 1]
+    # back to the content that passed: a failure never overwrote its stamp
+    config["sew"]["overlay_prob"] = 0.5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    validation.validate_once(Params.load(tmp_path / "params.yaml"))
+    assert calls == [1, 1, 1]
+    # other checking code (the stamp holds a digest of pipeline/ and stages/ too) checks again
+    monkeypatch.setattr(validation, "code_digest", lambda: "other code")
+    validation.validate_once(Params.load(tmp_path / "params.yaml"))
+    assert calls == [1, 1, 1, 1]
+
+
 def test_build_reads_a_settings_dataclass_as_the_one_definition(tmp_path):
     from pipeline.rules import RuleSettings
     from pipeline.sew import SewSettings

@@ -40,7 +40,8 @@ def images(tmp_path_factory):
 
 def run(model, tok, images, work, **kw):
     text = clip.encode_classes(model, tok, CLASSES, ["a {}."])
-    job = ScoreJob(CutSettings(grid=2, crops=3), seed=kw.pop("seed", 0), shard_rows=4, chunk_rows=2,
+    cut = CutSettings(grid=2, crops=3, views=kw.pop("views", "crops"), dense_size=kw.pop("dense_size", None))
+    job = ScoreJob(cut, seed=kw.pop("seed", 0), shard_rows=4, chunk_rows=2,
                    batch_images=kw.pop("batch_images", 3), batch_views=kw.pop("batch_views", None),
                    precision=kw.pop("precision", "auto"))
     return score_to_store(model, text, images, [p.stem for p in images], job, work, {"model": "tiny"},
@@ -226,3 +227,68 @@ def test_scoring_stops_on_write_error_and_resumes(tiny_model, tiny_tokenizer, im
     a, b = read(tmp_path / "w")[0], read(tmp_path / "fresh")[0]
     for k in ARRAYS:
         assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def encoded_views(model) -> list[int]:
+    """Counts the images each tower forward encodes (a hook on the stem's first convolution)."""
+    seen: list[int] = []
+    model.visual.conv1.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    return seen
+
+
+def test_dense_views_pool_every_box_from_one_forward(tiny_tokenizer, images, tmp_path):
+    torch.manual_seed(0)
+    model = clip.create_model("mlpl-tiny-rn")
+    seen = encoded_views(model)
+    assert run(model, tiny_tokenizer, images, tmp_path / "crops", precision="fp32")
+    assert sum(seen) == 11 * (1 + 4 + 3)
+    seen.clear()
+    # at the native size, the global view pooled from the feature map is the tower's own embedding
+    assert run(model, tiny_tokenizer, images, tmp_path / "native", precision="fp32", views="dense", dense_size=32)
+    assert sum(seen) == 11  # one forward per image
+    crops, _ = read(tmp_path / "crops")
+    native, attrs = read(tmp_path / "native")
+    assert np.array_equal(native["global"], crops["global"]) and np.array_equal(native["boxes"], crops["boxes"])
+    assert attrs["cut"]["views"] == "dense"
+    seen.clear()
+    assert run(model, tiny_tokenizer, images, tmp_path / "dense", precision="fp32", views="dense")  # auto: 64 px
+    dense, _ = read(tmp_path / "dense")
+    assert sum(seen) == 11 and {k: v.shape for k, v in dense.items()} == {k: v.shape for k, v in crops.items()}
+    assert np.array_equal(dense["boxes"], crops["boxes"]) and np.isfinite(dense["crops"]).all()
+    assert not np.array_equal(dense["crops"], crops["crops"])  # pooled, not re-encoded
+    with pytest.raises(ValueError, match="score.flip needs score.views: crops"):
+        CutSettings(views="dense", flip=True)
+
+
+def test_dense_pooling_maps_boxes_to_feature_cells():
+    from pipeline.scoring.dense import pooled_embeddings
+
+    torch.manual_seed(0)
+    vit = clip.create_model("mlpl-tiny-vit").eval().visual  # 32 px, patches of 8: a 4×4 token grid
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        tokens = clip.grid_features(vit, x)
+        pooled = pooled_embeddings(vit, x, torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.25, 1.0, 1.0]]] * 2))
+        top_left = vit.ln_post(tokens[:, :, :2, :2].mean((2, 3))) @ vit.proj
+        lower_right = vit.ln_post(tokens[:, :, 1:, 2:].mean((2, 3))) @ vit.proj
+    assert torch.allclose(pooled[:, 0], top_left, atol=1e-5) and torch.allclose(pooled[:, 1], lower_right, atol=1e-5)
+    rn = clip.create_model("mlpl-tiny-rn").eval().visual
+    with torch.inference_mode():  # ResNet: the whole box at the native size is the attention pool's own input
+        whole = pooled_embeddings(rn, x, torch.tensor([[[0.0, 0.0, 1.0, 1.0]]] * 2))[:, 0]
+        assert torch.allclose(whole, rn(x), atol=1e-5)
+
+
+def test_attention_pool_over_rois_is_the_pool_of_the_aligned_regions():
+    from torchvision.ops import roi_align
+
+    from pipeline.scoring.dense import attention_pool_rois
+
+    torch.manual_seed(0)
+    pool = clip.create_model("mlpl-toy-rn").eval().visual.attnpool  # 2×2 native cells, 4 heads
+    grid = torch.randn(2, 512, 5, 5)
+    few = torch.tensor([[0, 0.3, 0.2, 3.1, 2.9], [1, 0.0, 0.0, 5.0, 5.0], [1, 1.0, 1.5, 2.0, 4.5]])
+    for rois in (few, few.repeat(20, 1)):  # fewer RoIs than cells (queries per RoI), then more (a query map)
+        with torch.inference_mode():
+            fast = attention_pool_rois(pool, grid, rois)  # keys and values projected once per map
+            plain = pool(roi_align(grid, rois, 2, 1.0, -1, True))
+        assert torch.allclose(fast, plain, atol=1e-5)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import zarr
 from torch.utils.data import DataLoader, Dataset
 
@@ -30,6 +31,7 @@ from pipeline.cut import CutSettings, cut_views, view_boxes
 from pipeline.images import decode_image
 from pipeline.progress import progress_bar
 from pipeline.resume import fingerprint
+from pipeline.scoring.dense import dense_size_for, pooled_embeddings
 from pipeline.scoring.device import (
     AUTOCAST_DTYPES,
     forward_slices,
@@ -58,7 +60,8 @@ def image_seed(seed: int, image_id: str) -> np.random.SeedSequence:
 
 
 class ViewDataset(Dataset):
-    """Item i: (i, views [V, 3, S, S] float 0..1, crop boxes [M, 4])."""
+    """Item i: (i, views [V, 3, S, S] float 0..1, every view's box [1 + K + M, 4]). With `score.views: dense`
+    the only view is the whole image (at the dense size): the boxes are pooled from its features."""
 
     def __init__(self, paths: Sequence[str | Path], image_ids: Sequence[str], settings: CutSettings,
                  size: int, seed: int):
@@ -70,8 +73,9 @@ class ViewDataset(Dataset):
     def __getitem__(self, i: int):
         rng = np.random.default_rng(image_seed(self.seed, self.image_ids[i]))
         boxes, flips = view_boxes(rng, self.settings)
-        views = cut_views(decode_image(self.paths[i]), boxes, flips, self.size)
-        return i, views, torch.from_numpy(boxes[1 + self.settings.grid ** 2:])
+        cut = slice(0, 1) if self.settings.views == "dense" else slice(None)
+        views = cut_views(decode_image(self.paths[i]), boxes[cut], flips[cut], self.size)
+        return i, views, torch.from_numpy(boxes)
 
 
 def _collate(items):
@@ -94,11 +98,12 @@ def score_to_store(model: torch.nn.Module, text_emb: torch.Tensor, paths: Sequen
     n, n_cls, dim = len(paths), text_emb.shape[0], text_emb.shape[1]
     s = job.settings
     n_tiles, n_crops = s.grid ** 2, s.crops
-    size = image_size_of(model)
+    dense = s.views == "dense"
+    size = dense_size_for(model, s.dense_size) if dense else image_size_of(model)
     device = resolve_device(job.device, workers.local_rank)
     precision = resolve_precision(job.precision, device)
     batch_views = resolve_batch_views(job.batch_views, size, device)
-    batch_images = images_per_batch(job.batch_images, batch_views, 1 + n_tiles + n_crops)
+    batch_images = images_per_batch(job.batch_images, batch_views, 1 if dense else 1 + n_tiles + n_crops)
     attrs = {**attrs, "cut": asdict(s), "seed": job.seed, "shard_rows": job.shard_rows,
              "n_images": n, "image_ids_sha256": ids_digest(image_ids), "device": device.type,
              "precision": precision, "batch_images": batch_images, "batch_views": batch_views}
@@ -133,14 +138,18 @@ def score_to_store(model: torch.nn.Module, text_emb: torch.Tensor, paths: Sequen
     try:
         with torch.inference_mode():
             for idx, views, boxes in loader:
-                b, v = views.shape[:2]
+                b, v = boxes.shape[:2]
                 flat = views.flatten(0, 1)
                 embs = []
-                for part in forward_slices(b * v, batch_views):
+                for part in forward_slices(len(flat), batch_views):
                     x = ((flat[part].to(device, non_blocking=True) - mean) / std).contiguous(
                         memory_format=torch.channels_last)
                     with autocast:
-                        embs.append(encode_images(model, x))
+                        if dense:  # one view per image: its boxes pooled from its features
+                            embs.append(F.normalize(pooled_embeddings(model.visual, x, boxes[part].to(device))
+                                                    .float().flatten(0, 1), dim=-1))
+                        else:
+                            embs.append(encode_images(model, x))
                 emb = torch.cat(embs) if len(embs) > 1 else embs[0]
                 z = scores_to_logits(emb, text_emb, scale).view(b, v, n_cls).cpu().numpy()
                 emb = emb.view(b, v, -1)[:, 0].cpu().numpy()
@@ -151,7 +160,7 @@ def score_to_store(model: torch.nn.Module, text_emb: torch.Tensor, paths: Sequen
                 buf["global"][rows] = z[:, 0]
                 buf["local"][rows] = z[:, 1:1 + n_tiles]
                 buf["crops"][rows] = z[:, 1 + n_tiles:]
-                buf["boxes"][rows] = boxes.numpy()
+                buf["boxes"][rows] = boxes[:, 1 + n_tiles:].numpy()
                 buf["image_emb"][rows] = emb
                 remaining[k] -= b
                 bar.update(b)

@@ -1,0 +1,129 @@
+"""The frozen tower's features of the train images, computed once (ours; `sew.composites: features`).
+
+The adapter of TailorCLIP §3.4 trains on the frozen visual tower's grid features of composites
+(Algorithm 1). Pasting in pixels costs one tower forward per composite per epoch: 8 epochs of the train
+set in `sew`, as many again in `ceiling`, and again in every ablation that only changes the labels. Pasting
+in feature space costs none: the tower encodes each train image once, as it is (`grid`, the adapter's
+input) and shrunk to each overlay size (`overlay_<s>`, an s×s grid of cells), and a composite is the host's
+grid with each overlay's s×s grid copied over an s×s window of cells (pipeline.sew.FeatureSewDataset).
+
+An overlay of n takes q/√n of the host's side (pipeline.sew.paste_size); in feature space its side is
+rounded to whole cells, s = round(q/√n · G) ≥ 1 for a G×G grid, and it is encoded at s × stride pixels,
+the size at which the tower gives it an s×s grid. The tower sees the overlay at the size it has in a pixel
+composite, but not the host's pixels around it (its receptive field ends at the overlay's border): the
+label quality of both modes is measured in the README. Towers that take only their native size (ViT) get
+the overlay's grid by area-pooling its full-size grid instead.
+
+Size: N × D × G² float16 (1,000 train images of the toy tower at 192 px: 37 MB; RN50 at 448 px: 0.8 MB an
+image), so for large datasets `sew.composites: pixels` trades it back for compute.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline import clip
+from pipeline.images import decode_image, resize_u8
+from pipeline.progress import progress_bar
+from pipeline.storage import DataError, atomic_path, ids_digest, open_store
+
+GRID = "grid"
+
+
+def overlay_cells(grid: int, overlay_side: float, n: int) -> int:
+    """Side in cells of each of n overlays on a grid×grid host: q/√n of the side, rounded, at least 1."""
+    return max(1, min(grid, round(overlay_side / math.sqrt(n) * grid)))
+
+
+def overlay_sizes(grid: int, overlay_side: float, max_overlays: int) -> tuple[int, ...]:
+    """Every overlay side in cells that composites of 1..L overlays use, ascending."""
+    return tuple(sorted({overlay_cells(grid, overlay_side, n) for n in range(1, max_overlays + 1)}))
+
+
+def overlay_key(cells: int) -> str:
+    return f"overlay_{cells}"
+
+
+@torch.inference_mode()
+def encode_images(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor], paths: Sequence[str | Path],
+                  image_size: int, overlay_side: float, max_overlays: int, batch_size: int = 64,
+                  desc: str = "features") -> dict[str, np.ndarray]:
+    """{grid: [N, D, G, G], overlay_<s>: [N, D, s, s] for each overlay side s} as float16, in `paths` order."""
+    visual.eval()
+    mean, std = normalizer
+    probe = clip.grid_features(visual, torch.zeros(1, 3, image_size, image_size))
+    grid = probe.shape[-1]
+    if probe.shape[-2] != grid:
+        raise ValueError(f"feature composites need a square feature grid, got {tuple(probe.shape[-2:])}")
+    stride = image_size / grid
+    sizes = overlay_sizes(grid, overlay_side, max_overlays)
+    out = {GRID: np.zeros((len(paths), probe.shape[1], grid, grid), np.float16)}
+    out.update({overlay_key(s): np.zeros((len(paths), probe.shape[1], s, s), np.float16) for s in sizes})
+    native = {s: _takes_size(visual, round(s * stride), s) for s in sizes}
+    bar = progress_bar(total=len(paths), desc=desc, unit="image")
+    for start in range(0, len(paths), batch_size):
+        decoded = [decode_image(p) for p in paths[start:start + batch_size]]
+        rows = slice(start, start + len(decoded))
+        full = clip.grid_features(visual, clip.normalize_u8(torch.stack([resize_u8(d, image_size) for d in decoded]),
+                                                            mean, std)).float()
+        out[GRID][rows] = full.numpy()
+        for s in sizes:
+            if native[s]:
+                small = torch.stack([resize_u8(d, round(s * stride)) for d in decoded])
+                feats = clip.grid_features(visual, clip.normalize_u8(small, mean, std)).float()
+            else:
+                feats = F.adaptive_avg_pool2d(full, s)
+            out[overlay_key(s)][rows] = feats.numpy()
+        bar.update(len(decoded))
+    bar.close()
+    return out
+
+
+def _takes_size(visual: torch.nn.Module, pixels: int, cells: int) -> bool:
+    """Whether the tower encodes a pixels² image into a cells×cells grid (ResNets do; a ViT refuses)."""
+    try:
+        shape = clip.grid_features(visual, torch.zeros(1, 3, pixels, pixels)).shape
+    except RuntimeError:
+        return False
+    return tuple(shape[-2:]) == (cells, cells)
+
+
+def write_feature_store(path: str | Path, image_ids: Sequence[str], arrays: dict[str, np.ndarray],
+                        attrs: dict) -> None:
+    """Zarr v3 group, chunked by 256 images, written atomically."""
+    import zarr
+
+    with atomic_path(path) as tmp:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        group.create_array("image_id", shape=(len(image_ids),), dtype=str, dimension_names=("image",))[...] = \
+            np.asarray(image_ids, dtype=str)
+        for name, value in arrays.items():
+            chunks = (min(256, max(1, value.shape[0])),) + value.shape[1:]
+            group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks,
+                               dimension_names=("image", "channel", "row", "column"))[...] = value
+        group.attrs.update({**attrs, "image_ids_sha256": ids_digest(image_ids)})
+
+
+def read_feature_store(path: str | Path, image_ids: Sequence[str], image_size: int,
+                       overlay_side: float, max_overlays: int) -> dict[str, np.ndarray]:
+    """The arrays of a feature store, checked against what the caller trains on."""
+    store = open_store(path, required=(GRID,))
+    attrs = dict(store.attrs)
+    if attrs.get("image_ids_sha256") != ids_digest(image_ids):
+        raise DataError(f"{path} holds features of other images than the train split: rerun `mlpl features`")
+    if attrs.get("image_size") != image_size:
+        raise DataError(f"{path} was encoded at {attrs.get('image_size')} px, sew.image_size is {image_size}: "
+                        "rerun `mlpl features`")
+    grid = store[GRID].shape[-1]
+    sizes = overlay_sizes(grid, overlay_side, max_overlays)
+    missing = [overlay_key(s) for s in sizes if overlay_key(s) not in store]
+    if missing:
+        raise DataError(f"{path} lacks {missing} for sew.overlay_side={overlay_side}, "
+                        f"sew.max_overlays={max_overlays}: rerun `mlpl features`")
+    return {name: np.asarray(store[name][:]) for name in (GRID, *map(overlay_key, sizes))}
