@@ -71,8 +71,9 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
     ablation_views = views_per_run if score_reran else 0
-    order = ["validate", "prepare", "mask", "teacher", "score", "init", "correct", "sew", "ceiling", "distill",
-             "evaluate"]
+    import yaml
+
+    order = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])  # DAG order, as dvc.yaml lists them
     print(f"params: {args.params}")
     print(f"dvc repro: {repro_s:.1f}s, ran {[s for s in order if s in repro_stages]}, "
           f"{views_per_run} CLIP views")

@@ -111,3 +111,31 @@ class FrozenTowerClassifier(nn.Module):
 
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
         return self.adapter(clip.grid_features(self.visual, clip.normalize_u8(images_u8, self.mean, self.std)))
+
+
+def same_tower(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two frozen-tower classifiers run the same tower (weights and normalisation) at the same size."""
+    if not (isinstance(a, FrozenTowerClassifier) and isinstance(b, FrozenTowerClassifier)):
+        return False
+    if a is b or a.visual is b.visual:
+        return a.image_size == b.image_size
+    sa, sb = a.visual.state_dict(), b.visual.state_dict()
+    return (a.image_size == b.image_size and sa.keys() == sb.keys() and torch.equal(a.mean, b.mean)
+            and torch.equal(a.std, b.std) and all(torch.equal(sa[k], sb[k]) for k in sa))
+
+
+class SharedTowerClassifiers(nn.Module):
+    """Several frozen-tower classifiers over one tower: one tower pass, each adapter's logits side by side
+    [B, ΣC] (`evaluate` predicts the student and the ceiling at the cost of one)."""
+
+    def __init__(self, classifiers: list[FrozenTowerClassifier]):
+        super().__init__()
+        base = classifiers[0]
+        self.visual, self.image_size = base.visual, base.image_size
+        self.register_buffer("mean", base.mean)
+        self.register_buffer("std", base.std)
+        self.adapters = nn.ModuleList(c.adapter for c in classifiers)
+
+    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
+        features = clip.grid_features(self.visual, clip.normalize_u8(images_u8, self.mean, self.std))
+        return torch.cat([adapter(features) for adapter in self.adapters], dim=1)

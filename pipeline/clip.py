@@ -7,13 +7,15 @@ z = S⁻¹(softmax) so that downstream sigmoid/BCE machinery applies.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import logging
 import pickle
+import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 
@@ -27,10 +29,41 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 )
 
 
+def _open_clip():
+    """open_clip, imported on first use: a stage that builds no model (`sew` on stored features, the label
+    stages, `validate` of most params) skips its import, ~2 s with the torchvision and torch._dynamo
+    modules it pulls in."""
+    import open_clip
+
+    return open_clip
+
+
+def scanned_model_names() -> list[str]:
+    """The names open_clip's registry holds once ours are added, read as open_clip's factory reads them (the
+    stem of every JSON config in its package's model_configs/ and ours that has embed_dim, vision_cfg and
+    text_cfg) without importing open_clip."""
+    spec = importlib.util.find_spec("open_clip")
+    dirs = [Path(spec.submodule_search_locations[0]) / "model_configs", MODEL_CONFIG_DIR]
+    names = set()
+    for path in (p for d in dirs for p in d.glob("*.json")):
+        cfg = json.loads(path.read_text())
+        if all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            names.add(path.stem)
+    return sorted(names)
+
+
+def model_names() -> list[str]:
+    """open_clip's model config names, ours included (open_clip's own list once it is imported)."""
+    if "open_clip" not in sys.modules:
+        return scanned_model_names()
+    register_model_configs()
+    return _open_clip().list_models()
+
+
 def register_model_configs() -> None:
     """Make our custom model configs (tiny test models, the toy teacher) known to open_clip."""
-    if "mlpl-toy-rn" not in open_clip.list_models():
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
+    if "mlpl-toy-rn" not in _open_clip().list_models():
+        _open_clip().add_model_config(MODEL_CONFIG_DIR)
 
 
 def is_torchscript(path: str | Path) -> bool:
@@ -51,7 +84,7 @@ def create_model(name: str, checkpoint: str | Path | None = None, trust_checkpoi
     state dict out of the archive. Set it only for files the user trusts: unpickling can run code.
     """
     register_model_configs()
-    if name not in open_clip.list_models():
+    if name not in _open_clip().list_models():
         raise ValueError(f"unknown open_clip model {name!r}; see `open_clip.list_models()`")
     path = None if checkpoint is None else Path(checkpoint)
     torchscript = False
@@ -62,20 +95,20 @@ def create_model(name: str, checkpoint: str | Path | None = None, trust_checkpoi
         if torchscript and not trust_checkpoint:
             raise ValueError(f"{path} is a TorchScript or pickled checkpoint, which can run code when loaded; "
                              "set trust_checkpoint: true only if you trust the file")
-        if torchscript and not name.endswith("-quickgelu") and f"{name}-quickgelu" in open_clip.list_models():
+        if torchscript and not name.endswith("-quickgelu") and f"{name}-quickgelu" in _open_clip().list_models():
             # OpenAI's models were trained with QuickGELU; the plain config would silently change activations
             raise ValueError(f"{path} is an original OpenAI TorchScript file: use the model config "
                              f"{name}-quickgelu, which matches its activations")
     logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were given: we load our own
     try:
-        model = open_clip.create_model(name, pretrained=None)
+        model = _open_clip().create_model(name, pretrained=None)
     finally:
         logging.disable(logging.NOTSET)
     if path is not None:
         try:
             # A TorchScript archive also carries non-persistent buffers (attention masks): load non-strictly
             # and accept exactly those as extras.
-            result = open_clip.load_checkpoint(model, str(path), strict=not torchscript,
+            result = _open_clip().load_checkpoint(model, str(path), strict=not torchscript,
                                                weights_only=not trust_checkpoint)
         except (RuntimeError, pickle.UnpicklingError) as e:
             if trust_checkpoint or "weights_only" not in str(e):
@@ -106,7 +139,7 @@ def load_described(descriptor: dict) -> torch.nn.Module:
 
 def tokenizer_for(name: str):
     register_model_configs()
-    return open_clip.get_tokenizer(name)
+    return _open_clip().get_tokenizer(name)
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -125,8 +158,8 @@ def image_size_of(model: torch.nn.Module) -> int:
 def normalizer_of(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std (shape [3, 1, 1]) that the visual tower expects, for inputs in [0, 1]."""
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
-    mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(3, 1, 1)
-    std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD)).view(3, 1, 1)
+    mean = torch.tensor(cfg.get("mean", _open_clip().OPENAI_DATASET_MEAN)).view(3, 1, 1)
+    std = torch.tensor(cfg.get("std", _open_clip().OPENAI_DATASET_STD)).view(3, 1, 1)
     return mean, std
 
 
@@ -215,9 +248,9 @@ def resolve_pretrained(name: str, pretrained: str, cache_dir: str | Path | None 
     if path.is_file():
         return path.resolve(), "file"
     register_model_configs()
-    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    cfg = _open_clip().get_pretrained_cfg(name, pretrained)
     if not cfg:
-        tags = open_clip.list_pretrained_tags_by_model(name)
+        tags = _open_clip().list_pretrained_tags_by_model(name)
         raise WeightsNotAvailable(
             f"teacher.pretrained={pretrained!r} is neither an existing file nor a pretrained tag of {name!r} "
             f"(known tags: {tags or 'none'})")
@@ -241,5 +274,5 @@ def resolve_pretrained(name: str, pretrained: str, cache_dir: str | Path | None 
             return local, "open_clip-cache"
     raise WeightsNotAvailable(
         f"weights for {name} / {pretrained!r} are not available offline; searched: {'; '.join(searched)}. "
-        "Download them on a connected machine (e.g. open_clip.create_model(..., pretrained=tag) fills the "
+        "Download them on a connected machine (e.g. _open_clip().create_model(..., pretrained=tag) fills the "
         "Hugging Face cache) or set teacher.pretrained to a local checkpoint file.")

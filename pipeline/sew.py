@@ -31,6 +31,7 @@ to lower even the ceiling trained on true labels:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -130,8 +131,10 @@ def paste_size(h: int, w: int, host: int, q: float, n: int) -> tuple[int, int]:
     return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
 
 
+@functools.lru_cache(maxsize=256)
 def feather_mask(h: int, w: int, edge: float = 0.25) -> torch.Tensor:
-    """alpha [h, w]: 1 inside an ellipse inscribed in the box, falling smoothly to 0 at its border."""
+    """alpha [h, w]: 1 inside an ellipse inscribed in the box, falling smoothly to 0 at its border (cached:
+    never modify it in place)."""
     yy = (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1
     xx = (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1
     r = torch.sqrt(yy[:, None] ** 2 + xx[None, :] ** 2)
@@ -139,13 +142,30 @@ def feather_mask(h: int, w: int, edge: float = 0.25) -> torch.Tensor:
     return t * t * (3 - 2 * t)  # smoothstep
 
 
-def covered_share(boxes: np.ndarray, rect: tuple[float, float, float, float]) -> np.ndarray:
-    """Share of each box (x0, y0, x1, y1) [..., 4] inside rect, all as fractions of the side. [...]"""
-    x0, y0, x1, y1 = rect
+def covered_share(boxes: np.ndarray, rect: tuple[float, float, float, float] | np.ndarray) -> np.ndarray:
+    """Share of each box (x0, y0, x1, y1) [..., 4] inside rect (or rects [..., 4], broadcast against the
+    boxes), all as fractions of the side. [...]"""
+    rect = np.asarray(rect)
+    x0, y0, x1, y1 = rect[..., 0], rect[..., 1], rect[..., 2], rect[..., 3]
     iw = np.clip(np.minimum(boxes[..., 2], x1) - np.maximum(boxes[..., 0], x0), 0, None)
     ih = np.clip(np.minimum(boxes[..., 3], y1) - np.maximum(boxes[..., 1], y0), 0, None)
     area = np.maximum((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]), 1e-12)
     return iw * ih / area
+
+
+def least_covering(rng: np.random.Generator, side: int, h: int, w: int, tries: int, avoid: np.ndarray | None,
+                   avoid_weight: np.ndarray | None) -> tuple[int, int]:
+    """Top-left (y, x) of an h×w window on a side×side canvas: a random position or, with `tries` > 1, the one
+    of `tries` random positions that covers least of the boxes `avoid` [K, 4] (fractions of the side),
+    weighted by `avoid_weight` [K] (the first of equals)."""
+    if avoid is None or tries == 1:
+        return int(rng.integers(0, side - h + 1)), int(rng.integers(0, side - w + 1))
+    pos = np.array([(rng.integers(0, side - h + 1), rng.integers(0, side - w + 1)) for _ in range(tries)])
+    y, x = pos[:, 0], pos[:, 1]
+    rects = np.stack([x / side, y / side, (x + w) / side, (y + h) / side], axis=1)
+    cost = (covered_share(avoid[None], rects[:, None]) * avoid_weight).sum(1)
+    y, x = pos[int(np.argmin(cost))]
+    return int(y), int(x)
 
 
 def sew(host: torch.Tensor, overlays: Sequence[torch.Tensor], rng: np.random.Generator, q: float,
@@ -167,17 +187,7 @@ def sew(host: torch.Tensor, overlays: Sequence[torch.Tensor], rng: np.random.Gen
         h, w = paste_size(ov.shape[-2], ov.shape[-1], size, q, len(overlays))
         small = F.interpolate(ov.unsqueeze(0).float(), size=(h, w), mode="bilinear", antialias=True,
                               align_corners=False).squeeze(0).round().clamp(0, 255).to(torch.uint8)
-        best, best_cost = (0, 0), math.inf
-        for _ in range(tries):
-            y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-            if avoid is None or tries == 1:
-                best = (y, x)
-                break
-            cost = float((covered_share(avoid, (x / size, y / size, (x + w) / size, (y + h) / size))
-                          * avoid_weight).sum())
-            if cost < best_cost:
-                best, best_cost = (y, x), cost
-        y, x = best
+        y, x = least_covering(rng, size, h, w, tries, avoid, avoid_weight)
         if paste == "feather":
             alpha = feather_mask(h, w)
             region = out[:, y:y + h, x:x + w].float()
@@ -303,16 +313,7 @@ def sew_features(host: torch.Tensor, overlays: Sequence[torch.Tensor], rng: np.r
     rects = []
     for ov in overlays:
         s = ov.shape[-1]
-        best, best_cost = (0, 0), math.inf
-        for _ in range(tries):
-            y, x = int(rng.integers(0, g - s + 1)), int(rng.integers(0, g - s + 1))
-            if avoid is None or tries == 1:
-                best = (y, x)
-                break
-            cost = float((covered_share(avoid, (x / g, y / g, (x + s) / g, (y + s) / g)) * avoid_weight).sum())
-            if cost < best_cost:
-                best, best_cost = (y, x), cost
-        y, x = best
+        y, x = least_covering(rng, g, s, s, tries, avoid, avoid_weight)
         if paste == "feather":
             alpha = feather_mask(s, s)
             out[:, y:y + s, x:x + s] = alpha * ov + (1 - alpha) * out[:, y:y + s, x:x + s]

@@ -7,7 +7,7 @@ is the sew adapter on its frozen tower (pipeline.adapter). Their checkpoints: pi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.adapter import SharedTowerClassifiers, same_tower
 from pipeline.images import ImageDecodeError, ResizedOrFaulty
 from pipeline.resume import Checkpointer
 from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
@@ -179,3 +180,23 @@ def predict_paths(module: nn.Module, image_size: int, paths: Sequence, batch_siz
     if unreadable:
         raise ImageDecodeError(unreadable[0].detail, unreadable[0].kind)
     return logits
+
+
+def predict_models(models: Mapping[str, tuple[nn.Module, int]], paths: Sequence) -> dict[str, np.ndarray]:
+    """predict_paths of each (module, image size); frozen-tower classifiers with the same tower at the same size
+    share one tower pass per batch (pipeline.adapter.SharedTowerClassifiers): the same logits, fewer forwards."""
+    out: dict[str, np.ndarray] = {}
+    pending = dict(models)
+    while pending:
+        module, size = next(iter(pending.values()))
+        group = [name for name, (m, s) in pending.items() if s == size and same_tower(module, m)]
+        if len(group) > 1:
+            logits = predict_paths(SharedTowerClassifiers([pending[n][0] for n in group]), size, paths)
+            splits = np.cumsum([pending[n][0].adapter.cfg.n_classes for n in group])[:-1]
+            out.update(zip(group, np.split(logits, splits, axis=1), strict=True))
+        else:
+            group = [next(iter(pending))]
+            out[group[0]] = predict_paths(module, size, paths)
+        for name in group:
+            pending.pop(name)
+    return {name: out[name] for name in models}

@@ -17,7 +17,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from pipeline import clip
@@ -74,6 +73,8 @@ def sample_crop_box(rng: np.random.Generator, size: int, area: tuple[float, floa
 def sample_views(rng: np.random.Generator, pool: ScenePool, batch: int, out_size: int,
                  sampling: ViewSampling) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of captioned training views: uint8 [B, 3, S, S] and the captioned class [B]."""
+    from torchvision.transforms.v2 import functional as TF  # on use: torchvision imports torch._dynamo (~1 s)
+
     size = pool.images.shape[1]
     views, labels = [], []
     misses = 0

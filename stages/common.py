@@ -291,14 +291,12 @@ class Params:
 
     def model_name(self, name: str) -> str:
         """An open_clip model config name (ours included)."""
-        import open_clip
-
-        from pipeline.clip import register_model_configs
+        from pipeline.clip import model_names
 
         value = self.get(name, str)
-        register_model_configs()
-        if value not in open_clip.list_models():
-            near = difflib.get_close_matches(value, open_clip.list_models(), n=5, cutoff=0.5)
+        known = model_names()
+        if value not in known:
+            near = difflib.get_close_matches(value, known, n=5, cutoff=0.5)
             hint = f"; did you mean {', '.join(near)}?" if near else " (`python -c 'import open_clip; " \
                 "print(open_clip.list_models())'` lists them)"
             return self.fail(name, f"must be an open_clip model name, got {value!r}{hint}", value)

@@ -25,7 +25,7 @@ from pipeline.models import load_checkpoint, load_student
 from pipeline.report import render_report
 from pipeline.settings import Settings, setting
 from pipeline.storage import Table, atomic_path, manifest_paths, open_store, write_json
-from pipeline.student import predict_paths
+from pipeline.student import predict_models
 from stages.common import CEILING, LABEL_COLUMNS, MANIFEST, METRICS, PLOTS, REPORT, SCORES, STUDENT, Params
 
 REPORT_RUNGS = ("z0", "cut", "corrected", "refined")  # the per-image view of label changes in the report
@@ -66,12 +66,12 @@ def run(params: Params) -> None:
         metrics["teacher"] = {"salient_top1": salient_top1(z0[test], manifest.column("salient")[test])}
 
     test_paths = list(manifest_paths(manifest)[test])
-    predictions = {"zero_shot": z0[test]}
     student, _, size = load_student(STUDENT)
-    predictions["student"] = predict_paths(student, size, test_paths)
+    models = {"student": (student, size)}
     ceiling_spec, ceiling = load_checkpoint(CEILING)
     if ceiling is not None:
-        predictions["ceiling"] = predict_paths(ceiling, ceiling_spec.image_size, test_paths)
+        models["ceiling"] = (ceiling, ceiling_spec.image_size)
+    predictions = {"zero_shot": z0[test], **predict_models(models, test_paths)}
     y_test = truth[test]
     metrics["test"] = test_reports(y_test, predictions, threshold, top_k)
     if (closure := gap_closure(metrics["test"])) is not None:

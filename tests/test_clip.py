@@ -140,3 +140,13 @@ def test_describe_records_weights(tmp_path, tiny_model):
     assert d["found_in"] == "file" and d["sha256"] == clip.sha256_of(path) and not d["trust_checkpoint"]
     loaded = clip.load_described(d)
     assert torch.equal(loaded.logit_scale, tiny_model.logit_scale)
+
+
+def test_model_names_are_read_without_importing_open_clip():
+    from pipeline.clip import register_model_configs, scanned_model_names
+
+    register_model_configs()
+    import open_clip
+
+    assert scanned_model_names() == sorted(open_clip.list_models())
+    assert {"mlpl-toy-rn", "RN50", "ViT-B-32"} <= set(scanned_model_names())

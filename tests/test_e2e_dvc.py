@@ -15,8 +15,8 @@ from benchmarks.project import env, make_project, sh, stages_run
 
 pytestmark = pytest.mark.e2e
 
-ALL_STAGES = {"validate", "prepare", "mask", "teacher", "score", "init", "correct", "sew", "ceiling", "distill",
-              "evaluate"}
+ALL_STAGES = {"validate", "prepare", "mask", "teacher", "score", "init", "correct", "features", "sew", "ceiling",
+              "distill", "evaluate"}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,8 @@ def test_ratio_ablation_never_recomputes_scores(project):
 
 @pytest.mark.parametrize("change, expected", [
     ("correct.method=hard", {"validate", "correct", "sew", "distill", "evaluate"}),
-    ("sew.max_overlays=0", {"validate", "sew", "ceiling", "distill", "evaluate"}),
+    ("sew.max_overlays=0", {"validate", "features", "sew", "ceiling", "distill", "evaluate"}),
+    ("sew.lr=0.002", {"validate", "sew", "ceiling", "distill", "evaluate"}),  # training only: features reused
     # g2netpl moves the pseudo labels after every epoch, so even the one-epoch tiny run changes the refined
     # table and evaluate must rerun (label_distribution is a no-op there: no image has two positives).
     ("rule=g2netpl", {"validate", "sew", "distill", "evaluate"}),

@@ -60,6 +60,27 @@ def test_frozen_tower_student_roundtrip(tmp_path, tiny_model):
     assert np.allclose(predict_paths(module, size, paths, batch_size=3), direct, atol=1e-5)
 
 
+def test_models_over_one_tower_share_its_pass(tmp_path, tiny_model):
+    import copy
+
+    from pipeline.clip import create_model
+    from pipeline.student import predict_models
+
+    torch.manual_seed(0)
+    a = FrozenTowerClassifier(tiny_model, adapter_for(tiny_model, 3, 32, hidden=16, heads=2).eval(), 32)
+    b = FrozenTowerClassifier(copy.deepcopy(tiny_model), adapter_for(tiny_model, 2, 32, hidden=8, heads=2).eval(), 32)
+    other = FrozenTowerClassifier(create_model(TINY_MODEL), adapter_for(tiny_model, 3, 32, hidden=16, heads=2), 32)
+    paths = _images(tmp_path)
+    alone = {name: predict_paths(m, 32, paths) for name, m in (("a", a), ("b", b), ("other", other))}
+    passes = []
+    for m in (a, b, other):  # each tower counts its own forwards
+        m.visual.conv1.register_forward_hook(lambda mod, args, out: passes.append(args[0].shape[0]))
+    together = predict_models({"a": (a, 32), "b": (b, 32), "other": (other, 32)}, paths)
+    assert list(together) == ["a", "b", "other"] and together["b"].shape == (6, 2)
+    assert all(np.array_equal(together[k], alone[k]) for k in alone)
+    assert passes == [6, 6]  # a and b (equal towers, one a copy) in one pass, other in its own
+
+
 def test_checkpoint_kinds_and_refusals(tmp_path):
     save_checkpoint(tmp_path / "none.pt", NoModel("dataset has no ground truth"))
     assert load_checkpoint(tmp_path / "none.pt") == (NoModel("dataset has no ground truth"), None)

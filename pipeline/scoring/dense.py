@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 
 from pipeline import clip
 
@@ -47,7 +46,7 @@ def pooled_embeddings(visual: torch.nn.Module, images: torch.Tensor, boxes: torc
     if hasattr(visual, "attnpool"):
         emb = attention_pool_rois(visual.attnpool, grid, rois)
     elif hasattr(visual, "ln_post") and hasattr(visual, "proj"):
-        tokens = roi_align(grid, rois, output_size=1, spatial_scale=1.0, sampling_ratio=-1, aligned=True).flatten(1)
+        tokens = _align(grid, rois, 1)[:, 0]
         emb = visual.ln_post(tokens)
         if visual.proj is not None:
             emb = emb @ visual.proj
@@ -60,6 +59,8 @@ def pooled_embeddings(visual: torch.nn.Module, images: torch.Tensor, boxes: torc
 def _align(maps: torch.Tensor, rois: torch.Tensor, cells: int) -> torch.Tensor:
     """RoIAlign of [B, D, H, W] maps to cells×cells per RoI, as tokens [R, cells², D]. One bilinear sample at the
     centre of each bin of one cell (sampling_ratio -1 adapts to the bin), so a box on whole cells reads them."""
+    from torchvision.ops import roi_align  # on use: torchvision.ops imports torch._dynamo (~1 s)
+
     out = roi_align(maps, rois, output_size=cells, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     return out.flatten(2).transpose(1, 2)
 
