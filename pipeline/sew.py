@@ -24,9 +24,17 @@ to lower even the ceiling trained on true labels:
   (the authors' code weights its E-step 0.5); `e_rounds` > 1 spreads such steps over the epochs. Each
   row of Z gets about two Adam steps of lr 1e-2 per epoch under eq. 19: it shrinks but never reorders,
   while the adapter's predictions do.
+- `em_epochs` (ours): the E-steps fall in the first `em_epochs` epochs and the adapter trains on the refined
+  Z for the rest (M-steps only, Algorithm 1's alternation ending on an M-step). Refining from the adapter
+  of epoch 8 and training it to epoch 32 on the refined labels gives the labels of an 8-epoch run and a
+  better student than either 8 or 32 epochs of EM (README).
 - `plain_epochs` (ours): the last epochs train on the plain images only, so the adapter ends on the
   distribution it is tested on; the composites of the earlier epochs have taught it the small and
   partly covered objects.
+- `composites: features` (ours, pipeline.features): the paper pastes in pixels and sends every composite
+  through the frozen tower; we paste the overlay's stored grid features over whole cells of the host's
+  (FeatureSewDataset, sew_features), with the same draws of overlays, placement and hidden labels, so no
+  tower forward is left in training. `pixels` is the paper's.
 """
 
 from __future__ import annotations
@@ -72,7 +80,8 @@ class SewSettings(Settings):
     cover_limit: float = setting(0.5, gt=0.0, le=1.0)  # a host label whose view is covered beyond this is ignored
     e_step: str = setting("predictions", choices=E_STEPS)
     e_weight: float = setting(0.5, ge=0.0, le=1.0)  # predictions: weight of the adapter's logits in the E-step
-    e_rounds: int = setting(1, ge=1)  # predictions: E-steps, evenly spaced over the epochs (the last after the last)
+    e_rounds: int = setting(1, ge=1)  # predictions: E-steps, evenly spaced over the EM epochs (the last after the last)
+    em_epochs: int | None = setting(None, ge=1, auto=True)  # E-steps fall in the first min(this, epochs); auto: all
     epochs: int = setting(8, ge=1)
     batch_size: int = setting(32, ge=2)
     lr: float = setting(1e-3, ge=0.0)  # adapter
@@ -86,16 +95,24 @@ class SewSettings(Settings):
                                             "k": "pool_k"}
 
     def relation_errors(self) -> list[str]:
-        if self.e_rounds > self.epochs:
-            return [f"sew.e_rounds must be in [1, sew.epochs], got {self.e_rounds}"]
+        if self.e_rounds > self.em_span:
+            return [f"sew.e_rounds must be in [1, min(sew.em_epochs, sew.epochs)] = [1, {self.em_span}], "
+                    f"got {self.e_rounds}"]
         if self.plain_epochs > self.epochs:
             return [f"sew.plain_epochs must be in [0, sew.epochs], got {self.plain_epochs}"]
         return []
 
     @property
+    def em_span(self) -> int:
+        """The epochs in which the E-steps fall: the first min(em_epochs, epochs); the later ones are M-steps on
+        the refined Z only."""
+        return self.epochs if self.em_epochs is None else min(self.em_epochs, self.epochs)
+
+    @property
     def e_step_epochs(self) -> tuple[int, ...]:
-        """After which epochs (counted from 1) the predictions E-step runs: e_rounds of them, evenly spaced."""
-        return tuple(math.ceil(self.epochs * (r + 1) / self.e_rounds) for r in range(self.e_rounds))
+        """After which epochs (counted from 1) the predictions E-step runs: e_rounds of them, evenly spaced over
+        the EM span, the last at its end."""
+        return tuple(math.ceil(self.em_span * (r + 1) / self.e_rounds) for r in range(self.e_rounds))
 
     def pool_size(self, n_images: int, n_classes: int) -> int:
         if self.pool_k is not None:
@@ -244,6 +261,8 @@ class SewDataset(Dataset):
     likely it is present, for overlay placement and hidden labels; None: random placement, nothing hidden.
     """
 
+    encoded = False  # items are images; the tower encodes them (FeatureSewDataset: items are its features)
+
     def __init__(self, paths: Sequence[str | Path], size: int, pool: np.ndarray, settings: SewSettings,
                  host_boxes: np.ndarray | None = None, host_weights: np.ndarray | None = None):
         self.paths, self.size, self.settings = list(paths), size, settings
@@ -251,8 +270,6 @@ class SewDataset(Dataset):
         self.pool = pool if pool.ndim == 2 else np.stack([pool, np.full_like(pool, -1)], axis=1)
         self.host_boxes, self.host_weights = host_boxes, host_weights
         self.epoch = 0
-
-    encoded = False  # items are images; the tower encodes them
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -9,6 +9,7 @@ from stages.common import (
     ADAPTER,
     CEILING,
     CORRECTED,
+    FEATURES,
     INITIAL,
     MANIFEST,
     METRICS,
@@ -58,7 +59,8 @@ def run() -> None:
     else:
         print("teacher   not resolved")
     print("artifacts")
-    for path in (MANIFEST, OBSERVED, SCORES, INITIAL, CORRECTED, REFINED, ADAPTER, CEILING, STUDENT, METRICS, REPORT):
+    for path in (MANIFEST, OBSERVED, SCORES, INITIAL, CORRECTED, FEATURES, REFINED, ADAPTER, CEILING, STUDENT,
+                 METRICS, REPORT):
         state = f"{_human(_size(path)):>10}  {_files(path):>5} file(s)" if path.exists() else "   missing"
         print(f"  {str(path):36s}{state}")
     if SCORES_WORK.exists():

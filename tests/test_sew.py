@@ -219,6 +219,26 @@ def test_e_rounds_spread_e_steps_and_later_epochs_learn_from_the_refined_labels(
         SewSettings(epochs=2, e_rounds=3)
 
 
+def test_em_epochs_refine_early_and_train_on_the_refined_labels_after(tiny_model, image_paths):
+    assert SewSettings(epochs=32, em_epochs=8).e_step_epochs == (8,)
+    assert SewSettings(epochs=32, em_epochs=8, e_rounds=2).e_step_epochs == (4, 8)
+    assert SewSettings(epochs=4, em_epochs=8).e_step_epochs == (4,)  # at most the epochs there are
+    with pytest.raises(ValueError, match="e_rounds"):
+        SewSettings(epochs=32, em_epochs=2, e_rounds=3)
+    z = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    frozen = np.zeros_like(z, bool)
+    runs = {}
+    for epochs, em in ((1, None), (3, 1)):
+        torch.manual_seed(0)
+        adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
+        s = SewSettings(epochs=epochs, em_epochs=em, batch_size=4, max_overlays=1, e_weight=0.6)
+        ds = SewDataset(image_paths, 32, np.arange(10), s)
+        refined = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen, s)
+        runs[epochs] = refined, predict_hosts(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, 4)
+    # the labels are those of the one-epoch run; the adapter trained two more epochs on them
+    assert np.array_equal(runs[3][0], runs[1][0]) and not np.allclose(runs[3][1], runs[1][1])
+
+
 @pytest.mark.parametrize("rule", RULES[1:])
 def test_every_rule_keeps_known_labels_and_trains(tiny_model, image_paths, rule):
     torch.manual_seed(0)
