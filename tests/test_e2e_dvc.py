@@ -241,8 +241,10 @@ def test_outputs_match_docs(project):
             for name, columns in files.items():
                 assert (path / name).read_text().splitlines()[0].split(",") == columns, name
             continue
-        assert required <= actual, (rel, sorted(required - actual))
-        assert actual <= listed, (rel, sorted(actual - listed))
+        # a documented name may hold a placeholder (`overlay_<s>`: one array per overlay side)
+        missing = [n for n in required if not any(_key_pattern(n).match(a) for a in actual)]
+        unlisted = [a for a in actual if not any(_key_pattern(n).match(a) for n in listed)]
+        assert not missing and not unlisted, (rel, sorted(missing), sorted(unlisted))
 
 
 def _key_pattern(documented: str) -> re.Pattern:
