@@ -72,6 +72,7 @@ def test_ratio_ablation_never_recomputes_scores(project):
     ("correct.method=hard", {"validate", "correct", "sew", "distill", "evaluate"}),
     ("sew.max_overlays=0", {"validate", "features", "sew", "ceiling", "distill", "evaluate"}),
     ("sew.lr=0.002", {"validate", "sew", "ceiling", "distill", "evaluate"}),  # training only: features reused
+    ("sew.composites=pixels", {"validate", "sew", "ceiling", "distill", "evaluate"}),  # the paper's, through the tower
     # g2netpl moves the pseudo labels after every epoch, so even the one-epoch tiny run changes the refined
     # table and evaluate must rerun (label_distribution is a no-op there: no image has two positives).
     ("rule=g2netpl", {"validate", "sew", "distill", "evaluate"}),
