@@ -15,7 +15,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from pipeline import clip
-from pipeline.adapter import Adapter, AdapterConfig, AdapterOptions, adapter_for
+from pipeline.adapter import Adapter, AdapterOptions, adapter_for, adapter_for_grid
 from pipeline.cut import best_view_boxes
 from pipeline.features import GRID, read_feature_store
 from pipeline.logits import sigmoid
@@ -97,20 +97,18 @@ def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, ta
     Resumes from a checkpoint in `work_dir` left by the same run; shows progress as `desc`.
     Returns (the adapter's spec, the adapter, refined Z [N, C]).
     """
-    torch.manual_seed(settings.seed)
-    if features is None:
-        adapter = adapter_for(model, len(split.classes), image_size, **asdict(options))
-    else:
-        _, dim, rows, cols = features[GRID].shape
-        adapter = Adapter(AdapterConfig(in_dim=dim, n_classes=len(split.classes), grid=(rows, cols),
-                                        **asdict(options)))
     k = settings.pool_size(len(split.paths), len(split.classes))
     pool = overlay_pool_pairs(split.z0, k) if settings.overlay_label == "pooled" else overlay_pool(split.z0, k)
     host_weights = sigmoid(targets).astype(np.float32)
+    torch.manual_seed(settings.seed)
     if features is None:
+        adapter = adapter_for(model, len(split.classes), image_size, **asdict(options))
         dataset = SewDataset(split.paths, image_size, pool, settings, split.host_boxes, host_weights)
+        visual, normalizer = model.visual, clip.normalizer_of(model)
     else:
+        adapter = adapter_for_grid(features[GRID].shape, len(split.classes), **asdict(options))
         dataset = FeatureSewDataset(features, pool, settings, split.host_boxes, host_weights)
+        visual, normalizer = None, None  # composites are features already
     steps = settings.epochs * max(1, len(dataset) // settings.batch_size)
     bar = progress_bar(total=steps, desc=desc, unit="step")
 
@@ -120,7 +118,6 @@ def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, ta
 
     run_id = fingerprint(asdict(settings), asdict(rule), adapter.cfg.to_dict(), image_size, descriptor,
                          targets, frozen, split.z0, split.image_ids)
-    visual, normalizer = (None, None) if features is not None else (model.visual, clip.normalizer_of(model))
     refined = train_adapter_em(visual, normalizer, adapter, dataset, targets, frozen, settings,
                                num_workers=num_workers, on_step=on_step, rule=rule, weights=weights,
                                checkpointer=Checkpointer(work_dir, run_id, log=tqdm.write))

@@ -91,7 +91,13 @@ def adapter_for(model: nn.Module, n_classes: int, image_size: int, **overrides) 
     except RuntimeError as e:  # ViT towers have a fixed positional embedding
         raise ValueError(f"the visual tower cannot take {size} px inputs (native size "
                          f"{clip.image_size_of(model)} px); set sew.image_size accordingly") from e
-    return Adapter(AdapterConfig(in_dim=f.shape[1], n_classes=n_classes, grid=(f.shape[2], f.shape[3]), **overrides))
+    return adapter_for_grid(f.shape, n_classes, **overrides)
+
+
+def adapter_for_grid(shape: tuple[int, ...], n_classes: int, **overrides) -> Adapter:
+    """An adapter for grid features of shape [..., D, H, W] (a probe's, or a feature store's)."""
+    *_, dim, rows, cols = shape
+    return Adapter(AdapterConfig(in_dim=dim, n_classes=n_classes, grid=(rows, cols), **overrides))
 
 
 class FrozenTowerClassifier(nn.Module):

@@ -109,7 +109,7 @@ def create_model(name: str, checkpoint: str | Path | None = None, trust_checkpoi
             # A TorchScript archive also carries non-persistent buffers (attention masks): load non-strictly
             # and accept exactly those as extras.
             result = _open_clip().load_checkpoint(model, str(path), strict=not torchscript,
-                                               weights_only=not trust_checkpoint)
+                                                  weights_only=not trust_checkpoint)
         except (RuntimeError, pickle.UnpicklingError) as e:
             if trust_checkpoint or "weights_only" not in str(e):
                 raise
@@ -274,5 +274,5 @@ def resolve_pretrained(name: str, pretrained: str, cache_dir: str | Path | None 
             return local, "open_clip-cache"
     raise WeightsNotAvailable(
         f"weights for {name} / {pretrained!r} are not available offline; searched: {'; '.join(searched)}. "
-        "Download them on a connected machine (e.g. _open_clip().create_model(..., pretrained=tag) fills the "
+        "Download them on a connected machine (e.g. open_clip.create_model(..., pretrained=tag) fills the "
         "Hugging Face cache) or set teacher.pretrained to a local checkpoint file.")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import zarr
 
 from pipeline import clip
 from pipeline.images import decode_image, resize_u8
@@ -97,8 +98,6 @@ def _takes_size(visual: torch.nn.Module, pixels: int, cells: int) -> bool:
 def write_feature_store(path: str | Path, image_ids: Sequence[str], arrays: dict[str, np.ndarray],
                         attrs: dict) -> None:
     """Zarr v3 group, chunked by 256 images, written atomically."""
-    import zarr
-
     with atomic_path(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         group.create_array("image_id", shape=(len(image_ids),), dtype=str, dimension_names=("image",))[...] = \

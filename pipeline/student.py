@@ -188,15 +188,14 @@ def predict_models(models: Mapping[str, tuple[nn.Module, int]], paths: Sequence)
     out: dict[str, np.ndarray] = {}
     pending = dict(models)
     while pending:
-        module, size = next(iter(pending.values()))
-        group = [name for name, (m, s) in pending.items() if s == size and same_tower(module, m)]
-        if len(group) > 1:
+        first, (module, size) = next(iter(pending.items()))
+        group = [first] + [n for n, (m, s) in pending.items() if n != first and s == size and same_tower(module, m)]
+        if len(group) == 1:
+            out[first] = predict_paths(module, size, paths)
+        else:
             logits = predict_paths(SharedTowerClassifiers([pending[n][0] for n in group]), size, paths)
             splits = np.cumsum([pending[n][0].adapter.cfg.n_classes for n in group])[:-1]
             out.update(zip(group, np.split(logits, splits, axis=1), strict=True))
-        else:
-            group = [next(iter(pending))]
-            out[group[0]] = predict_paths(module, size, paths)
         for name in group:
-            pending.pop(name)
+            del pending[name]
     return {name: out[name] for name in models}
