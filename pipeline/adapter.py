@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pipeline import clip
 from pipeline.settings import Settings, setting
@@ -68,10 +69,16 @@ class Adapter(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         r = self.cfg.residual
-        x = r * self.bottleneck(features) + (1 - r) * features
-        x = self.project(x).flatten(2).transpose(1, 2)  # [B, HW, hidden]
-        if x.shape[1] != self.pos.shape[1]:
-            raise ValueError(f"adapter expects a {self.cfg.grid} feature grid, got {x.shape[1]} tokens")
+        tokens = features.flatten(2).transpose(1, 2)  # [B, HW, D]
+        if tokens.shape[1] != self.pos.shape[1]:
+            raise ValueError(f"adapter expects a {self.cfg.grid} feature grid, got {tokens.shape[1]} tokens")
+        # The 1×1 convolutions as matrix products over tokens: the same maps, without the convolution
+        # kernels' overhead (the parameters keep their conv shapes, so checkpoints are unchanged).
+        down, up = self.bottleneck[0].weight.flatten(1), self.bottleneck[2].weight.flatten(1)
+        x = r * F.relu(F.linear(F.relu(F.linear(tokens, down)), up)) + (1 - r) * tokens
+        x = F.linear(x, self.project[0].weight.flatten(1))
+        # BatchNorm over batch and cells, as in the 2-D layout → [B, HW, hidden]
+        x = self.project[1](x.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
         memory = x + self.pos
         queries = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
         out = self.decoder(queries, memory)  # [B, C, hidden]

@@ -61,6 +61,7 @@ from pipeline.settings import Settings, setting
 OVERLAY_LABELS = ("pooled", "all")
 PASTES = ("feather", "rectangle")
 E_STEPS = ("predictions", "backprop")
+LR_SCHEDULES = ("constant", "cosine")
 COMPOSITES = ("pixels", "features")
 
 
@@ -84,7 +85,8 @@ class SewSettings(Settings):
     em_epochs: int | None = setting(None, ge=1, auto=True)  # E-steps fall in the first min(this, epochs); auto: all
     epochs: int = setting(8, ge=1)
     batch_size: int = setting(32, ge=2)
-    lr: float = setting(1e-3, ge=0.0)  # adapter
+    lr: float = setting(1e-3, ge=0.0)  # adapter (the peak with a cosine schedule)
+    lr_schedule: str = setting("constant", choices=LR_SCHEDULES)  # cosine: the adapter's lr decays to 0 by the end
     estimator_lr: float = setting(1e-2, ge=0.0)  # Z, backprop E-step only
     weight_decay: float = setting(1e-4, ge=0.0)
     seed: int = setting(0)
@@ -113,6 +115,12 @@ class SewSettings(Settings):
         """After which epochs (counted from 1) the predictions E-step runs: e_rounds of them, evenly spaced over
         the EM span, the last at its end."""
         return tuple(math.ceil(self.em_span * (r + 1) / self.e_rounds) for r in range(self.e_rounds))
+
+    def adapter_lr(self, step: int, steps: int) -> float:
+        """The adapter's learning rate at `step` of `steps` (counted over all epochs)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return 0.5 * self.lr * (1.0 + math.cos(math.pi * step / steps))
 
     def pool_size(self, n_images: int, n_classes: int) -> int:
         if self.pool_k is not None:
@@ -440,6 +448,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
                             num_workers=num_workers, drop_last=len(dataset) > settings.batch_size)
         adapter.train()
         for step, (images, sources, classes, hidden) in enumerate(loader):
+            opt.param_groups[0]["lr"] = settings.adapter_lr(epoch * len(loader) + step, settings.epochs * len(loader))
             with torch.no_grad():
                 feats = encode_batch(visual, normalizer, dataset, images)
             p = adapter(feats)

@@ -260,3 +260,13 @@ def test_bad_settings_are_named():
         SewSettings(overlay_prob=1.0)
     with pytest.raises(ValueError, match="sew.overlay_side"):
         SewSettings(overlay_side=0.0)
+
+
+def test_cosine_schedule_decays_the_adapter_lr_to_zero_over_all_steps():
+    s = SewSettings(lr=0.002, lr_schedule="cosine")
+    lrs = [s.adapter_lr(step, 100) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.002) and s.adapter_lr(50, 100) == pytest.approx(0.001)
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False)) and lrs[-1] < 1e-6
+    assert SewSettings(lr=0.002).adapter_lr(99, 100) == 0.002  # constant: the paper's
+    with pytest.raises(ValueError, match="lr_schedule"):
+        SewSettings(lr_schedule="linear")

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.adapter import FrozenTowerClassifier, adapter_for
+from pipeline.adapter import Adapter, AdapterConfig, FrozenTowerClassifier, adapter_for
 from pipeline.images import ResizedImages
 from pipeline.models import (
     AdapterSpec,
@@ -42,6 +42,21 @@ def _images(tmp_path, n=6):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(p)
         paths.append(p)
     return paths
+
+
+def test_adapter_computes_its_1x1_convolutions_over_tokens():
+    """The token-major forward is the bottleneck, projection and BatchNorm of the paper's 2-D layout."""
+    torch.manual_seed(0)
+    adapter = Adapter(AdapterConfig(in_dim=24, n_classes=3, grid=(3, 3), hidden=16, heads=2, dropout=0.0))
+    x = torch.randn(5, 24, 3, 3)
+    for train in (True, False):
+        adapter.train(train)
+        r = adapter.cfg.residual
+        mixed = r * adapter.bottleneck(x) + (1 - r) * x
+        memory = adapter.project(mixed).flatten(2).transpose(1, 2) + adapter.pos
+        out = adapter.decoder(adapter.queries.unsqueeze(0).expand(5, -1, -1), memory)
+        reference = (out * adapter.fc_weight).sum(-1) + adapter.fc_bias
+        assert torch.allclose(adapter(x), reference, atol=1e-5)
 
 
 def test_frozen_tower_student_roundtrip(tmp_path, tiny_model):
