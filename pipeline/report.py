@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.label_stats import label_statistics
 from pipeline.logits import sigmoid
 
 # Okabe-Ito: distinguishable with every common colour-vision deficiency; text marks (✓ ✗ +) say the rest
@@ -179,13 +180,47 @@ def _params_html(run: dict) -> str:
             f"<details><summary>all params</summary><pre>{params}</pre></details>")
 
 
+def _dataset_html(truth: np.ndarray | None, classes: list[str]) -> str:
+    """The structure of the ground truth [N, C] (pipeline.label_stats): frequencies, labels per image, and the
+    lift P(i | j) / P(i) of every pair as a shaded table (blue: together more than chance, orange: less)."""
+    if truth is None or not len(truth):
+        return ""
+    stats, n_images = label_statistics(truth, classes), len(truth)
+    names = stats.classes
+    lift = stats.lift
+
+    def cell(i: int, j: int) -> str:
+        v = lift[i, j]
+        if i == j or not np.isfinite(v):
+            return "<td></td>"
+        shade = min(1.0, abs(np.log2(max(v, 1e-3))) / 2)  # full colour at ×4 or ×¼
+        rgb = (0, 114, 178) if v >= 1 else (213, 94, 0)
+        return (f'<td style="background: rgba({rgb[0]},{rgb[1]},{rgb[2]},{shade:.2f})" title="P({html.escape(names[i])}'
+                f' | {html.escape(names[j])}) = {stats.cooccurrence[i, j]:.2f}">{v:.1f}</td>')
+
+    header = "".join(f'<th class="vertical">{html.escape(n)}</th>' for n in names)
+    body = "".join(f"<tr><th>{html.escape(names[i])}</th>{''.join(cell(i, j) for j in range(len(names)))}</tr>"
+                   for i in range(len(names)))
+    per_image = ", ".join(f"{k}: {int(v)}" for k, v in enumerate(stats.labels_per_image) if v)
+    pairs = "".join(f"<li>{html.escape(a)} | {html.escape(b)}: {p:.2f} (×{x:.1f})</li>"
+                    for a, b, p, x in stats.top_pairs(8, n_images=n_images))
+    vmax = float(max(stats.frequency.max(), 1e-6))
+    return (f"<h2>Dataset (train split ground truth)</h2>"
+            f"<p>Class frequencies (commonest / rarest: ×{stats.tail_ratio:.1f}); images by labels per image: "
+            f"{per_image}.</p>{bar_chart_svg(names, {'share of images': list(stats.frequency)}, vmax=vmax)}"
+            f"<p>Co-occurrence: lift P(row | column) / P(row), 1 = independent.</p>"
+            f'<table class="cooccurrence"><tr><th></th>{header}</tr>{body}</table>'
+            f"<p>Pairs that come together most:</p><ul>{pairs}</ul>")
+
+
 def render_report(metrics: dict, classes: Sequence[str], per_class_ap: dict[str, np.ndarray], test_paths,
                   test_truth: np.ndarray, student_logits: np.ndarray, n_examples: int = 12,
                   pr_curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, run: dict | None = None,
                   train_paths: Sequence = (), train_truth: np.ndarray | None = None,
                   train_rungs: dict[str, np.ndarray] | None = None) -> str:
     """The report page. `run`: {"summary", "provenance", "params"} of this run; `pr_curves`: model →
-    (recall, precision); `train_rungs`: rung → train logits, for the per-image view of label changes."""
+    (recall, precision); `train_rungs`: rung → train logits, for the per-image view of label changes;
+    `train_truth` [N, C]: also the dataset's statistics (pipeline.label_stats)."""
     classes = list(classes)
     ladder = metrics.get("labels", {})
     rows = "".join(
@@ -224,6 +259,8 @@ img.thumb {{ width: 64px; height: 64px; image-rendering: pixelated; }}
 .hit {{ color: #0072b2; }} .miss {{ color: #d55e00; text-decoration: line-through; }}
 .false {{ color: #cc79a7; font-style: italic; }}
 dt {{ font-weight: bold; }} dd {{ margin: 0 0 .5em 1.5em; }}
+table.cooccurrence td, table.cooccurrence th {{ padding: 2px 4px; font-size: 10px; text-align: center; }}
+th.vertical {{ writing-mode: vertical-rl; transform: rotate(180deg); }}
 </style></head><body>
 <h1>Multi-label pseudo-labels: results</h1>
 <p>{"<br>".join(extra)}</p>
@@ -246,6 +283,7 @@ dt {{ font-weight: bold; }} dd {{ margin: 0 0 .5em 1.5em; }}
 <span class="false">+ false positive</span></p>
 {_example_cells(classes, list(test_paths), test_truth, student_logits, n_examples)}
 {changes}
+{_dataset_html(train_truth, classes)}
 <h2>Definitions</h2>
 <dl>{definitions}</dl>
 <p><small>The page is a function of the run's inputs alone (no date, no commit), so DVC can cache it; the

@@ -1,73 +1,21 @@
 """The embedded benchmark: seeded multi-object scenes with exact ground truth.
 
-Each scene has one large salient object and 0..max_small small objects of other classes that never
-overlap it, on a smooth textured background with faint noise. Colours are random, shapes are never
-rotated: a clean world in which a small CLIP-style model learns fast (docs/design.md#the-embedded-benchmark).
+`dataset.scenes: simple` (here): each scene has one large salient object and 0..max_small small objects of
+other classes that never overlap it, on a smooth textured background with faint noise. Colours are random,
+shapes are never rotated: a clean world in which a small CLIP-style model learns fast
+(docs/design.md#the-embedded-benchmark).
+`dataset.scenes: contexts` (pipeline.contexts): shape × colour classes in contexts with co-occurrence,
+occlusion and a long tail, the structure partial-label methods exploit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import numpy as np
 
-from pipeline.settings import Settings, setting
+from pipeline.contexts import render_context_scene
+from pipeline.scene_config import SHAPE_CLASSES, SUPERSAMPLE, Scene, SceneConfig, shape_mask
 
-SHAPE_CLASSES: tuple[str, ...] = (
-    "circle", "square", "triangle", "cross", "ring", "diamond", "frame", "bar",
-)
-SUPERSAMPLE = 2  # render at 2x and box-downsample: anti-aliased edges
-
-
-@dataclass(frozen=True)
-class SceneConfig(Settings):
-    """The embedded benchmark's scenes: section `dataset` (prepare renders them, the toy teacher trains on them)."""
-
-    image_size: int = setting(64, ge=16)
-    salient_size: tuple[float, float] = setting((0.45, 0.65), gt=0.0, le=1.0, pair=True)  # side / canvas side
-    small_size: tuple[float, float] = setting((0.17, 0.25), gt=0.0, le=1.0, pair=True)
-    max_small: int = setting(3, ge=0, le=5)
-    noise: float = setting(6.0, ge=0.0)  # std of pixel noise, in 0..255 units
-    n_classes: int = setting(len(SHAPE_CLASSES), ge=2, le=len(SHAPE_CLASSES))  # the first n shapes of SHAPE_CLASSES
-
-    SECTION: ClassVar[str] = "dataset"
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return SHAPE_CLASSES[: self.n_classes]
-
-
-@dataclass
-class Scene:
-    image: np.ndarray  # uint8 [H, W, 3]
-    labels: np.ndarray  # int8 [C], 1 present
-    salient: int  # class index of the salient object
-    object_map: np.ndarray  # int16 [H, W]: index into `classes_of_objects`, -1 background
-    object_classes: list[int]  # class of each object, salient first
-
-
-def shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Boolean mask of a shape over box coordinates u, v in [-1, 1]."""
-    r = np.sqrt(u**2 + v**2)
-    if name == "circle":
-        return r <= 1.0
-    if name == "square":
-        return (np.abs(u) <= 0.85) & (np.abs(v) <= 0.85)
-    if name == "triangle":  # apex up
-        return (v <= 0.9) & (v >= -0.9) & (np.abs(u) <= (v + 0.9) / 1.8 * 0.95)
-    if name == "cross":
-        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 1.0))
-    if name == "ring":
-        return (r <= 1.0) & (r >= 0.55)
-    if name == "diamond":
-        return np.abs(u) + np.abs(v) <= 1.0
-    if name == "frame":
-        outer = (np.abs(u) <= 0.9) & (np.abs(v) <= 0.9)
-        return outer & ~((np.abs(u) <= 0.5) & (np.abs(v) <= 0.5))
-    if name == "bar":
-        return (np.abs(u) <= 1.0) & (np.abs(v) <= 0.38)
-    raise ValueError(f"unknown shape {name!r}")
+__all__ = ["SHAPE_CLASSES", "Scene", "SceneConfig", "dominant_object", "render_scene", "scene_rng", "shape_mask"]
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -106,7 +54,14 @@ def _place(rng, size_px: int, canvas: int, taken: list[tuple[int, int, int, int]
 
 
 def render_scene(rng: np.random.Generator, cfg: SceneConfig) -> Scene:
-    """Draw one scene. All randomness comes from `rng`."""
+    """Draw one scene of cfg.scenes. All randomness comes from `rng`."""
+    if cfg.scenes == "contexts":
+        return render_context_scene(rng, cfg)
+    return render_simple_scene(rng, cfg)
+
+
+def render_simple_scene(rng: np.random.Generator, cfg: SceneConfig) -> Scene:
+    """Draw one `simple` scene: independent objects, none overlapping. All randomness comes from `rng`."""
     classes = cfg.classes
     n_cls = len(classes)
     s = cfg.image_size * SUPERSAMPLE

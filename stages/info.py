@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from pipeline.label_stats import label_statistics, statistics_lines
 from pipeline.storage import read_json
 from stages.common import (
     ADAPTER,
@@ -50,6 +51,10 @@ def run() -> None:
         print(f"dataset   {m.metadata.get('source', '?')}: {len(m)} images "
               f"({int((split == 'train').sum())} train, {int((split == 'test').sum())} test), "
               f"{len(m.classes)} classes: {', '.join(m.classes)}; ground truth: {'yes' if m.has('labels') else 'no'}")
+        if m.has("labels"):  # what partial-label methods can exploit: the tail, clutter, co-occurrence
+            train = m.column("labels")[split == "train"]
+            for line in statistics_lines(label_statistics(train, list(m.classes)), len(train)):
+                print(f"  train   {line}")
     else:
         print("dataset   not prepared (run `dvc repro` or `mlpl prepare`)")
     if TEACHER_DESCRIPTOR.exists():

@@ -54,6 +54,7 @@ def test_repro_builds_everything(built, project):
     assert "<svg" in (project / "reports" / "report.html").read_text()
     info = sh("mlpl info", project).stdout
     assert "data/scores.zarr" in info and "missing" not in info
+    assert "labels per image: mean" in info and "co-occurring pairs" in info  # the ground truth's structure
 
 
 def test_second_repro_does_nothing(project):
@@ -76,6 +77,7 @@ def test_ratio_ablation_never_recomputes_scores(project):
     # g2netpl moves the pseudo labels after every epoch, so even the one-epoch tiny run changes the refined
     # table and evaluate must rerun (label_distribution is a no-op there: no image has two positives).
     ("rule=g2netpl", {"validate", "sew", "distill", "evaluate"}),
+    ("dataset.scenes=contexts", ALL_STAGES),  # another world: every stage, the teacher's too
 ])
 def test_method_ablations_reuse_cached_scores(project, change, expected):
     r = sh(f"dvc exp run -S {change}", project)

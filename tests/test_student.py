@@ -198,6 +198,9 @@ def test_report_shows_the_run_pr_curves_and_label_changes(tmp_path):
                               "params": {"ratio": 0.25, "sew": {"L": 3}}},
                          train_paths=paths, train_truth=truth, train_rungs={"z0": first, "refined": last})
     assert "<polyline" in html and "recall" in html  # the PR curve
+    # the dataset's statistics: a and c come together twice in the 4 train images, b never with them
+    assert "<h2>Dataset (train split ground truth)</h2>" in html and "1: 2, 2: 1" in html
+    assert 'title="P(a | c) = 1.00">2.0</td>' in html and "a | c: 1.00 (×2.0)" not in html  # seen < 5 times
     assert "labels known (ratio)" in html and "9.9" in html and "L: 3" in html  # the run and its params
     fixed = html.split("<h3>Most fixed</h3>")[1].split("</table>")[0]
     broken = html.split("<h3>Most broken</h3>")[1].split("</table>")[0]
