@@ -34,6 +34,16 @@ def label_ladder(truth: np.ndarray, train: np.ndarray, row_of: Mapping[str, int]
     return quality, train_logits
 
 
+def transfer_precision(truth: np.ndarray, raised: np.ndarray, lowered: np.ndarray) -> dict:
+    """How right the known-label transfers of `correct` were: {raised, lowered: entry counts; raised_right:
+    share of raised entries truly positive; lowered_right: share of lowered entries truly negative} (a share
+    is NaN when nothing moved). All [N, C] over the same images."""
+    raised, lowered = np.asarray(raised, bool), np.asarray(lowered, bool)
+    return {"raised": int(raised.sum()), "lowered": int(lowered.sum()),
+            "raised_right": float(truth[raised].mean()) if raised.any() else float("nan"),
+            "lowered_right": float(1 - truth[lowered].mean()) if lowered.any() else float("nan")}
+
+
 def test_reports(truth: np.ndarray, predictions: Mapping[str, np.ndarray], threshold: float, top_k: int) -> dict:
     """{model: classification_report} of every model's test logits."""
     return {m: classification_report(truth, z, threshold, top_k) for m, z in predictions.items()}

@@ -37,7 +37,8 @@ def run(params: Params) -> None:
     write_small_store(PROTOTYPES, out.store, {"prototypes": protos is not None and any_known,
                                               "cooccurrence": cooc is not None and any_known,
                                               "classes": initial.classes})
-    write_table(CORRECTED, {"image_id": initial.column("image_id"), "split": split, "corrected": out.target},
+    write_table(CORRECTED, {"image_id": initial.column("image_id"), "split": split, "corrected": out.target,
+                            "raised": out.raised.astype(np.int8), "lowered": out.lowered.astype(np.int8)},
                 initial.classes)
     up, down = out.raised, out.lowered
     print(f"corrected {correction.source} with {correction.method} on top-{correction.beta}; {int(known.sum())} "

@@ -91,11 +91,21 @@ def test_method_ablations_reuse_cached_scores(project, change, expected):
 
 
 def test_partial_label_methods_together(project):
-    r = sh("dvc exp run -S ratio=0.5 -S prototypes.threshold=ema -S cooccurrence.threshold=dtl -S rule=plmcl "
+    r = sh("dvc exp run -S ratio=0.5 -S seed=1 -S prototypes.threshold=ema -S cooccurrence.threshold=dtl -S rule=plmcl "
            "-S distill.student=small_cnn", project)
     assert stages_run(r.stdout) == {"validate", "mask", "correct", "sew", "distill", "evaluate"}, r.stdout
     assert "unknown entries raised" in r.stdout
+    import json
+
+    import numpy as np
+    import pandas as pd
     import zarr
+
+    # what the transfers moved is kept with the labels, and the metrics say how right it was
+    corrected = pd.read_parquet(project / "data" / "labels" / "corrected.parquet")
+    raised = np.stack(corrected.raised)[corrected.split.to_numpy() == "train"]
+    transfer = json.loads((project / "reports" / "metrics.json").read_text())["transfer"]
+    assert transfer["raised"] == int(raised.sum()) and ("raised_right" in transfer) == bool(raised.any())
 
     bank = zarr.open_group(str(project / "data" / "prototypes.zarr"), mode="r")
     assert bank.attrs["prototypes"] and bank["visual"].shape[:2] == (4, 10) and bank["cooccurrence"].shape == (4, 4)

@@ -58,3 +58,14 @@ def test_top_k_and_report():
     r = classification_report(y, np.log(s / (1 - s)), threshold=0.6, top_k=2)
     assert r["map"] == pytest.approx(1.0) and r["hamming"] == pytest.approx(0.0)
     assert r["of1_top2"] == pytest.approx(2 * 0.75 * 1.0 / 1.75)
+
+
+def test_transfer_precision_counts_moved_entries_and_how_many_were_right():
+    from pipeline.evaluation import transfer_precision
+
+    truth = np.array([[1, 0, 0], [0, 1, 1]])
+    raised = np.array([[1, 1, 0], [0, 0, 1]], bool)  # 2 of 3 raised entries truly positive
+    lowered = np.array([[0, 0, 1], [0, 1, 0]], bool)  # 1 of 2 lowered entries truly negative
+    out = transfer_precision(truth, raised, lowered)
+    assert out == {"raised": 3, "lowered": 2, "raised_right": pytest.approx(2 / 3), "lowered_right": 0.5}
+    assert np.isnan(transfer_precision(truth, np.zeros_like(raised), lowered)["raised_right"])

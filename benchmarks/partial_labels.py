@@ -1,0 +1,157 @@
+"""Partial-label methods against the plain known-label baseline, and the ratio sweep: mean ± sd over seeds
+of the known-label draw.
+
+    python benchmarks/partial_labels.py [--params params.yaml] [--config configs/contexts.yaml]
+                                        [--seeds 0 1 2] [--ratio 0.1] [--methods NAME ...]
+                                        [--ratios 0 0.05 0.1 0.3 0.5 1.0] [--set KEY=VALUE ...] [--keep DIR]
+
+Builds a fresh copy of the project (as benchmarks/ladder.py does) and queues, for every seed of the
+known-label draw (`seed`), one `dvc exp run --queue` per method at `--ratio` and one per ratio of the sweep
+with no method; `dvc queue start` runs them (the teacher, scores and features come from the run cache after
+the first: nothing upstream of `mask` depends on ratio, seed or a method). Prints one row per method
+(train label mAP after `correct` and after EM, student and ceiling test mAP, gap closure, the share of
+raised and lowered entries that were right), the sweep, the checks of the partial-label issue, and ends
+with one JSON line: {"params", "config", "seeds", "ratio", "methods": {name: {figure: {mean, sd, values}}},
+"sweep": {ratio: {...}}, "checks": {...}, "wall_s"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.ladder import experiment_metrics, sh, summarise, wait_for_queue  # noqa: E402
+from benchmarks.project import copy_project  # noqa: E402
+
+# name → the -S overrides that select it (the README's partial-label table names the papers)
+METHODS: dict[str, list[str]] = {
+    "baseline": [],
+    "prototypes_ema": ["prototypes.threshold=ema"],  # TRM-ML
+    "prototypes_dtl": ["prototypes.threshold=dtl"],  # HST cross-image
+    "cooccurrence_ema": ["cooccurrence.threshold=ema"],
+    "cooccurrence_dtl": ["cooccurrence.threshold=dtl"],  # HST intra-image
+    "plmcl": ["rule=plmcl"],
+    "g2netpl": ["rule=g2netpl"],
+    "large_loss": ["rule=large_loss"],  # LL-R
+    "label_distribution": ["rule=label_distribution"],  # MulSupConLD
+}
+FIGURES = {"corrected": "labels.corrected.map", "refined": "labels.refined.map", "student": "test.student.map",
+           "ceiling": "test.ceiling.map", "gap_closure": "gap_closure", "raised": "transfer.raised",
+           "raised_right": "transfer.raised_right", "lowered": "transfer.lowered",
+           "lowered_right": "transfer.lowered_right"}
+TRANSFERS = ("prototypes_ema", "prototypes_dtl", "cooccurrence_ema", "cooccurrence_dtl")
+
+
+def figures(metrics: dict) -> dict[str, float]:
+    return {name: float(metrics[key]) for name, key in FIGURES.items() if key in metrics}
+
+
+def checks(methods: dict[str, dict], sweep: dict[float, dict]) -> dict[str, bool]:
+    """The partial-label issue's targets, on the means over seeds."""
+    out = {}
+    base = methods.get("baseline", {}).get("student")
+    if base:
+        for name, figs in methods.items():
+            if name == "baseline" or "student" not in figs:
+                continue
+            m, sd = figs["student"]["mean"], base["sd"]
+            out[f"{name}_not_below_baseline_by_1sd"] = m >= base["mean"] - max(sd, figs["student"]["sd"])
+            if name in TRANSFERS:
+                out[f"{name}_beats_baseline_by_2sd"] = m > base["mean"] + 2 * max(sd, figs["student"]["sd"])
+        if "gap_closure" in methods["baseline"]:
+            out["gap_closure_at_ratio_ge_0.90"] = methods["baseline"]["gap_closure"]["mean"] >= 0.90
+    students = [sweep[r]["student"]["mean"] for r in sorted(sweep) if "student" in sweep[r]]
+    if len(students) > 1:
+        out["ratio_sweep_monotone"] = all(a <= b for a, b in zip(students, students[1:], strict=False))
+    if 1.0 in sweep and "ceiling" in sweep[1.0]:
+        full = sweep[1.0]
+        out["ratio_1_within_0.01_of_ceiling"] = abs(full["student"]["mean"] - full["ceiling"]["mean"]) <= 0.01
+    return out
+
+
+def row(name: str, figs: dict[str, dict]) -> str:
+    def cell(key: str) -> str:
+        f = figs.get(key)
+        return f"{f['mean']:.4f} ± {f['sd']:.4f}" if f else "—"
+
+    return f"| {name} | " + " | ".join(cell(k) for k in ("corrected", "refined", "student", "raised_right",
+                                                          "lowered_right")) + " |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file of the project copy")
+    ap.add_argument("--config", type=Path, help="a config of configs/ applied on top (configs/contexts.yaml)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the known-label draw")
+    ap.add_argument("--ratio", type=float, default=0.1, help="the known ratio the methods run at")
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS), help="methods to run")
+    ap.add_argument("--ratios", type=float, nargs="*", default=[0.0, 0.05, 0.1, 0.3, 0.5, 1.0],
+                    help="the ratio sweep (baseline at each; none: no sweep)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more -S override for every experiment (repeatable)")
+    ap.add_argument("--jobs", type=int, default=1, help="dvc queue workers (1 on a 2-core machine)")
+    ap.add_argument("--keep", type=Path, help="build the project copy in this (empty) folder and keep it")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    project = args.keep or Path(tempfile.mkdtemp(prefix="mlpl-partial-"))
+    project.mkdir(parents=True, exist_ok=True)
+    runs: dict[tuple[str, object, int], str] = {}  # (kind, method or ratio, seed) → experiment name
+    try:
+        copy_project(project, args.params, lambda cmd, cwd: sh(["bash", "-c", cmd], cwd), args.config)
+        extra = [a for kv in args.overrides for a in ("-S", kv)]
+        plan = [("method", m, args.ratio, METHODS[m]) for m in args.methods]
+        plan += [("ratio", r, r, []) for r in args.ratios if not (r == args.ratio and "baseline" in args.methods)]
+        for seed in args.seeds:
+            for kind, key, ratio, flags in plan:
+                name = f"{kind}-{key}-seed{seed}".replace(".", "p")
+                runs[(kind, key, seed)] = name
+                sh(["dvc", "exp", "run", "--queue", "--name", name, "-S", f"ratio={ratio}", "-S", f"seed={seed}",
+                    *(a for f in flags for a in ("-S", f)), *extra], project)
+        print(f"queued {len(runs)} experiments in {project}", flush=True)
+        sh(["dvc", "queue", "start", "-j", str(args.jobs)], project)
+        wait_for_queue(project, poll_s=20.0)
+        found = experiment_metrics(project)
+        missing = [n for n in runs.values() if n not in found]
+        if missing:
+            logs = "\n".join(sh(["dvc", "queue", "logs", n], project, check=False).stdout[-2000:] for n in missing)
+            raise SystemExit(f"experiments without metrics: {missing}\n{logs}")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(project, ignore_errors=True)
+
+    def over_seeds(kind: str, key: object) -> dict[str, dict]:
+        per_seed = {s: figures(found[runs[(kind, key, s)]]) for s in args.seeds}
+        return summarise(per_seed)
+
+    methods = {m: over_seeds("method", m) for m in args.methods}
+    sweep = {r: (methods["baseline"] if r == args.ratio and "baseline" in methods else over_seeds("ratio", r))
+             for r in args.ratios}
+    print(f"\nratio {args.ratio}, seeds {args.seeds} (mean ± sd)\n")
+    print("| method | corrected (train mAP) | refined (train mAP) | student (test mAP) | raised right "
+          "| lowered right |")
+    print("|---|---|---|---|---|---|")
+    for name, figs in methods.items():
+        print(row(name, figs))
+    if sweep:
+        print("\n| ratio | corrected | refined | student | ceiling |\n|---|---|---|---|---|")
+        for r, figs in sweep.items():
+            print(f"| {r:g} | " + " | ".join(
+                f"{figs[k]['mean']:.4f} ± {figs[k]['sd']:.4f}" if k in figs else "—"
+                for k in ("corrected", "refined", "student", "ceiling")) + " |")
+    result = {"params": str(args.params), "config": str(args.config or ""), "overrides": args.overrides,
+              "seeds": args.seeds, "ratio": args.ratio, "methods": methods,
+              "sweep": {str(r): v for r, v in sweep.items()},
+              "checks": checks(methods, sweep), "wall_s": round(time.perf_counter() - start, 1)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
