@@ -17,7 +17,7 @@ from pipeline.storage import atomic_path
 
 # the figures of reports/metrics.json shown for every experiment, in ladder order
 FIGURES = ("labels.cut.map", "labels.corrected.map", "labels.refined.map", "test.zero_shot.map",
-           "test.student.map", "test.ceiling.map", "gap_closure")
+           "test.student.map", "test.ceiling.map", "gap_closure", "transfer.raised_right", "transfer.lowered_right")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:

@@ -1,0 +1,21 @@
+from benchmarks.partial_labels import checks
+
+
+def _fig(mean: float, sd: float = 0.001) -> dict:
+    return {"mean": mean, "sd": sd, "values": [mean]}
+
+
+def test_checks_compare_methods_with_the_baseline_in_sds_and_read_the_sweep():
+    methods = {"baseline": {"student": _fig(0.90, 0.002), "gap_closure": _fig(0.91)},
+               "cooccurrence_dtl": {"student": _fig(0.905, 0.002)},  # +2.5 sd: beats
+               "prototypes_dtl": {"student": _fig(0.903, 0.002)},  # +1.5 sd: above, not by 2 sd
+               "plmcl": {"student": _fig(0.897, 0.002)}}  # −1.5 sd: below by more than 1 sd
+    sweep = {0.0: {"student": _fig(0.85)}, 0.1: methods["baseline"],
+             1.0: {"student": _fig(0.96), "ceiling": _fig(0.965)}}
+    out = checks(methods, sweep)
+    assert out["cooccurrence_dtl_beats_baseline_by_2sd"] and not out["prototypes_dtl_beats_baseline_by_2sd"]
+    assert out["prototypes_dtl_not_below_baseline_by_1sd"] and not out["plmcl_not_below_baseline_by_1sd"]
+    assert "plmcl_beats_baseline_by_2sd" not in out  # only the transfers are asked to beat it
+    assert out["gap_closure_at_ratio_ge_0.90"] and out["ratio_sweep_monotone"] and out["ratio_1_within_0.01_of_ceiling"]
+    sweep[0.0] = {"student": _fig(0.95)}
+    assert not checks(methods, sweep)["ratio_sweep_monotone"]
