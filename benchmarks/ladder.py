@@ -105,19 +105,30 @@ def checks(rungs: dict[str, dict], per_seed: dict[int, dict[str, float]]) -> dic
     return out
 
 
+def add_queue_options(ap: argparse.ArgumentParser) -> None:
+    """--set, --jobs and --keep: the options of every benchmark that runs a queue of experiments."""
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more -S override for every experiment (repeatable)")
+    ap.add_argument("--jobs", type=int, default=1, help="dvc queue workers (1 on a 2-core machine)")
+    ap.add_argument("--keep", type=Path, help="build the project copy in this (empty) folder and keep it")
+
+
+def project_dir(keep: Path | None, prefix: str) -> Path:
+    """Where the project copy is built: `keep`, or a new temporary folder (removed by the caller)."""
+    project = keep or Path(tempfile.mkdtemp(prefix=prefix))
+    project.mkdir(parents=True, exist_ok=True)
+    return project
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file of the project copy")
     ap.add_argument("--config", type=Path, help="a config of configs/ applied on top of the params file")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="dataset.seed values")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="one more -S override for every experiment (repeatable)")
-    ap.add_argument("--jobs", type=int, default=1, help="dvc queue workers (1 on a 2-core machine)")
-    ap.add_argument("--keep", type=Path, help="build the project copy in this (empty) folder and keep it")
+    add_queue_options(ap)
     args = ap.parse_args()
     start = time.perf_counter()
-    project = args.keep or Path(tempfile.mkdtemp(prefix="mlpl-ladder-"))
-    project.mkdir(parents=True, exist_ok=True)
+    project = project_dir(args.keep, "mlpl-ladder-")
     try:
         copy_project(project, args.params, lambda cmd, cwd: sh(["bash", "-c", cmd], cwd), args.config)
         names = {}

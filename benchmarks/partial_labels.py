@@ -21,14 +21,20 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ladder import experiment_metrics, sh, summarise, wait_for_queue  # noqa: E402
+from benchmarks.ladder import (  # noqa: E402
+    add_queue_options,
+    experiment_metrics,
+    project_dir,
+    sh,
+    summarise,
+    wait_for_queue,
+)
 from benchmarks.project import copy_project  # noqa: E402
 
 # name → the -S overrides that select it (the README's partial-label table names the papers)
@@ -95,14 +101,10 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS), help="methods to run")
     ap.add_argument("--ratios", type=float, nargs="*", default=[0.0, 0.05, 0.1, 0.3, 0.5, 1.0],
                     help="the ratio sweep (baseline at each; none: no sweep)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="one more -S override for every experiment (repeatable)")
-    ap.add_argument("--jobs", type=int, default=1, help="dvc queue workers (1 on a 2-core machine)")
-    ap.add_argument("--keep", type=Path, help="build the project copy in this (empty) folder and keep it")
+    add_queue_options(ap)
     args = ap.parse_args()
     start = time.perf_counter()
-    project = args.keep or Path(tempfile.mkdtemp(prefix="mlpl-partial-"))
-    project.mkdir(parents=True, exist_ok=True)
+    project = project_dir(args.keep, "mlpl-partial-")
     runs: dict[tuple[str, object, int], str] = {}  # (kind, method or ratio, seed) → experiment name
     try:
         copy_project(project, args.params, lambda cmd, cwd: sh(["bash", "-c", cmd], cwd), args.config)

@@ -88,9 +88,14 @@ def test_models_over_one_tower_share_its_pass(tmp_path, tiny_model):
     paths = _images(tmp_path)
     alone = {name: predict_paths(m, 32, paths) for name, m in (("a", a), ("b", b), ("other", other))}
     passes = []
-    for m in (a, b, other):  # each tower counts its own forwards
-        m.visual.conv1.register_forward_hook(lambda mod, args, out: passes.append(args[0].shape[0]))
-    together = predict_models({"a": (a, 32), "b": (b, 32), "other": (other, 32)}, paths)
+    # each tower counts its own forwards; the hooks go again after, as `a`'s tower is the session's tiny_model
+    hooks = [m.visual.conv1.register_forward_hook(lambda mod, args, out: passes.append(args[0].shape[0]))
+             for m in (a, b, other)]
+    try:
+        together = predict_models({"a": (a, 32), "b": (b, 32), "other": (other, 32)}, paths)
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert list(together) == ["a", "b", "other"] and together["b"].shape == (6, 2)
     assert all(np.array_equal(together[k], alone[k]) for k in alone)
     assert passes == [6, 6]  # a and b (equal towers, one a copy) in one pass, other in its own
