@@ -23,7 +23,16 @@ from functools import lru_cache
 
 import numpy as np
 
-from pipeline.scene_config import COLOUR_FAMILIES, SHAPE_CLASSES, SUPERSAMPLE, Scene, SceneConfig, shape_mask
+from pipeline.scene_config import (
+    COLOUR_FAMILIES,
+    SHAPE_CLASSES,
+    SUPERSAMPLE,
+    Scene,
+    SceneConfig,
+    finish_image,
+    shape_mask,
+    textured_gradient,
+)
 
 HUE_JITTER = 0.06  # ± of the hue circle around a family's centre
 ZIPF_EXPONENT = 1.1  # world-wide class popularity ∝ rank^-s: the long tail
@@ -69,14 +78,7 @@ def grey_background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A smooth gradient between two greyish colours with a low-frequency texture: no colour family's hue."""
     grey = rng.uniform(50, 205, size=2)
     tint = rng.uniform(-12, 12, size=(2, 3))
-    c0, c1 = grey[0] + tint[0], grey[1] + tint[1]
-    angle = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
-    t = np.cos(angle) * xx + np.sin(angle) * yy
-    t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
-    freq, phase = rng.uniform(2, 5, size=2), rng.uniform(0, 2 * np.pi, size=2)
-    texture = 10.0 * np.sin(2 * np.pi * freq[0] * xx + phase[0]) * np.sin(2 * np.pi * freq[1] * yy + phase[1])
-    return c0 + (c1 - c0) * t[..., None] + texture[..., None]
+    return textured_gradient(rng, size, grey[0] + tint[0], grey[1] + tint[1], texture=10.0)
 
 
 def scene_classes(rng: np.random.Generator, context: Context, max_small: int, partner_prob: float) -> list[int]:
@@ -150,10 +152,9 @@ def render_context_scene(rng: np.random.Generator, cfg: SceneConfig) -> Scene:
         remap[old] = new
     object_map = np.where(object_map >= 0, remap[object_map], -1).astype(np.int16)
 
-    img = canvas.reshape(cfg.image_size, SUPERSAMPLE, cfg.image_size, SUPERSAMPLE, 3).mean((1, 3))
-    img = img + rng.normal(0, cfg.noise, size=img.shape)
+    image = finish_image(rng, canvas, cfg.image_size, cfg.noise)
     labels = np.zeros(cfg.n_classes, dtype=np.int8)
     object_classes = [kept[i] for i in present]
     labels[object_classes] = 1
-    return Scene(image=np.clip(np.round(img), 0, 255).astype(np.uint8), labels=labels, salient=kept[0],
+    return Scene(image=image, labels=labels, salient=kept[0],
                  object_map=object_map[::SUPERSAMPLE, ::SUPERSAMPLE].copy(), object_classes=object_classes)

@@ -185,7 +185,7 @@ def _dataset_html(truth: np.ndarray | None, classes: list[str]) -> str:
     lift P(i | j) / P(i) of every pair as a shaded table (blue: together more than chance, orange: less)."""
     if truth is None or not len(truth):
         return ""
-    stats, n_images = label_statistics(truth, classes), len(truth)
+    stats = label_statistics(truth, classes)
     names = stats.classes
     lift = stats.lift
 
@@ -201,13 +201,13 @@ def _dataset_html(truth: np.ndarray | None, classes: list[str]) -> str:
     header = "".join(f'<th class="vertical">{html.escape(n)}</th>' for n in names)
     body = "".join(f"<tr><th>{html.escape(names[i])}</th>{''.join(cell(i, j) for j in range(len(names)))}</tr>"
                    for i in range(len(names)))
-    per_image = ", ".join(f"{k}: {int(v)}" for k, v in enumerate(stats.labels_per_image) if v)
     pairs = "".join(f"<li>{html.escape(a)} | {html.escape(b)}: {p:.2f} (×{x:.1f})</li>"
-                    for a, b, p, x in stats.top_pairs(8, n_images=n_images))
+                    for a, b, p, x in stats.top_pairs(8))
     vmax = float(max(stats.frequency.max(), 1e-6))
     return (f"<h2>Dataset (train split ground truth)</h2>"
             f"<p>Class frequencies (commonest / rarest: ×{stats.tail_ratio:.1f}); images by labels per image: "
-            f"{per_image}.</p>{bar_chart_svg(names, {'share of images': list(stats.frequency)}, vmax=vmax)}"
+            f"{stats.labels_per_image_text}.</p>"
+            f"{bar_chart_svg(names, {'share of images': list(stats.frequency)}, vmax=vmax)}"
             f"<p>Co-occurrence: lift P(row | column) / P(row), 1 = independent.</p>"
             f'<table class="cooccurrence"><tr><th></th>{header}</tr>{body}</table>'
             f"<p>Pairs that come together most:</p><ul>{pairs}</ul>")

@@ -84,3 +84,25 @@ def shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if name == "bar":
         return (np.abs(u) <= 1.0) & (np.abs(v) <= 0.38)
     raise ValueError(f"unknown shape {name!r}")
+
+
+def textured_gradient(rng: np.random.Generator, size: int, c0: np.ndarray, c1: np.ndarray,
+                      texture: float) -> np.ndarray:
+    """A size×size background: a linear gradient from colour c0 to c1 at a random angle, plus a
+    low-frequency texture of amplitude `texture`. [size, size, 3] float"""
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    t = np.cos(angle) * xx + np.sin(angle) * yy
+    t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+    freq = rng.uniform(2, 5, size=2)
+    phase = rng.uniform(0, 2 * np.pi, size=2)
+    wave = texture * np.sin(2 * np.pi * freq[0] * xx + phase[0]) * np.sin(2 * np.pi * freq[1] * yy + phase[1])
+    return c0 + (c1 - c0) * t[..., None] + wave[..., None]
+
+
+def finish_image(rng: np.random.Generator, canvas: np.ndarray, image_size: int, noise: float) -> np.ndarray:
+    """The supersampled canvas box-filtered down to image_size, with pixel noise of std `noise`. uint8"""
+    img = canvas.reshape(image_size, SUPERSAMPLE, image_size, SUPERSAMPLE, 3).mean((1, 3))
+    img = img + rng.normal(0, noise, size=img.shape)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+

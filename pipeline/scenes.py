@@ -13,7 +13,15 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.contexts import render_context_scene
-from pipeline.scene_config import SHAPE_CLASSES, SUPERSAMPLE, Scene, SceneConfig, shape_mask
+from pipeline.scene_config import (
+    SHAPE_CLASSES,
+    SUPERSAMPLE,
+    Scene,
+    SceneConfig,
+    finish_image,
+    shape_mask,
+    textured_gradient,
+)
 
 __all__ = ["SHAPE_CLASSES", "Scene", "SceneConfig", "dominant_object", "render_scene", "scene_rng", "shape_mask"]
 
@@ -21,15 +29,7 @@ __all__ = ["SHAPE_CLASSES", "Scene", "SceneConfig", "dominant_object", "render_s
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A smooth two-colour gradient with a low-frequency texture."""
     c0, c1 = rng.uniform(40, 215, size=(2, 3))
-    angle = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
-    t = (np.cos(angle) * xx + np.sin(angle) * yy)
-    t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
-    freq = rng.uniform(2, 5, size=2)
-    phase = rng.uniform(0, 2 * np.pi, size=2)
-    texture = 12.0 * np.sin(2 * np.pi * freq[0] * xx + phase[0]) * np.sin(2 * np.pi * freq[1] * yy + phase[1])
-    img = c0 + (c1 - c0) * t[..., None] + texture[..., None]
-    return img
+    return textured_gradient(rng, size, c0, c1, texture=12.0)
 
 
 def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
@@ -91,12 +91,11 @@ def render_simple_scene(rng: np.random.Generator, cfg: SceneConfig) -> Scene:
         object_classes.append(cls)
 
     # Downsample: box filter for the image, nearest (top-left sample) for the object map.
-    img = canvas.reshape(cfg.image_size, SUPERSAMPLE, cfg.image_size, SUPERSAMPLE, 3).mean((1, 3))
-    img = img + rng.normal(0, cfg.noise, size=img.shape)
+    image = finish_image(rng, canvas, cfg.image_size, cfg.noise)
     labels = np.zeros(n_cls, dtype=np.int8)
     labels[object_classes] = 1
     return Scene(
-        image=np.clip(np.round(img), 0, 255).astype(np.uint8),
+        image=image,
         labels=labels,
         salient=salient,
         object_map=object_map[::SUPERSAMPLE, ::SUPERSAMPLE].copy(),

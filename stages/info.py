@@ -53,7 +53,7 @@ def run() -> None:
               f"{len(m.classes)} classes: {', '.join(m.classes)}; ground truth: {'yes' if m.has('labels') else 'no'}")
         if m.has("labels"):  # what partial-label methods can exploit: the tail, clutter, co-occurrence
             train = m.column("labels")[split == "train"]
-            for line in statistics_lines(label_statistics(train, list(m.classes)), len(train)):
+            for line in statistics_lines(label_statistics(train, list(m.classes))):
                 print(f"  train   {line}")
     else:
         print("dataset   not prepared (run `dvc repro` or `mlpl prepare`)")

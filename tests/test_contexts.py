@@ -53,7 +53,7 @@ def test_contexts_carry_co_occurrence_and_a_long_tail_the_simple_scenes_do_not()
     simple_cfg = SceneConfig()
     simple = label_statistics(np.stack([s.labels for s in _scenes(simple_cfg, n)]), list(simple_cfg.classes))
     assert ctx.tail_ratio > 5 and simple.tail_ratio < 1.5
-    assert ctx.top_pairs(1, n_images=n)[0][3] > 2.5 and simple.top_pairs(1, n_images=n)[0][3] < 1.5
+    assert ctx.top_pairs(1)[0][3] > 2.5 and simple.top_pairs(1)[0][3] < 1.5
     # every context's pairs show up: P(b | a) well above P(b)
     world = make_world(16, CONTEXTS.contexts, CONTEXTS.world_seed)
     lifted = [ctx.lift[b, a] for context in world for a, b in context.pairs if ctx.frequency[a] > 0.02]
@@ -76,7 +76,7 @@ def test_statistics_lines_name_frequencies_labels_per_image_and_pairs():
     assert stats.frequency.tolist() == [0.75, 0.5, 0.25]
     assert stats.cooccurrence[1, 0] == pytest.approx(2 / 3) and stats.cooccurrence[0, 1] == 1.0
     assert stats.labels_per_image.tolist() == [0, 10, 10]
-    assert stats.top_pairs(1, n_images=20)[0][:2] == ("a", "b")  # lift 1 / 0.75 beats b | a's (2/3) / 0.5
-    lines = statistics_lines(stats, 20)
+    assert stats.top_pairs(1)[0][:2] == ("a", "b")  # lift 1 / 0.75 beats b | a's (2/3) / 0.5
+    lines = statistics_lines(stats)
     assert "a 0.75, b 0.50, c 0.25" in lines[0] and "tail ratio 3.0" in lines[0]
     assert "mean 1.50" in lines[1] and "a | b 1.00 ×1.3" in lines[2]
