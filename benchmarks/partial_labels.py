@@ -48,12 +48,16 @@ METHODS: dict[str, list[str]] = {
     "g2netpl": ["rule=g2netpl"],
     "large_loss": ["rule=large_loss"],  # LL-R
     "label_distribution": ["rule=label_distribution"],  # MulSupConLD
+    "hst_ist": ["hst.modules=ist"],  # HST (pipeline/hst.py): learnt per-image co-occurrence
+    "hst_cst": ["hst.modules=cst"],  # HST: prototypes of the adapter's class features
+    "hst": ["hst.modules=both"],
+    "hst_ist_loss_only": ["hst.modules=ist", "hst.start_epoch=1000"],  # IST's loss, no pseudo label ever
 }
 FIGURES = {"corrected": "labels.corrected.map", "refined": "labels.refined.map", "student": "test.student.map",
            "ceiling": "test.ceiling.map", "gap_closure": "gap_closure", "raised": "transfer.raised",
            "raised_right": "transfer.raised_right", "lowered": "transfer.lowered",
            "lowered_right": "transfer.lowered_right"}
-TRANSFERS = ("prototypes_ema", "prototypes_dtl", "cooccurrence_ema", "cooccurrence_dtl")
+TRANSFERS = ("prototypes_ema", "prototypes_dtl", "cooccurrence_ema", "cooccurrence_dtl", "hst_ist", "hst_cst", "hst")
 
 
 def figures(metrics: dict) -> dict[str, float]:

@@ -68,6 +68,10 @@ class Adapter(nn.Module):
         self.fc_bias = nn.Parameter(torch.zeros(cfg.n_classes))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.class_features(features))
+
+    def class_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The decoder's output for every class query: category-specific features [B, C, hidden] (HST's f_c)."""
         r = self.cfg.residual
         tokens = features.flatten(2).transpose(1, 2)  # [B, HW, D]
         if tokens.shape[1] != self.pos.shape[1]:
@@ -81,8 +85,11 @@ class Adapter(nn.Module):
         x = self.project[1](x.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
         memory = x + self.pos
         queries = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
-        out = self.decoder(queries, memory)  # [B, C, hidden]
-        return (out * self.fc_weight).sum(-1) + self.fc_bias
+        return self.decoder(queries, memory)
+
+    def head(self, class_features: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C] from the class features: class c reads only its own."""
+        return (class_features * self.fc_weight).sum(-1) + self.fc_bias
 
 
 def adapter_for(model: nn.Module, n_classes: int, image_size: int, **overrides) -> Adapter:

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline import clip
 from pipeline.features import GRID, overlay_cells, overlay_key
+from pipeline.hst import Hst, composite_known_sign, known_sign_of
 from pipeline.images import decode_image, resize_u8
 from pipeline.resume import Checkpointer
 from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
@@ -380,14 +381,16 @@ def encode_batch(visual: torch.nn.Module | None, normalizer: tuple[torch.Tensor,
 
 
 def predict_hosts(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor], adapter: torch.nn.Module,
-                  dataset: SewDataset, batch_size: int) -> np.ndarray:
-    """The adapter's logits on every training image as it is, without overlays. [N, C]"""
+                  dataset: SewDataset, batch_size: int, output: Callable | None = None) -> np.ndarray:
+    """The adapter's logits on every training image as it is, without overlays [N, C]; or, with `output`
+    (e.g. adapter.class_features), what it returns for each batch of tower features."""
+    output = adapter if output is None else output
     adapter.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
             images = torch.stack([dataset.load(i) for i in range(start, min(start + batch_size, len(dataset)))])
-            out.append(adapter(encode_batch(visual, normalizer, dataset, images)))
+            out.append(output(encode_batch(visual, normalizer, dataset, images)))
     return torch.cat(out).numpy()
 
 
@@ -406,7 +409,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
                      settings: SewSettings, num_workers: int = 0,
                      on_step: Callable[[int, int, float], None] | None = None,
                      rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
-                     checkpointer: Checkpointer | None = None) -> np.ndarray:
+                     checkpointer: Checkpointer | None = None, hst: Hst | None = None) -> np.ndarray:
     """Train `adapter` on composites and the estimator Z jointly (Algorithm 1); returns refined Z.
 
     M-step: BCE(p, stop σ(z_s)) trains the adapter (eq. 20), with z_s the composite label from Z; entries
@@ -417,6 +420,9 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     E-step by their own label update after each epoch, on predictions for the images without overlays.
     `weights` [N, C] (label_distribution) weight a composite's entries by the max over its sources.
     A `checkpointer` saves the state after each epoch; a rerun resumes from the last one.
+    `hst` (pipeline.hst, known labels only): its losses join the M-step on the adapter's class features, and
+    the entries it raises are positives of the M-step; its prototypes are refreshed at the start of the
+    epochs it names.
     """
     torch.manual_seed(settings.seed)
     z0 = torch.tensor(np.asarray(z_init), dtype=torch.float32)
@@ -425,9 +431,16 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
     backprop = settings.e_step == "backprop" and not rule.updates_labels
     predictions_e_step = settings.e_step == "predictions" and settings.e_weight > 0 and not rule.updates_labels
-    opt = torch.optim.AdamW([
-        {"params": adapter.parameters(), "lr": settings.lr, "weight_decay": settings.weight_decay},
-        {"params": [z], "lr": settings.estimator_lr, "weight_decay": 0.0}])
+    groups = [{"params": adapter.parameters(), "lr": settings.lr, "weight_decay": settings.weight_decay},
+              {"params": [z], "lr": settings.estimator_lr, "weight_decay": 0.0}]
+    host_sign = None
+    if hst is not None:  # φ_intra follows the adapter's schedule; the thresholds learn at their own rate
+        thresholds = [hst.head.theta_intra, hst.head.theta_cross]
+        groups += [{"params": [q for q in hst.head.parameters() if all(q is not t for t in thresholds)],
+                    "lr": settings.lr, "weight_decay": settings.weight_decay},
+                   {"params": thresholds, "lr": hst.settings.threshold_lr, "weight_decay": 0.0}]
+        host_sign = known_sign_of(z0, keep)
+    opt = torch.optim.AdamW(groups)
     if visual is not None:
         visual.eval()
     y_prev = torch.sigmoid(z0).numpy().astype(np.float64)
@@ -441,25 +454,42 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
         y_prev = state["y_prev"].numpy()
         torch.set_rng_state(state["torch_rng"])
         start = state["position"]
+        if hst is not None:
+            hst.head.load_state_dict(state["hst"])
     for epoch in range(start, settings.epochs):
         dataset.epoch = epoch
         order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
         loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=order,
                             num_workers=num_workers, drop_last=len(dataset) > settings.batch_size)
+        if hst is not None and hst.settings.prototypes_due(epoch):
+            hst.head.set_prototypes(predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size,
+                                                  adapter.class_features), host_sign.numpy(), hst.settings.seed)
         adapter.train()
         for step, (images, sources, classes, hidden) in enumerate(loader):
-            opt.param_groups[0]["lr"] = settings.adapter_lr(epoch * len(loader) + step, settings.epochs * len(loader))
+            lr = settings.adapter_lr(epoch * len(loader) + step, settings.epochs * len(loader))
+            for group in opt.param_groups[::2]:  # the adapter's and φ_intra's
+                group["lr"] = lr
             with torch.no_grad():
                 feats = encode_batch(visual, normalizer, dataset, images)
-            p = adapter(feats)
+            class_features = adapter.class_features(feats)
+            p = adapter.head(class_features)
             rows = sources.clamp(min=0)  # gather the batch's rows first: never touch all N × C per step
             hidden = hidden if hidden.shape[-1] else None
             zs = max_over_sources(torch.where(keep[rows], z0[rows], z[rows]), sources, classes, hidden)
             labelled = torch.isfinite(zs)
             zs = torch.where(labelled, zs, torch.zeros_like(zs))
             w = None if w_all is None else max_over_sources(w_all[rows], sources, classes, hidden).clamp(min=0)
-            m_loss = rule_loss(p, torch.sigmoid(zs).detach(), keep[sources[:, 0]], rule, epoch, w, labelled)
-            loss = m_loss
+            targets = torch.sigmoid(zs).detach()
+            hst_loss = None
+            if hst is not None:
+                overlaid = source_mask(sources[:, 1:], classes[:, 1:], zs.shape[-1]).any(1)
+                sign = composite_known_sign(host_sign[sources[:, 0]], overlaid, hidden)
+                hst_step = hst.step(class_features, sign, epoch)
+                raised = hst_step.raised & labelled
+                targets = torch.where(raised, targets.clamp(min=hst.raise_target), targets)
+                hst_loss = hst_step.loss
+            m_loss = rule_loss(p, targets, keep[sources[:, 0]], rule, epoch, w, labelled)
+            loss = m_loss if hst_loss is None else m_loss + hst_loss
             if backprop:
                 e_loss = F.binary_cross_entropy_with_logits(zs, torch.sigmoid(p).detach(), reduction="none")
                 loss = loss + (e_loss * labelled).sum() / labelled.sum().clamp(min=1)
@@ -483,6 +513,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
         if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < settings.epochs:
             checkpointer.save({"position": epoch + 1, "adapter": adapter.state_dict(), "optimizer": opt.state_dict(),
                                "z": z.detach().clone(), "y_prev": torch.from_numpy(y_prev),
-                               "torch_rng": torch.get_rng_state()})
+                               "torch_rng": torch.get_rng_state(),
+                               **({} if hst is None else {"hst": hst.head.state_dict()})})
     adapter.eval()
     return torch.where(keep, z0, z.detach()).numpy().astype(np.float32)

@@ -27,7 +27,19 @@ from pipeline.report import render_report
 from pipeline.settings import Settings, setting
 from pipeline.storage import Table, atomic_path, manifest_paths, open_store, write_json
 from pipeline.student import predict_models
-from stages.common import CEILING, CORRECTED, LABEL_COLUMNS, MANIFEST, METRICS, PLOTS, REPORT, SCORES, STUDENT, Params
+from stages.common import (
+    CEILING,
+    CORRECTED,
+    LABEL_COLUMNS,
+    MANIFEST,
+    METRICS,
+    PLOTS,
+    REFINED,
+    REPORT,
+    SCORES,
+    STUDENT,
+    Params,
+)
 
 REPORT_RUNGS = ("z0", "cut", "corrected", "refined")  # the per-image view of label changes in the report
 
@@ -62,12 +74,14 @@ def run(params: Params) -> None:
         name: (tables[path].column("image_id"), tables[path].column(column))
         for name, (path, column) in LABEL_COLUMNS.items()})
     metrics: dict = {"labels": labels}
-    corrected = tables[CORRECTED]
-    if corrected.has("raised"):  # what the known-label transfers moved, on the train split
-        rows = np.array([row_of[i] for i in corrected.column("image_id")])
-        on_train = train[rows]
-        metrics["transfer"] = transfer_precision(truth[rows][on_train], corrected.column("raised")[on_train],
-                                                 corrected.column("lowered")[on_train])
+    if tables[CORRECTED].has("raised"):  # what the known-label transfers (correct's, sew's HST) moved, on train
+        moved = {name: np.zeros(truth.shape, bool) for name in ("raised", "lowered")}
+        for table in (tables[CORRECTED], tables[REFINED]):
+            rows = np.array([row_of[i] for i in table.column("image_id")])
+            for name, entries in moved.items():
+                if table.has(name):
+                    entries[rows] |= table.column(name).astype(bool)
+        metrics["transfer"] = transfer_precision(truth[train], moved["raised"][train], moved["lowered"][train])
     z0 = np.asarray(open_store(SCORES, required=("global",))["global"][:], dtype=np.float32)
     if manifest.has("salient"):
         metrics["teacher"] = {"salient_top1": salient_top1(z0[test], manifest.column("salient")[test])}

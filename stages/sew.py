@@ -3,8 +3,11 @@ data/models/adapter.pt and data/labels/refined.parquet (Z after EM)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from pipeline.adaptation import backbone_descriptor, fit_adapter, needs_host_boxes, read_train_split, tower_inputs
 from pipeline.adapter import AdapterOptions
+from pipeline.hst import HstSettings
 from pipeline.models import save_checkpoint
 from pipeline.rules import RuleSettings, rule_weights
 from pipeline.sew import SewSettings
@@ -27,9 +30,10 @@ from stages.common import (
 )
 
 
-def check(params: Params) -> tuple[SewSettings, AdapterOptions, RuleSettings]:
+def check(params: Params) -> tuple[SewSettings, AdapterOptions, RuleSettings, HstSettings]:
     p = params.section("sew")
-    settings = p.build(SewSettings), p.section("adapter").build(AdapterOptions), params.build(RuleSettings)
+    settings = (p.build(SewSettings), p.section("adapter").build(AdapterOptions), params.build(RuleSettings),
+                params.section("hst").build(HstSettings))
     p.get("image_size", int, lo=8), p.get("num_workers", int, lo=0)
     b = p.section("backbone")
     pretrained = b.get("pretrained", str)
@@ -40,7 +44,7 @@ def check(params: Params) -> tuple[SewSettings, AdapterOptions, RuleSettings]:
 
 
 def run(params: Params) -> None:
-    settings, options, rule = check(params)
+    settings, options, rule, hst = check(params)
     p = params.section("sew")
     corrected, observed = Table(CORRECTED), Table(OBSERVED)
     split = read_train_split(MANIFEST, INITIAL, SCORES, needs_host_boxes(settings))
@@ -48,12 +52,15 @@ def run(params: Params) -> None:
     descriptor = backbone_descriptor(*backbone_params(p), TEACHER_DESCRIPTOR)
     image_size = p.get("image_size", int, lo=8)
     model, features = tower_inputs(settings, descriptor, split, image_size, FEATURES)
-    spec, adapter, refined = fit_adapter(
+    spec, adapter, refined, raised = fit_adapter(
         model, descriptor, split, targets, observed.column("known").astype(bool)[split.rows], settings, options,
         image_size, work_dir("sew"), "sew", rule, rule_weights(rule, targets, SCORES, split.rows),
-        p.get("num_workers", int, lo=0), features)
+        p.get("num_workers", int, lo=0), features, hst)
     save_checkpoint(ADAPTER, spec, adapter)
     write_table(REFINED, {"image_id": corrected.column("image_id")[split.rows],
-                          "split": corrected.column("split")[split.rows], "refined": refined}, corrected.classes)
+                          "split": corrected.column("split")[split.rows], "refined": refined,
+                          "raised": raised.astype(np.int8)}, corrected.classes)
     clear_work_dir("sew")
     print(f"adapter → {ADAPTER}; EM-refined labels of {len(split.rows)} train images → {REFINED}")
+    if hst.modules != "none":
+        print(f"HST ({hst.modules}) raised {int(raised.sum())} unknown entries")

@@ -92,9 +92,9 @@ def test_method_ablations_reuse_cached_scores(project, change, expected):
 
 def test_partial_label_methods_together(project):
     r = sh("dvc exp run -S ratio=0.5 -S seed=1 -S prototypes.threshold=ema -S cooccurrence.threshold=dtl -S rule=plmcl "
-           "-S distill.student=small_cnn", project)
+           "-S hst.modules=both -S hst.start_epoch=0 -S distill.student=small_cnn", project)
     assert stages_run(r.stdout) == {"validate", "mask", "correct", "sew", "distill", "evaluate"}, r.stdout
-    assert "unknown entries raised" in r.stdout
+    assert "unknown entries raised" in r.stdout and "HST (both) raised" in r.stdout
     import json
 
     import numpy as np
@@ -103,7 +103,8 @@ def test_partial_label_methods_together(project):
 
     # what the transfers moved is kept with the labels, and the metrics say how right it was
     corrected = pd.read_parquet(project / "data" / "labels" / "corrected.parquet")
-    raised = np.stack(corrected.raised)[corrected.split.to_numpy() == "train"]
+    refined = pd.read_parquet(project / "data" / "labels" / "refined.parquet")  # HST's, train rows in the same order
+    raised = np.stack(corrected.raised)[corrected.split.to_numpy() == "train"].astype(bool) | np.stack(refined.raised)
     transfer = json.loads((project / "reports" / "metrics.json").read_text())["transfer"]
     assert transfer["raised"] == int(raised.sum()) and ("raised_right" in transfer) == bool(raised.any())
 

@@ -7,6 +7,7 @@ from PIL import Image
 
 from pipeline import clip
 from pipeline.adapter import adapter_for
+from pipeline.hst import Hst, HstSettings
 from pipeline.images import ResizedImages
 from pipeline.resume import Checkpointer, fingerprint
 from pipeline.rules import RuleSettings
@@ -69,20 +70,23 @@ def test_checkpoint_of_another_run_is_ignored(tmp_path):
     assert Checkpointer(tmp_path, "run-a", log=lambda m: None).restore() is None
 
 
-@pytest.mark.parametrize("rule", ["none", "plmcl"])
-def test_sew_em_resumes_exactly(tmp_path, image_paths, rule):
+@pytest.mark.parametrize("rule,hst", [("none", "none"), ("plmcl", "none"), ("none", "both")])
+def test_sew_em_resumes_exactly(tmp_path, image_paths, rule, hst):
     model = clip.create_model(TINY_MODEL)
     z = np.random.default_rng(1).normal(size=(10, 3)).astype(np.float32)
     frozen = np.zeros_like(z, bool)
     frozen[::3, 1] = True
+    if hst != "none":  # whole rows known: pairs of known positives for IST, positives for CST's prototypes
+        frozen[::2] = True
     s = SewSettings(epochs=4, batch_size=4, max_overlays=2)
 
     def run(checkpointer):
         torch.manual_seed(0)
         adapter = adapter_for(model, 3, 32, hidden=16, heads=2)
         ds = SewDataset(image_paths, 32, np.arange(10), s)
+        transfer = None if hst == "none" else Hst(HstSettings(hst, start_epoch=1, prototype_every=1, hidden=8), 3, 16)
         return adapter, train_adapter_em(model.visual, clip.normalizer_of(model), adapter, ds, z, frozen, s,
-                                         rule=RuleSettings(rule), checkpointer=checkpointer)
+                                         rule=RuleSettings(rule), checkpointer=checkpointer, hst=transfer)
 
     ref_adapter, ref = run(None)
     with pytest.raises(Preempted):
