@@ -52,12 +52,14 @@ METHODS: dict[str, list[str]] = {
     "hst_cst": ["hst.modules=cst"],  # HST: prototypes of the adapter's class features
     "hst": ["hst.modules=both"],
     "hst_ist_loss_only": ["hst.modules=ist", "hst.start_epoch=1000"],  # IST's loss, no pseudo label ever
+    "trm": ["trm.enabled=true"],  # TRM-ML (pipeline/trm.py): region features, bank, EMA thresholds
+    "trm_loss_only": ["trm.enabled=true", "trm.start_epoch=1000"],  # its losses, no pseudo label ever
 }
 FIGURES = {"corrected": "labels.corrected.map", "refined": "labels.refined.map", "student": "test.student.map",
            "ceiling": "test.ceiling.map", "gap_closure": "gap_closure", "raised": "transfer.raised",
            "raised_right": "transfer.raised_right", "lowered": "transfer.lowered",
            "lowered_right": "transfer.lowered_right"}
-TRANSFERS = ("prototypes_ema", "prototypes_dtl", "cooccurrence_ema", "cooccurrence_dtl", "hst_ist", "hst_cst", "hst")
+TRANSFERS = ("prototypes_ema", "prototypes_dtl", "cooccurrence_ema", "cooccurrence_dtl", "hst_ist", "hst_cst", "hst", "trm")
 
 
 def figures(metrics: dict) -> dict[str, float]:

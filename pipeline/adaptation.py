@@ -18,9 +18,10 @@ from pipeline import clip
 from pipeline.adapter import Adapter, AdapterOptions, adapter_for, adapter_for_grid
 from pipeline.cut import best_view_boxes
 from pipeline.features import GRID, read_feature_store
-from pipeline.hst import Hst, HstSettings, known_sign_of
+from pipeline.hst import Hst, HstSettings
 from pipeline.logits import sigmoid
 from pipeline.models import AdapterSpec
+from pipeline.online_transfer import OnlineTransfer, known_sign_of
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
 from pipeline.rules import NO_RULE, RuleSettings
@@ -28,13 +29,14 @@ from pipeline.sew import (
     FeatureSewDataset,
     SewDataset,
     SewSettings,
+    host_passes,
     overlay_pool,
     overlay_pool_pairs,
-    predict_hosts,
     train_adapter_em,
 )
 from pipeline.storage import Table, manifest_paths, open_store, read_json
 from pipeline.transfer import apply_transfer
+from pipeline.trm import Trm, TrmSettings
 
 
 @dataclass(frozen=True)
@@ -87,20 +89,32 @@ def needs_host_boxes(settings: SewSettings) -> bool:
     return settings.placement_tries > 1 or settings.cover_limit < 1
 
 
+def online_transfer(settings: HstSettings | TrmSettings | None, adapter: Adapter) -> OnlineTransfer | None:
+    """The known-label transfer that trains with `adapter` (HST or TRM-ML), or None where it is off."""
+    if isinstance(settings, HstSettings) and settings.modules != "none":
+        return Hst(settings, adapter.cfg.n_classes, adapter.cfg.hidden)
+    if isinstance(settings, TrmSettings) and settings.enabled:
+        return Trm(settings, adapter)
+    return None
+
+
 def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, targets: np.ndarray,
                 frozen: np.ndarray, settings: SewSettings, options: AdapterOptions, image_size: int,
                 work_dir: str | Path, desc: str, rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
                 num_workers: int = 0, features: dict[str, np.ndarray] | None = None,
-                hst: HstSettings | None = None) -> tuple[AdapterSpec, Adapter, np.ndarray, np.ndarray]:
+                transfer: HstSettings | TrmSettings | None = None,
+                ) -> tuple[AdapterSpec, Adapter, np.ndarray, np.ndarray, np.ndarray]:
     """Train an adapter on `model`'s frozen tower (described by `descriptor`) with composites of the split.
 
     targets [N, C]: label logits of the train images; frozen [N, C]: entries EM keeps (known labels).
     `features` (pipeline.features.read_feature_store): the tower's features of the split, so composites
     are pasted in feature space and `model` is not needed (None); else composites are pasted in pixels.
-    `hst` (pipeline.hst; off with modules `none` or nothing known): HST's transfer trains with the adapter,
-    and the unknown entries it raises on the plain images are raised in the refined Z.
+    `transfer` (HST, pipeline.hst, or TRM-ML, pipeline.trm; off where its settings say so or nothing is
+    known) trains with the adapter, and the unknown entries it raises or lowers on the plain images are
+    raised or lowered in the refined Z.
     Resumes from a checkpoint in `work_dir` left by the same run; shows progress as `desc`.
-    Returns (the adapter's spec, the adapter, refined Z [N, C], the entries HST raised [N, C] bool).
+    Returns (the adapter's spec, the adapter, refined Z [N, C], and the entries the transfer raised and
+    lowered [N, C] bool).
     """
     k = settings.pool_size(len(split.paths), len(split.classes))
     pool = overlay_pool_pairs(split.z0, k) if settings.overlay_label == "pooled" else overlay_pool(split.z0, k)
@@ -114,9 +128,7 @@ def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, ta
         adapter = adapter_for_grid(features[GRID].shape, len(split.classes), **asdict(options))
         dataset = FeatureSewDataset(features, pool, settings, split.host_boxes, host_weights)
         visual, normalizer = None, None  # composites are features already
-    transfer = None
-    if hst is not None and hst.modules != "none" and bool(np.asarray(frozen).any()):
-        transfer = Hst(hst, len(split.classes), adapter.cfg.hidden)
+    online = online_transfer(transfer, adapter) if bool(np.asarray(frozen).any()) else None
     steps = settings.epochs * max(1, len(dataset) // settings.batch_size)
     bar = progress_bar(total=steps, desc=desc, unit="step")
 
@@ -125,16 +137,16 @@ def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, ta
         bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", refresh=False)
 
     run_id = fingerprint(asdict(settings), asdict(rule), adapter.cfg.to_dict(), image_size, descriptor,
-                         targets, frozen, split.z0, split.image_ids, None if transfer is None else asdict(hst))
+                         targets, frozen, split.z0, split.image_ids,
+                         None if online is None else (type(transfer).__name__, asdict(transfer)))
     refined = train_adapter_em(visual, normalizer, adapter, dataset, targets, frozen, settings,
                                num_workers=num_workers, on_step=on_step, rule=rule, weights=weights,
-                               checkpointer=Checkpointer(work_dir, run_id, log=tqdm.write), hst=transfer)
+                               checkpointer=Checkpointer(work_dir, run_id, log=tqdm.write), transfer=online)
     bar.close()
-    raised = np.zeros(refined.shape, bool)
-    if transfer is not None:  # HST's pseudo labels of the plain images join the labels the student learns from
-        class_features = predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size,
-                                       adapter.class_features)
+    raised, lowered = np.zeros(refined.shape, bool), np.zeros(refined.shape, bool)
+    if online is not None:  # the transfer's labels of the plain images join the labels the student learns from
         sign = known_sign_of(torch.from_numpy(np.asarray(targets, np.float32)), torch.from_numpy(np.asarray(frozen)))
-        raised = transfer.raised(torch.from_numpy(class_features), sign).numpy()
-        refined = apply_transfer(refined, raised, np.zeros_like(raised), hst.raise_logit)
-    return AdapterSpec(adapter.cfg, image_size, split.classes, descriptor), adapter, refined, raised
+        up, down = online.final(host_passes(visual, normalizer, adapter, dataset, settings.batch_size), sign)
+        raised, lowered = up.numpy(), down.numpy()
+        refined = apply_transfer(refined, raised, lowered, online.raise_logit)
+    return AdapterSpec(adapter.cfg, image_size, split.classes, descriptor), adapter, refined, raised, lowered

@@ -72,6 +72,10 @@ class Adapter(nn.Module):
 
     def class_features(self, features: torch.Tensor) -> torch.Tensor:
         """The decoder's output for every class query: category-specific features [B, C, hidden] (HST's f_c)."""
+        return self.decode(self.tokens(features))
+
+    def tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """The grid's cells projected for the decoder, before positions: [B, HW, hidden]."""
         r = self.cfg.residual
         tokens = features.flatten(2).transpose(1, 2)  # [B, HW, D]
         if tokens.shape[1] != self.pos.shape[1]:
@@ -82,10 +86,12 @@ class Adapter(nn.Module):
         x = r * F.relu(F.linear(F.relu(F.linear(tokens, down)), up)) + (1 - r) * tokens
         x = F.linear(x, self.project[0].weight.flatten(1))
         # BatchNorm over batch and cells, as in the 2-D layout → [B, HW, hidden]
-        x = self.project[1](x.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
-        memory = x + self.pos
-        queries = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
-        return self.decoder(queries, memory)
+        return self.project[1](x.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Class features [B, C, hidden]: every class query attends over the tokens (with positions)."""
+        queries = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        return self.decoder(queries, tokens + self.pos)
 
     def head(self, class_features: torch.Tensor) -> torch.Tensor:
         """Logits [B, C] from the class features: class c reads only its own."""

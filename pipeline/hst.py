@@ -32,6 +32,7 @@ The authors' prototype loss (PrototypeContrastiveLoss in their code) is not in t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.online_transfer import AdapterPass, OnlineTransfer, TransferStep
 from pipeline.settings import Settings, setting
 from pipeline.transfer import spherical_kmeans
 
@@ -194,19 +196,16 @@ class HstHead(nn.Module):
         return bool(self.prototype_counts.sum() > 0)
 
 
-@dataclass
-class HstStep:
-    loss: torch.Tensor  # λ-weighted IST, CST and DTL losses
-    raised: torch.Tensor  # bool [B, C]: unknown entries HST labels positive
-
-
-class Hst:
-    """HST's modules for one training run: the losses and pseudo labels of a batch, and the final raise."""
+class Hst(OnlineTransfer):
+    """HST's modules for one training run (pipeline.online_transfer): the losses and pseudo labels of a batch,
+    the prototypes at the start of the epochs that name them, and the final raise."""
 
     def __init__(self, settings: HstSettings, n_classes: int, dim: int):
+        super().__init__()
         self.settings = settings
         self.head = HstHead(n_classes, dim, settings.hidden, settings.prototypes)
-        self.raise_target = float(torch.sigmoid(torch.tensor(settings.raise_logit)))
+        self.raise_logit = settings.raise_logit
+        self.threshold_lr = settings.threshold_lr
 
     def scores(self, features: torch.Tensor, known_sign: torch.Tensor,
                pair_logits: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -230,10 +229,16 @@ class Hst:
             raised |= defined & (score.detach() >= thetas[name].detach())
         return raised & (known_sign == 0)
 
-    def step(self, features: torch.Tensor, known_sign: torch.Tensor, epoch: int) -> HstStep:
+    def epoch_start(self, epoch: int, hosts: Callable[[], AdapterPass], known_sign: torch.Tensor) -> None:
+        if self.settings.prototypes_due(epoch):
+            self.head.set_prototypes(hosts().class_features.numpy(), known_sign.numpy(), self.settings.seed)
+
+    def step(self, out: AdapterPass, known_sign: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor,
+             epoch: int) -> TransferStep:
         """The batch's HST losses (eq. 18 less the classification loss) and raised entries."""
-        s = self.settings
+        s, features = self.settings, out.class_features
         loss = features.new_zeros(())
+        none = torch.zeros_like(known_sign, dtype=torch.bool)
         pair_logits = None
         if s.ist:
             pair_logits = self.head.pair_logits(features)
@@ -243,30 +248,15 @@ class Hst:
         if s.cst:
             loss = loss + s.cross_weight * ranking_loss(features, known_sign)
         if epoch < s.start_epoch:
-            return HstStep(loss, torch.zeros_like(known_sign, dtype=torch.bool))
+            return TransferStep(loss, none, none)
         scores = self.scores(features, known_sign, pair_logits)
         thetas = {"intra": self.head.theta_intra, "cross": self.head.theta_cross}
         for name, (score, defined) in scores.items():
             loss = loss + s.threshold_weight * threshold_loss(score, thetas[name], known_sign, defined,
                                                               s.temperature)
-        return HstStep(loss, self.raise_mask(scores, known_sign))
+        return TransferStep(loss, self.raise_mask(scores, known_sign), none)
 
     @torch.no_grad()
-    def raised(self, features: torch.Tensor, known_sign: torch.Tensor) -> torch.Tensor:
-        """bool [N, C]: the unknown entries HST raises on features of plain images (after training)."""
-        return self.raise_mask(self.scores(features, known_sign), known_sign)
-
-
-def known_sign_of(z0: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """{−1, 0, 1} [..., C]: the sign of the known entries (keep) of the label logits z0, 0 where unknown."""
-    return torch.where(keep, torch.sign(z0), torch.zeros_like(z0)).to(torch.int8)
-
-
-def composite_known_sign(host_sign: torch.Tensor, classes_labelled: torch.Tensor, hidden: torch.Tensor | None
-                         ) -> torch.Tensor:
-    """The known labels of composites [B, C]: the host's, except that a known negative an overlay labels
-    becomes unknown (the overlay may show it) and a host label an overlay may hide is unknown."""
-    sign = torch.where(classes_labelled & (host_sign < 0), torch.zeros_like(host_sign), host_sign)
-    if hidden is not None:
-        sign = torch.where(hidden, torch.zeros_like(sign), sign)
-    return sign
+    def final(self, out: AdapterPass, known_sign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raised = self.raise_mask(self.scores(out.class_features, known_sign), known_sign)
+        return raised, torch.zeros_like(raised)

@@ -53,8 +53,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline import clip
 from pipeline.features import GRID, overlay_cells, overlay_key
-from pipeline.hst import Hst, composite_known_sign, known_sign_of
 from pipeline.images import decode_image, resize_u8
+from pipeline.online_transfer import (
+    AdapterPass,
+    OnlineTransfer,
+    adapter_pass,
+    apply_targets,
+    composite_known_sign,
+    known_sign_of,
+)
 from pipeline.resume import Checkpointer
 from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
 from pipeline.settings import Settings, setting
@@ -381,17 +388,27 @@ def encode_batch(visual: torch.nn.Module | None, normalizer: tuple[torch.Tensor,
 
 
 def predict_hosts(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor], adapter: torch.nn.Module,
-                  dataset: SewDataset, batch_size: int, output: Callable | None = None) -> np.ndarray:
-    """The adapter's logits on every training image as it is, without overlays [N, C]; or, with `output`
-    (e.g. adapter.class_features), what it returns for each batch of tower features."""
-    output = adapter if output is None else output
+                  dataset: SewDataset, batch_size: int) -> np.ndarray:
+    """The adapter's logits on every training image as it is, without overlays. [N, C]"""
     adapter.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
             images = torch.stack([dataset.load(i) for i in range(start, min(start + batch_size, len(dataset)))])
-            out.append(output(encode_batch(visual, normalizer, dataset, images)))
+            out.append(adapter(encode_batch(visual, normalizer, dataset, images)))
     return torch.cat(out).numpy()
+
+
+def host_passes(visual: torch.nn.Module | None, normalizer: tuple[torch.Tensor, torch.Tensor] | None,
+                adapter: torch.nn.Module, dataset: SewDataset, batch_size: int) -> AdapterPass:
+    """adapter_pass over every training image as it is, without overlays."""
+    adapter.eval()
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            images = torch.stack([dataset.load(i) for i in range(start, min(start + batch_size, len(dataset)))])
+            parts.append(adapter_pass(adapter, encode_batch(visual, normalizer, dataset, images)))
+    return AdapterPass(*(torch.cat([getattr(q, f) for q in parts]) for f in ("tokens", "class_features", "logits")))
 
 
 def e_step(z_init: np.ndarray, predictions: np.ndarray, weight: float) -> np.ndarray:
@@ -409,7 +426,8 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
                      settings: SewSettings, num_workers: int = 0,
                      on_step: Callable[[int, int, float], None] | None = None,
                      rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
-                     checkpointer: Checkpointer | None = None, hst: Hst | None = None) -> np.ndarray:
+                     checkpointer: Checkpointer | None = None, transfer: OnlineTransfer | None = None
+                     ) -> np.ndarray:
     """Train `adapter` on composites and the estimator Z jointly (Algorithm 1); returns refined Z.
 
     M-step: BCE(p, stop σ(z_s)) trains the adapter (eq. 20), with z_s the composite label from Z; entries
@@ -420,9 +438,9 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     E-step by their own label update after each epoch, on predictions for the images without overlays.
     `weights` [N, C] (label_distribution) weight a composite's entries by the max over its sources.
     A `checkpointer` saves the state after each epoch; a rerun resumes from the last one.
-    `hst` (pipeline.hst, known labels only): its losses join the M-step on the adapter's class features, and
-    the entries it raises are positives of the M-step; its prototypes are refreshed at the start of the
-    epochs it names.
+    `transfer` (pipeline.online_transfer: HST, TRM-ML; known labels only): its losses join the M-step, the
+    entries it raises or lowers are positives or negatives of the M-step, and it sees the plain images at
+    the start of every epoch.
     """
     torch.manual_seed(settings.seed)
     z0 = torch.tensor(np.asarray(z_init), dtype=torch.float32)
@@ -433,12 +451,12 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     predictions_e_step = settings.e_step == "predictions" and settings.e_weight > 0 and not rule.updates_labels
     groups = [{"params": adapter.parameters(), "lr": settings.lr, "weight_decay": settings.weight_decay},
               {"params": [z], "lr": settings.estimator_lr, "weight_decay": 0.0}]
+    scheduled = [0]  # the groups whose lr follows the adapter's schedule
     host_sign = None
-    if hst is not None:  # φ_intra follows the adapter's schedule; the thresholds learn at their own rate
-        thresholds = [hst.head.theta_intra, hst.head.theta_cross]
-        groups += [{"params": [q for q in hst.head.parameters() if all(q is not t for t in thresholds)],
-                    "lr": settings.lr, "weight_decay": settings.weight_decay},
-                   {"params": thresholds, "lr": hst.settings.threshold_lr, "weight_decay": 0.0}]
+    if transfer is not None:  # its networks follow the adapter's schedule; its thresholds learn at their own rate
+        own, thresholds = transfer.optimizer_groups(settings.lr, settings.weight_decay)
+        scheduled.append(len(groups))
+        groups += [own] + ([thresholds] if thresholds else [])
         host_sign = known_sign_of(z0, keep)
     opt = torch.optim.AdamW(groups)
     if visual is not None:
@@ -454,25 +472,25 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
         y_prev = state["y_prev"].numpy()
         torch.set_rng_state(state["torch_rng"])
         start = state["position"]
-        if hst is not None:
-            hst.head.load_state_dict(state["hst"])
+        if transfer is not None:
+            transfer.load_state_dict(state["transfer"])
     for epoch in range(start, settings.epochs):
         dataset.epoch = epoch
         order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
         loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=order,
                             num_workers=num_workers, drop_last=len(dataset) > settings.batch_size)
-        if hst is not None and hst.settings.prototypes_due(epoch):
-            hst.head.set_prototypes(predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size,
-                                                  adapter.class_features), host_sign.numpy(), hst.settings.seed)
+        if transfer is not None:
+            transfer.epoch_start(epoch, lambda: host_passes(visual, normalizer, adapter, dataset, settings.batch_size),
+                                 host_sign)
         adapter.train()
         for step, (images, sources, classes, hidden) in enumerate(loader):
             lr = settings.adapter_lr(epoch * len(loader) + step, settings.epochs * len(loader))
-            for group in opt.param_groups[::2]:  # the adapter's and φ_intra's
-                group["lr"] = lr
+            for g in scheduled:
+                opt.param_groups[g]["lr"] = lr
             with torch.no_grad():
                 feats = encode_batch(visual, normalizer, dataset, images)
-            class_features = adapter.class_features(feats)
-            p = adapter.head(class_features)
+            out = adapter_pass(adapter, feats)
+            p = out.logits
             rows = sources.clamp(min=0)  # gather the batch's rows first: never touch all N × C per step
             hidden = hidden if hidden.shape[-1] else None
             zs = max_over_sources(torch.where(keep[rows], z0[rows], z[rows]), sources, classes, hidden)
@@ -480,16 +498,15 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
             zs = torch.where(labelled, zs, torch.zeros_like(zs))
             w = None if w_all is None else max_over_sources(w_all[rows], sources, classes, hidden).clamp(min=0)
             targets = torch.sigmoid(zs).detach()
-            hst_loss = None
-            if hst is not None:
+            transfer_loss = None
+            if transfer is not None:
                 overlaid = source_mask(sources[:, 1:], classes[:, 1:], zs.shape[-1]).any(1)
                 sign = composite_known_sign(host_sign[sources[:, 0]], overlaid, hidden)
-                hst_step = hst.step(class_features, sign, epoch)
-                raised = hst_step.raised & labelled
-                targets = torch.where(raised, targets.clamp(min=hst.raise_target), targets)
-                hst_loss = hst_step.loss
+                moved = transfer.step(out, sign, targets, labelled, epoch)
+                targets = apply_targets(targets, moved, labelled, transfer.raise_logit)
+                transfer_loss = moved.loss
             m_loss = rule_loss(p, targets, keep[sources[:, 0]], rule, epoch, w, labelled)
-            loss = m_loss if hst_loss is None else m_loss + hst_loss
+            loss = m_loss if transfer_loss is None else m_loss + transfer_loss
             if backprop:
                 e_loss = F.binary_cross_entropy_with_logits(zs, torch.sigmoid(p).detach(), reduction="none")
                 loss = loss + (e_loss * labelled).sum() / labelled.sum().clamp(min=1)
@@ -514,6 +531,6 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
             checkpointer.save({"position": epoch + 1, "adapter": adapter.state_dict(), "optimizer": opt.state_dict(),
                                "z": z.detach().clone(), "y_prev": torch.from_numpy(y_prev),
                                "torch_rng": torch.get_rng_state(),
-                               **({} if hst is None else {"hst": hst.head.state_dict()})})
+                               **({} if transfer is None else {"transfer": transfer.state_dict()})})
     adapter.eval()
     return torch.where(keep, z0, z.detach()).numpy().astype(np.float32)

@@ -38,7 +38,7 @@ def run(params: Params) -> None:
     descriptor = backbone_descriptor(*backbone_params(p), TEACHER_DESCRIPTOR)
     image_size = p.get("image_size", int, lo=8)
     model, features = tower_inputs(settings, descriptor, split, image_size, FEATURES)
-    spec, adapter, _, _ = fit_adapter(model, descriptor, split, truth, np.ones(truth.shape, bool), settings,
+    spec, adapter, *_ = fit_adapter(model, descriptor, split, truth, np.ones(truth.shape, bool), settings,
                                    p.section("adapter").build(AdapterOptions), image_size, work_dir("ceiling"),
                                    "ceiling", num_workers=p.get("num_workers", int, lo=0), features=features)
     save_checkpoint(CEILING, spec, adapter)

@@ -12,6 +12,7 @@ from pipeline.models import save_checkpoint
 from pipeline.rules import RuleSettings, rule_weights
 from pipeline.sew import SewSettings
 from pipeline.storage import Table, write_table
+from pipeline.trm import TrmSettings
 from stages.common import (
     ADAPTER,
     CORRECTED,
@@ -23,6 +24,7 @@ from stages.common import (
     SCORES,
     TEACHER_DESCRIPTOR,
     Params,
+    ParamsError,
     backbone_params,
     clear_work_dir,
     resolve_weights,
@@ -30,10 +32,14 @@ from stages.common import (
 )
 
 
-def check(params: Params) -> tuple[SewSettings, AdapterOptions, RuleSettings, HstSettings]:
+def check(params: Params) -> tuple[SewSettings, AdapterOptions, RuleSettings, HstSettings | TrmSettings | None]:
     p = params.section("sew")
-    settings = (p.build(SewSettings), p.section("adapter").build(AdapterOptions), params.build(RuleSettings),
-                params.section("hst").build(HstSettings))
+    hst, trm = params.section("hst").build(HstSettings), params.section("trm").build(TrmSettings)
+    if hst.modules != "none" and trm.enabled:
+        raise ParamsError("hst.modules and trm.enabled: one known-label transfer trains with the adapter at a "
+                          "time; set hst.modules: none or trm.enabled: false")
+    transfer = hst if hst.modules != "none" else trm if trm.enabled else None
+    settings = p.build(SewSettings), p.section("adapter").build(AdapterOptions), params.build(RuleSettings), transfer
     p.get("image_size", int, lo=8), p.get("num_workers", int, lo=0)
     b = p.section("backbone")
     pretrained = b.get("pretrained", str)
@@ -44,7 +50,7 @@ def check(params: Params) -> tuple[SewSettings, AdapterOptions, RuleSettings, Hs
 
 
 def run(params: Params) -> None:
-    settings, options, rule, hst = check(params)
+    settings, options, rule, transfer = check(params)
     p = params.section("sew")
     corrected, observed = Table(CORRECTED), Table(OBSERVED)
     split = read_train_split(MANIFEST, INITIAL, SCORES, needs_host_boxes(settings))
@@ -52,15 +58,16 @@ def run(params: Params) -> None:
     descriptor = backbone_descriptor(*backbone_params(p), TEACHER_DESCRIPTOR)
     image_size = p.get("image_size", int, lo=8)
     model, features = tower_inputs(settings, descriptor, split, image_size, FEATURES)
-    spec, adapter, refined, raised = fit_adapter(
+    spec, adapter, refined, raised, lowered = fit_adapter(
         model, descriptor, split, targets, observed.column("known").astype(bool)[split.rows], settings, options,
         image_size, work_dir("sew"), "sew", rule, rule_weights(rule, targets, SCORES, split.rows),
-        p.get("num_workers", int, lo=0), features, hst)
+        p.get("num_workers", int, lo=0), features, transfer)
     save_checkpoint(ADAPTER, spec, adapter)
     write_table(REFINED, {"image_id": corrected.column("image_id")[split.rows],
                           "split": corrected.column("split")[split.rows], "refined": refined,
-                          "raised": raised.astype(np.int8)}, corrected.classes)
+                          "raised": raised.astype(np.int8), "lowered": lowered.astype(np.int8)}, corrected.classes)
     clear_work_dir("sew")
     print(f"adapter → {ADAPTER}; EM-refined labels of {len(split.rows)} train images → {REFINED}")
-    if hst.modules != "none":
-        print(f"HST ({hst.modules}) raised {int(raised.sum())} unknown entries")
+    if transfer is not None:
+        name = f"HST ({transfer.modules})" if isinstance(transfer, HstSettings) else "TRM-ML"
+        print(f"{name} raised {int(raised.sum())} unknown entries, lowered {int(lowered.sum())}")

@@ -10,14 +10,13 @@ from pipeline.hst import (
     Hst,
     HstSettings,
     asymmetric_loss,
-    composite_known_sign,
     cross_scores,
     has_intra_evidence,
     intra_scores,
-    known_sign_of,
     ranking_loss,
     threshold_loss,
 )
+from pipeline.online_transfer import composite_known_sign, known_sign_of
 from pipeline.sew import FeatureSewDataset, SewSettings, train_adapter_em
 
 
@@ -119,7 +118,7 @@ def test_hst_trains_with_the_adapter_deterministically(modules):
         adapter = Adapter(AdapterConfig(in_dim=8, n_classes=3, grid=(2, 2), hidden=8, heads=2))
         hst = Hst(settings, 3, 8)
         refined = train_adapter_em(None, None, adapter, FeatureSewDataset(arrays, np.arange(12), s), z, frozen, s,
-                                   hst=hst)
+                                   transfer=hst)
         return refined, hst
 
     refined, hst = run()

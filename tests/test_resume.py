@@ -86,7 +86,7 @@ def test_sew_em_resumes_exactly(tmp_path, image_paths, rule, hst):
         ds = SewDataset(image_paths, 32, np.arange(10), s)
         transfer = None if hst == "none" else Hst(HstSettings(hst, start_epoch=1, prototype_every=1, hidden=8), 3, 16)
         return adapter, train_adapter_em(model.visual, clip.normalizer_of(model), adapter, ds, z, frozen, s,
-                                         rule=RuleSettings(rule), checkpointer=checkpointer, hst=transfer)
+                                         rule=RuleSettings(rule), checkpointer=checkpointer, transfer=transfer)
 
     ref_adapter, ref = run(None)
     with pytest.raises(Preempted):

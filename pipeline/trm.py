@@ -1,0 +1,196 @@
+"""TRM-ML: text-region matching (paper 001, Ma et al., MM '24; docs/references.md#trm-ml), online in `sew`'s
+adapter training, on the known labels of the partial-label setting (ratio > 0).
+
+The paper prompt-tunes CLIP's text encoder so that its class embeddings act as classifiers (§3.1); our
+adapter's classifier row w_c of class c plays that role (the "text representation" g_c), and its
+projected grid cells are the visual representation f. No official code is public (the authors' repository
+holds a README only), so where the paper leaves a choice open we say what we took.
+- Category-aware regions (§3.2, eq. 2–4): class c's energy at cell t is σ(q_c · (f_t + pos_t) / √d), the
+  cross-attention score of the adapter's class query q_c over the decoder's keys; its region feature is
+  the energy-weighted mean of the cells, f_c^r = Σ_t e_c(t) f_t / Σ_t e_c(t) (eq. 4 sums; the mean keeps one
+  cell's scale). Query-level prediction p^q: the adapter's logit; region-level p^r = cos(f_c^r, w_c) · s
+  with a learnt scale s = 1/τ (eq. 1, 5).
+- Classification (§3.6): the M-step's loss on p^q plus `region_weight` (α) times the same loss on p^r.
+- Knowledge distillation (§3.3, eq. 6): KL(σ(p^r) ‖ σ(p^q)) per entry, p^r the (detached) teacher.
+- Visual prototypes (§3.4, eq. 7): per class a first-in-first-out bank of `bank` cell features; every
+  image where c is a known positive pushes its `top_k` highest-energy cells of region c.
+- Pseudo labels (eq. 8–12): an entry's visual similarity is the mean cosine of its region feature to its
+  class's bank, its text similarity the cosine to w_c. Per class and modality, θ⁺ and θ⁻ are exponential
+  moving averages (η = `momentum`, eq. 11) of the batch's mean similarity of known positives and known
+  negatives (eq. 9). Eq. 10 is garbled; as in pipeline.transfer we read it as: present when s ≥ θ⁺,
+  absent when s ≤ θ⁻. Both modalities must agree (eq. 12). From `start_epoch` the entries so labelled are
+  positives / negatives of the M-step; after training they are raised / lowered in the refined Z.
+- Multimodal contrastive learning (§3.5, eq. 13): InfoNCE with each class's w_c as anchor, the region
+  features of its known positives in the batch and its bank's cells as positives, those of the other
+  classes as negatives, temperature `nce_temperature`.
+- Loss (eq. 15): L_cls + β·L_KD + γ·L_NCE (β = `kd_weight`, γ = `nce_weight`; the paper gives no values).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.online_transfer import AdapterPass, OnlineTransfer, TransferStep
+from pipeline.settings import Settings, setting
+
+
+@dataclass(frozen=True)
+class TrmSettings(Settings):
+    """Section `trm`: TRM-ML's text-region matching and multimodal prototypes (paper 001), trained in `sew`."""
+
+    enabled: bool = setting(False)
+    start_epoch: int = setting(4, ge=0)  # pseudo labels from this epoch (the banks fill before)
+    bank: int = setting(64, ge=1)  # ℓ: cell features per class queue
+    top_k: int = setting(4, ge=1)  # k: cells a known positive pushes per image (eq. 7)
+    momentum: float = setting(0.9, ge=0.0, le=1.0)  # η of the EMA thresholds (eq. 11)
+    region_weight: float = setting(1.0, ge=0.0)  # α: classification loss on the region-level predictions
+    kd_weight: float = setting(1.0, ge=0.0)  # β
+    nce_weight: float = setting(0.1, ge=0.0)  # γ
+    nce_temperature: float = setting(0.07, gt=0.0)
+    raise_logit: float = setting(4.0, ge=0.0)  # labelled entries' targets: at least σ(this) / at most σ(−this)
+
+    SECTION: ClassVar[str] = "trm"
+
+
+def region_energies(tokens: torch.Tensor, positions: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """e [B, C, T]: σ of class queries' scaled dot products with the cells (with positions)."""
+    return torch.sigmoid(torch.einsum("ch,bth->bct", queries, tokens + positions) / math.sqrt(queries.shape[-1]))
+
+
+def region_features(tokens: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
+    """f^r [B, C, hidden]: the energy-weighted mean of the cells (eq. 4)."""
+    return torch.einsum("bct,bth->bch", energies, tokens) / energies.sum(-1, keepdim=True).clamp(min=1e-6)
+
+
+def bernoulli_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(σ(t) ‖ σ(s)) over entries: eq. 6 for independent labels."""
+    p = torch.sigmoid(teacher_logits)
+    return (p * (F.logsigmoid(teacher_logits) - F.logsigmoid(student_logits))
+            + (1 - p) * (F.logsigmoid(-teacher_logits) - F.logsigmoid(-student_logits))).mean()
+
+
+def info_nce(anchors: torch.Tensor, anchor_class: torch.Tensor, keys: torch.Tensor, key_class: torch.Tensor,
+             temperature: float) -> torch.Tensor:
+    """Eq. 13: for each anchor, the mean over keys of its class of −log(e^{a·k⁺/τ} / (e^{a·k⁺/τ} + Σ e^{a·k⁻/τ})),
+    the negatives being the keys of other classes; averaged over anchors that have positives. Unit vectors."""
+    sim = anchors @ keys.T / temperature  # [A, K]
+    same = anchor_class[:, None] == key_class[None, :]
+    has = same.any(1) & (~same).any(1)
+    if not bool(has.any()):
+        return anchors.sum() * 0.0
+    neg = torch.logsumexp(sim.masked_fill(same, float("-inf")), dim=1, keepdim=True)
+    per = torch.logaddexp(sim, neg) - sim
+    per = (per * same).sum(1) / same.sum(1).clamp(min=1)
+    return per[has].mean()
+
+
+def ema_update(theta: torch.Tensor, scores: torch.Tensor, select: torch.Tensor, momentum: float) -> torch.Tensor:
+    """θ [C] ← η θ + (1 − η) · batch mean of scores where select (eq. 11); a first value initialises θ (NaN)."""
+    count = select.sum(0)
+    mean = torch.where(select, scores, torch.zeros_like(scores)).sum(0) / count.clamp(min=1)
+    has = count > 0
+    updated = torch.where(torch.isnan(theta), mean, momentum * theta + (1 - momentum) * mean)
+    return torch.where(has, updated, theta)
+
+
+class Trm(OnlineTransfer):
+    """TRM-ML for one training run (pipeline.online_transfer)."""
+
+    def __init__(self, settings: TrmSettings, adapter: nn.Module):
+        super().__init__()
+        self.settings = settings
+        self.raise_logit = settings.raise_logit
+        self.adapter = [adapter]  # read, not owned: its parameters stay in the adapter's group and checkpoint
+        n_classes, hidden = adapter.fc_weight.shape
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # s = 1/τ of eq. 1
+        self.register_buffer("bank", torch.zeros(n_classes, settings.bank, hidden))
+        self.register_buffer("filled", torch.zeros(n_classes, dtype=torch.long))
+        self.register_buffer("cursor", torch.zeros(n_classes, dtype=torch.long))
+        self.register_buffer("theta", torch.full((2, 2, n_classes), float("nan")))  # [visual|text, pos|neg, C]
+
+    def regions(self, out: AdapterPass) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.adapter[0]
+        energies = region_energies(out.tokens, a.pos, a.queries)
+        return energies, region_features(out.tokens, energies)
+
+    def region_logits(self, region: torch.Tensor) -> torch.Tensor:
+        w = self.adapter[0].fc_weight
+        return torch.einsum("bch,ch->bc", F.normalize(region, dim=-1), F.normalize(w, dim=-1)) * self.log_scale.exp()
+
+    @torch.no_grad()
+    def push(self, tokens: torch.Tensor, energies: torch.Tensor, known_sign: torch.Tensor) -> None:
+        """Each known positive (b, c) pushes its top_k highest-energy cells into class c's queue (eq. 7)."""
+        k = min(self.settings.top_k, tokens.shape[1])
+        top = energies.topk(k, dim=-1).indices  # [B, C, k]
+        size = self.bank.shape[1]
+        for b, c in (known_sign > 0).nonzero().tolist():
+            cells = tokens[b, top[b, c]]
+            slots = (self.cursor[c] + torch.arange(k)) % size
+            self.bank[c, slots] = cells
+            self.cursor[c] = (self.cursor[c] + k) % size
+            self.filled[c] = min(size, int(self.filled[c]) + k)
+
+    def similarities(self, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(visual, text) [B, C]: mean cosine to the class's bank (eq. 8–9); cosine to w_c."""
+        unit = F.normalize(region.detach(), dim=-1)
+        cos = torch.einsum("bch,clh->bcl", unit, F.normalize(self.bank, dim=-1))
+        slots = torch.arange(self.bank.shape[1])[None, :] < self.filled[:, None]  # [C, ℓ]
+        visual = (cos * slots).sum(-1) / self.filled.clamp(min=1)
+        text = torch.einsum("bch,ch->bc", unit, F.normalize(self.adapter[0].fc_weight.detach(), dim=-1))
+        return visual, text
+
+    def decide(self, sims: tuple[torch.Tensor, torch.Tensor], known_sign: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unknown entries both modalities call present (s ≥ θ⁺) / absent (s ≤ θ⁻) (eq. 10, 12)."""
+        unknown = known_sign == 0
+        up, down = unknown & (self.filled > 0), unknown & (self.filled > 0)
+        for m, s in enumerate(sims):
+            pos, neg = self.theta[m, 0], self.theta[m, 1]
+            up = up & ~torch.isnan(pos) & (s >= pos)
+            down = down & ~torch.isnan(neg) & (s <= neg)
+        return up, down & ~up
+
+    def step(self, out: AdapterPass, known_sign: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor,
+             epoch: int) -> TransferStep:
+        s = self.settings
+        energies, region = self.regions(out)
+        p_r = self.region_logits(region)
+        cls = F.binary_cross_entropy_with_logits(p_r, targets, reduction="none")
+        w = labelled.float()
+        loss = s.region_weight * (cls * w).sum() / w.sum().clamp(min=1)
+        loss = loss + s.kd_weight * bernoulli_kl(p_r.detach(), out.logits)
+        loss = loss + s.nce_weight * self.contrastive(region, known_sign)
+        sims = self.similarities(region)
+        with torch.no_grad():  # thresholds from this batch's known entries (eq. 9, 11), then the bank
+            for m, sim in enumerate(sims):
+                for t, select in enumerate((known_sign > 0, known_sign < 0)):
+                    self.theta[m, t] = ema_update(self.theta[m, t], sim, select & (self.filled > 0), s.momentum)
+        none = torch.zeros_like(known_sign, dtype=torch.bool)
+        moved = self.decide(sims, known_sign) if epoch >= s.start_epoch else (none, none)
+        self.push(out.tokens.detach(), energies.detach(), known_sign)
+        return TransferStep(loss, *moved)
+
+    def contrastive(self, region: torch.Tensor, known_sign: torch.Tensor) -> torch.Tensor:
+        """Eq. 13 with the classifier rows as anchors, the batch's known positives' region features and the
+        banks' cells as keys."""
+        b, c = (known_sign > 0).nonzero(as_tuple=True)
+        keys = [F.normalize(region[b, c], dim=-1)]
+        key_class = [c]
+        slots = torch.arange(self.bank.shape[1])[None, :] < self.filled[:, None]
+        if bool(slots.any()):
+            keys.append(F.normalize(self.bank[slots], dim=-1))
+            key_class.append(torch.arange(self.bank.shape[0])[:, None].expand_as(slots)[slots])
+        anchors = F.normalize(self.adapter[0].fc_weight, dim=-1)
+        return info_nce(anchors, torch.arange(anchors.shape[0]), torch.cat(keys), torch.cat(key_class),
+                        self.settings.nce_temperature)
+
+    @torch.no_grad()
+    def final(self, out: AdapterPass, known_sign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, region = self.regions(out)
+        return self.decide(self.similarities(region), known_sign)
