@@ -50,8 +50,10 @@ def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPro
     return r
 
 
-def wait_for_queue(project: Path, poll_s: float = 10.0) -> None:
-    """Until no experiment is queued or running; prints each change of the status table."""
+def wait_for_queue(project: Path, poll_s: float = 10.0, restarts: int = 3) -> None:
+    """Until no experiment is queued or running; prints each change of the status table. A worker that
+    died with experiments still queued (seen once on this machine) is started again, up to `restarts`
+    times, through sh() so that it runs the copy's code."""
     last = ""
     while True:
         status = sh(["dvc", "queue", "status"], project).stdout
@@ -60,6 +62,10 @@ def wait_for_queue(project: Path, poll_s: float = 10.0) -> None:
             last = status
         if not any(word in status for word in ("Queued", "Running")):
             return
+        if "Queued" in status and "Running" not in status and "0 active, 0 idle" in status and restarts > 0:
+            print("the queue worker is gone with experiments queued: starting one again", flush=True)
+            sh(["dvc", "queue", "start", "-j", "1"], project)
+            restarts -= 1
         time.sleep(poll_s)
 
 

@@ -59,7 +59,8 @@ FIGURES = {"corrected": "labels.corrected.map", "refined": "labels.refined.map",
            "ceiling": "test.ceiling.map", "gap_closure": "gap_closure", "raised": "transfer.raised",
            "raised_right": "transfer.raised_right", "lowered": "transfer.lowered",
            "lowered_right": "transfer.lowered_right"}
-TRANSFERS = ("prototypes_ema", "prototypes_dtl", "cooccurrence_ema", "cooccurrence_dtl", "hst_ist", "hst_cst", "hst", "trm")
+TRANSFERS = ("prototypes_ema", "prototypes_dtl", "cooccurrence_ema", "cooccurrence_dtl", "hst_ist", "hst_cst", "hst",
+             "trm")
 
 
 def figures(metrics: dict) -> dict[str, float]:

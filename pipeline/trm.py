@@ -113,6 +113,7 @@ class Trm(OnlineTransfer):
         self.register_buffer("filled", torch.zeros(n_classes, dtype=torch.long))
         self.register_buffer("cursor", torch.zeros(n_classes, dtype=torch.long))
         self.register_buffer("theta", torch.full((2, 2, n_classes), float("nan")))  # [visual|text, pos|neg, C]
+        self.register_buffer("labelling", torch.tensor(False))  # whether training reached start_epoch
 
     def regions(self, out: AdapterPass) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.adapter[0]
@@ -172,6 +173,7 @@ class Trm(OnlineTransfer):
                 for t, select in enumerate((known_sign > 0, known_sign < 0)):
                     self.theta[m, t] = ema_update(self.theta[m, t], sim, select & (self.filled > 0), s.momentum)
         none = torch.zeros_like(known_sign, dtype=torch.bool)
+        self.labelling |= epoch >= s.start_epoch
         moved = self.decide(sims, known_sign) if epoch >= s.start_epoch else (none, none)
         self.push(out.tokens.detach(), energies.detach(), known_sign)
         return TransferStep(loss, *moved)
@@ -192,5 +194,9 @@ class Trm(OnlineTransfer):
 
     @torch.no_grad()
     def final(self, out: AdapterPass, known_sign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the last thresholds label on the plain images; nothing if training never reached start_epoch."""
+        if not bool(self.labelling):
+            none = torch.zeros_like(known_sign, dtype=torch.bool)
+            return none, none
         _, region = self.regions(out)
         return self.decide(self.similarities(region), known_sign)

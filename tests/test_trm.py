@@ -107,6 +107,10 @@ def test_trm_trains_with_the_adapter_deterministically():
     assert np.array_equal(refined[frozen], z[frozen])
     out = adapter_pass(adapter, torch.from_numpy(grid))
     assert isinstance(out, AdapterPass) and torch.allclose(out.logits, adapter(torch.from_numpy(grid)))
+    sign = torch.from_numpy(np.where(frozen, np.where(truth, 1, -1), 0).astype(np.int8))
+    assert bool(trm.labelling) and len(trm.final(out, sign)) == 2
+    trm.labelling.fill_(False)  # a run that never reached start_epoch labels nothing, its thresholds notwithstanding
+    assert not any(bool(m.any()) for m in trm.final(out, sign))
 
 
 def test_one_online_transfer_at_a_time(tmp_path):
