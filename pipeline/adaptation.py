@@ -21,7 +21,7 @@ from pipeline.features import GRID, read_feature_store
 from pipeline.hst import Hst, HstSettings
 from pipeline.logits import sigmoid
 from pipeline.models import AdapterSpec
-from pipeline.online_transfer import OnlineTransfer, known_sign_of
+from pipeline.online_transfer import OnlineTransfer, adapter_pass, known_sign_of
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
 from pipeline.rules import NO_RULE, RuleSettings
@@ -29,7 +29,7 @@ from pipeline.sew import (
     FeatureSewDataset,
     SewDataset,
     SewSettings,
-    host_passes,
+    map_hosts,
     overlay_pool,
     overlay_pool_pairs,
     train_adapter_em,
@@ -146,7 +146,9 @@ def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, ta
     raised, lowered = np.zeros(refined.shape, bool), np.zeros(refined.shape, bool)
     if online is not None:  # the transfer's labels of the plain images join the labels the student learns from
         sign = known_sign_of(torch.from_numpy(np.asarray(targets, np.float32)), torch.from_numpy(np.asarray(frozen)))
-        up, down = online.final(host_passes(visual, normalizer, adapter, dataset, settings.batch_size), sign)
-        raised, lowered = up.numpy(), down.numpy()
+        # batch by batch: the transfer labels rows independently, and all hosts' cells need not be held at once
+        moved = map_hosts(lambda f, rows: torch.stack(online.final(adapter_pass(adapter, f), sign[rows]), -1),
+                          visual, normalizer, adapter, dataset, settings.batch_size)
+        raised, lowered = moved[..., 0].numpy(), moved[..., 1].numpy()
         refined = apply_transfer(refined, raised, lowered, online.raise_logit)
     return AdapterSpec(adapter.cfg, image_size, split.classes, descriptor), adapter, refined, raised, lowered

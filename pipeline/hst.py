@@ -229,9 +229,9 @@ class Hst(OnlineTransfer):
             raised |= defined & (score.detach() >= thetas[name].detach())
         return raised & (known_sign == 0)
 
-    def epoch_start(self, epoch: int, hosts: Callable[[], AdapterPass], known_sign: torch.Tensor) -> None:
+    def epoch_start(self, epoch: int, class_features: Callable[[], torch.Tensor], known_sign: torch.Tensor) -> None:
         if self.settings.prototypes_due(epoch):
-            self.head.set_prototypes(hosts().class_features.numpy(), known_sign.numpy(), self.settings.seed)
+            self.head.set_prototypes(class_features().numpy(), known_sign.numpy(), self.settings.seed)
 
     def step(self, out: AdapterPass, known_sign: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor,
              epoch: int) -> TransferStep:

@@ -40,15 +40,16 @@ class OnlineTransfer(nn.Module):
     raise_logit: float  # a raised entry's target is at least σ(raise_logit), a lowered one at most σ(−raise_logit)
     threshold_lr: float | None = None  # parameters named theta_* learn at this constant rate, not the adapter's
 
-    def epoch_start(self, epoch: int, hosts: Callable[[], AdapterPass], known_sign: torch.Tensor) -> None:
-        """Called before each epoch; `hosts()` is the adapter's pass over every plain training image."""
+    def epoch_start(self, epoch: int, class_features: Callable[[], torch.Tensor], known_sign: torch.Tensor) -> None:
+        """Called before each epoch; `class_features()` computes the adapter's class features [N, C, hidden] of
+        every plain training image."""
 
     def step(self, out: AdapterPass, known_sign: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor,
              epoch: int) -> TransferStep:
         raise NotImplementedError
 
     def final(self, out: AdapterPass, known_sign: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raised, lowered) bool [N, C] on the plain images after training."""
+        """(raised, lowered) bool [B, C] on a batch of plain images after training, each row on its own."""
         raise NotImplementedError
 
     def optimizer_groups(self, lr: float, weight_decay: float) -> tuple[dict, dict | None]:

@@ -55,7 +55,6 @@ from pipeline import clip
 from pipeline.features import GRID, overlay_cells, overlay_key
 from pipeline.images import decode_image, resize_u8
 from pipeline.online_transfer import (
-    AdapterPass,
     OnlineTransfer,
     adapter_pass,
     apply_targets,
@@ -387,28 +386,25 @@ def encode_batch(visual: torch.nn.Module | None, normalizer: tuple[torch.Tensor,
     return clip.grid_features(visual, clip.normalize_u8(batch, mean, std))
 
 
-def predict_hosts(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor], adapter: torch.nn.Module,
-                  dataset: SewDataset, batch_size: int) -> np.ndarray:
-    """The adapter's logits on every training image as it is, without overlays. [N, C]"""
+def map_hosts(fn: Callable[[torch.Tensor, slice], torch.Tensor], visual: torch.nn.Module | None,
+              normalizer: tuple[torch.Tensor, torch.Tensor] | None, adapter: torch.nn.Module, dataset: SewDataset,
+              batch_size: int) -> torch.Tensor:
+    """fn(the adapter's input for a batch of training images as they are, without overlays; their rows),
+    batch after batch with the adapter in eval mode and no gradients, concatenated along the first axis."""
     adapter.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
-            images = torch.stack([dataset.load(i) for i in range(start, min(start + batch_size, len(dataset)))])
-            out.append(adapter(encode_batch(visual, normalizer, dataset, images)))
-    return torch.cat(out).numpy()
+            rows = slice(start, min(start + batch_size, len(dataset)))
+            images = torch.stack([dataset.load(i) for i in range(rows.start, rows.stop)])
+            out.append(fn(encode_batch(visual, normalizer, dataset, images), rows))
+    return torch.cat(out)
 
 
-def host_passes(visual: torch.nn.Module | None, normalizer: tuple[torch.Tensor, torch.Tensor] | None,
-                adapter: torch.nn.Module, dataset: SewDataset, batch_size: int) -> AdapterPass:
-    """adapter_pass over every training image as it is, without overlays."""
-    adapter.eval()
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, len(dataset), batch_size):
-            images = torch.stack([dataset.load(i) for i in range(start, min(start + batch_size, len(dataset)))])
-            parts.append(adapter_pass(adapter, encode_batch(visual, normalizer, dataset, images)))
-    return AdapterPass(*(torch.cat([getattr(q, f) for q in parts]) for f in ("tokens", "class_features", "logits")))
+def predict_hosts(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor], adapter: torch.nn.Module,
+                  dataset: SewDataset, batch_size: int) -> np.ndarray:
+    """The adapter's logits on every training image as it is, without overlays. [N, C]"""
+    return map_hosts(lambda f, _: adapter(f), visual, normalizer, adapter, dataset, batch_size).numpy()
 
 
 def e_step(z_init: np.ndarray, predictions: np.ndarray, weight: float) -> np.ndarray:
@@ -480,8 +476,8 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
         loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=order,
                             num_workers=num_workers, drop_last=len(dataset) > settings.batch_size)
         if transfer is not None:
-            transfer.epoch_start(epoch, lambda: host_passes(visual, normalizer, adapter, dataset, settings.batch_size),
-                                 host_sign)
+            transfer.epoch_start(epoch, lambda: map_hosts(lambda f, _: adapter.class_features(f), visual, normalizer,
+                                                          adapter, dataset, settings.batch_size), host_sign)
         adapter.train()
         for step, (images, sources, classes, hidden) in enumerate(loader):
             lr = settings.adapter_lr(epoch * len(loader) + step, settings.epochs * len(loader))
