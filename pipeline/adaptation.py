@@ -49,21 +49,22 @@ class TrainSplit:
     classes: list[str]
     z0: np.ndarray  # [N, C] CLIP's global logits: the overlay pool ranks by them (eq. 10)
     host_boxes: np.ndarray | None  # [N, C, 4] each class's best-scoring view, where overlays avoid
+    templates: list[str]  # the prompts the classes were scored with: TRM-ML's region head starts from them
 
 
 def read_train_split(manifest: str | Path, initial: str | Path, scores: str | Path, with_boxes: bool) -> TrainSplit:
-    """The train split of the manifest, its z⁰ from the initial label table and (with_boxes) the box of
-    the best-scoring local view of every class from the score store."""
+    """The train split of the manifest, its z⁰ from the initial label table, the score store's prompt
+    templates and (with_boxes) the box of the best-scoring local view of every class from the store."""
     table = Table(manifest)
     train = table.column("split") == "train"
     boxes = None
+    store = open_store(scores, required=("local", "crops", "boxes") if with_boxes else ())
     if with_boxes:
-        store = open_store(scores, required=("local", "crops", "boxes"))
         boxes = best_view_boxes(*(np.asarray(store[name][:], dtype=np.float32)
                                   for name in ("local", "crops", "boxes")))[train]
     return TrainSplit(np.flatnonzero(train), list(table.column("image_id")[train]),
                       list(manifest_paths(table)[train]), list(table.classes), Table(initial).column("z0")[train],
-                      boxes)
+                      boxes, list(store.attrs.get("templates", clip.DEFAULT_TEMPLATES)))
 
 
 def backbone_descriptor(model: str, pretrained: str, trust_checkpoint: bool, teacher_descriptor: str | Path) -> dict:
@@ -89,13 +90,34 @@ def needs_host_boxes(settings: SewSettings) -> bool:
     return settings.placement_tries > 1 or settings.cover_limit < 1
 
 
-def online_transfer(settings: HstSettings | TrmSettings | None, adapter: Adapter) -> OnlineTransfer | None:
+def transfer_on(settings: HstSettings | TrmSettings | None, frozen: np.ndarray) -> bool:
+    """Whether a known-label transfer trains with the adapter: its settings turn it on and something is known."""
+    on = (isinstance(settings, HstSettings) and settings.modules != "none") or (
+        isinstance(settings, TrmSettings) and settings.enabled)
+    return on and bool(np.asarray(frozen).any())
+
+
+def adapter_prediction(settings: HstSettings | TrmSettings | None, frozen: np.ndarray) -> str:
+    """The head the adapter predicts with: TRM-ML's text-region matching where TRM-ML trains (its §3.6)."""
+    return "region" if isinstance(settings, TrmSettings) and transfer_on(settings, frozen) else "query"
+
+
+def region_head_start(model: nn.Module, descriptor: dict, classes: list[str], templates: list[str]) -> tuple:
+    """What TRM-ML's region head starts from (Adapter.set_joint_space): the tower's cell projection, CLIP's
+    text embeddings of the classes and its logit scale."""
+    weight, bias, norm = clip.cell_projection(model.visual)
+    text = clip.encode_classes(model, clip.tokenizer_for(descriptor["model"]), classes, templates)
+    return weight, bias, norm, text, clip.logit_scale_of(model)
+
+
+def online_transfer(settings: HstSettings | TrmSettings | None, adapter: Adapter, frozen: np.ndarray
+                    ) -> OnlineTransfer | None:
     """The known-label transfer that trains with `adapter` (HST or TRM-ML), or None where it is off."""
-    if isinstance(settings, HstSettings) and settings.modules != "none":
+    if not transfer_on(settings, frozen):
+        return None
+    if isinstance(settings, HstSettings):
         return Hst(settings, adapter.cfg.n_classes, adapter.cfg.hidden)
-    if isinstance(settings, TrmSettings) and settings.enabled:
-        return Trm(settings, adapter)
-    return None
+    return Trm(settings, adapter)
 
 
 def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, targets: np.ndarray,
@@ -119,16 +141,24 @@ def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, ta
     k = settings.pool_size(len(split.paths), len(split.classes))
     pool = overlay_pool_pairs(split.z0, k) if settings.overlay_label == "pooled" else overlay_pool(split.z0, k)
     host_weights = sigmoid(targets).astype(np.float32)
+    shape = {**asdict(options), "prediction": adapter_prediction(transfer, frozen)}
+    start = None
+    if shape["prediction"] == "region":  # before seeding: a tower built here draws its random init first
+        start = region_head_start(model if model is not None else clip.load_described(descriptor), descriptor,
+                                  split.classes, split.templates)
+        shape |= {"embed": start[0].shape[0], "cell_norm": start[2] is not None}
     torch.manual_seed(settings.seed)
     if features is None:
-        adapter = adapter_for(model, len(split.classes), image_size, **asdict(options))
+        adapter = adapter_for(model, len(split.classes), image_size, **shape)
         dataset = SewDataset(split.paths, image_size, pool, settings, split.host_boxes, host_weights)
         visual, normalizer = model.visual, clip.normalizer_of(model)
     else:
-        adapter = adapter_for_grid(features[GRID].shape, len(split.classes), **asdict(options))
+        adapter = adapter_for_grid(features[GRID].shape, len(split.classes), **shape)
         dataset = FeatureSewDataset(features, pool, settings, split.host_boxes, host_weights)
         visual, normalizer = None, None  # composites are features already
-    online = online_transfer(transfer, adapter) if bool(np.asarray(frozen).any()) else None
+    if start is not None:
+        adapter.set_joint_space(*start)
+    online = online_transfer(transfer, adapter, frozen)
     steps = settings.epochs * max(1, len(dataset) // settings.batch_size)
     bar = progress_bar(total=steps, desc=desc, unit="step")
 

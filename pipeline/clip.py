@@ -230,6 +230,27 @@ def grid_features(visual: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
     return out["image_intermediates"][-1]
 
 
+@torch.no_grad()
+def cell_projection(visual: torch.nn.Module
+                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The map of one cell of `grid_features` into the joint image-text space: (weight [E, D], bias [E],
+    (LayerNorm weight, bias) [D] applied before it, or None), e = weight · LN(cell) + bias.
+
+    ModifiedResNet towers: the attention pool's value and output projections folded into one (the pool's
+    output were all its attention on that cell, without the positional term, which is tied to the native
+    grid; MaskCLIP, Zhou et al. 2022, reads dense CLIP features this way). ViT towers: the final norm and
+    projection of the patch tokens (`ln_post`, `proj`).
+    """
+    if hasattr(visual, "attnpool"):
+        v, c = visual.attnpool.v_proj, visual.attnpool.c_proj
+        return (c.weight.float() @ v.weight.float(), c.weight.float() @ v.bias.float() + c.bias.float(), None)
+    if hasattr(visual, "ln_post") and getattr(visual, "proj", None) is not None:
+        norm = (visual.ln_post.weight.detach().float().clone(), visual.ln_post.bias.detach().float().clone())
+        return visual.proj.detach().float().T.clone(), torch.zeros(visual.proj.shape[1]), norm
+    raise ValueError(f"no map of single cells into the joint space for a {type(visual).__name__} tower "
+                     "(ModifiedResNet and ViT towers have one)")
+
+
 class WeightsNotAvailable(FileNotFoundError):
     pass
 

@@ -18,13 +18,20 @@ class AdapterPass:
 
     tokens: torch.Tensor  # [B, T, hidden] the grid's cells projected for the decoder, before positions
     class_features: torch.Tensor  # [B, C, hidden] the decoder's output for each class query
-    logits: torch.Tensor  # [B, C]
+    logits: torch.Tensor  # [B, C] the per-query head's (the M-step's; TRM-ML's query-level prediction)
+    # where the adapter has a region head (TRM-ML): the cells in the joint space [B, T, embed] and the class
+    # queries' attention over them [B, C, T]
+    joint: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
 
 
 def adapter_pass(adapter: nn.Module, features: torch.Tensor) -> AdapterPass:
     tokens = adapter.tokens(features)
-    class_features = adapter.decode(tokens)
-    return AdapterPass(tokens, class_features, adapter.head(class_features))
+    if adapter.cfg.prediction != "region":
+        class_features = adapter.decode(tokens)
+        return AdapterPass(tokens, class_features, adapter.head(class_features))
+    class_features, attention = adapter.attend(tokens)
+    return AdapterPass(tokens, class_features, adapter.head(class_features), adapter.joint_cells(features), attention)
 
 
 @dataclass

@@ -1,26 +1,29 @@
 """TRM-ML: text-region matching (paper 001, Ma et al., MM '24; docs/references.md#trm-ml), online in `sew`'s
 adapter training, on the known labels of the partial-label setting (ratio > 0).
 
-The paper prompt-tunes CLIP's text encoder so that its class embeddings act as classifiers (§3.1); our
-adapter's classifier row w_c of class c plays that role (the "text representation" g_c), and its
-projected grid cells are the visual representation f. No official code is public (the authors' repository
-holds a README only), so where the paper leaves a choice open we say what we took.
-- Category-aware regions (§3.2, eq. 2–4): class c's energy at cell t is σ(q_c · (f_t + pos_t) / √d), the
-  cross-attention score of the adapter's class query q_c over the decoder's keys; its region feature is
-  the energy-weighted mean of the cells, f_c^r = Σ_t e_c(t) f_t / Σ_t e_c(t) (eq. 4 sums; the mean keeps one
-  cell's scale). Query-level prediction p^q: the adapter's logit; region-level p^r = cos(f_c^r, w_c) · s
-  with a learnt scale s = 1/τ (eq. 1, 5).
+The paper prompt-tunes CLIP's text encoder so that its class embeddings act as classifiers (§3.1) and
+matches them with visual representations in CLIP's joint space. Here the text representation g_c is a
+learnt vector initialised with CLIP's text embedding of class c, and the visual representation f is the
+frozen tower's grid cells mapped into the joint space by the tower's own projection: both live in the
+adapter's region head (pipeline.adapter, `prediction: region`). No official code is public (the authors'
+repository holds a README only), so where the paper leaves a choice open we say what we took.
+- Category-aware regions (§3.2, eq. 2–4) and the text-region matching score (eq. 1, 5) are the adapter's
+  region head: class c's energies over the cells are its decoder query's cross-attention, its region
+  feature f_c^r the energy-weighted sum of the joint-space cells, its region-level prediction p^r the
+  scaled cosine of f_c^r and g_c. The query-level prediction p^q is the adapter's per-query head.
+- Inference (§3.6): "the text-region matching score as the final prediction score". The adapter TRM-ML
+  trains predicts with p^r: the E-step's predictions, the refined labels and the exported student.
 - Classification (§3.6): the M-step's loss on p^q plus `region_weight` (α) times the same loss on p^r.
 - Knowledge distillation (§3.3, eq. 6): KL(σ(p^r) ‖ σ(p^q)) per entry, p^r the (detached) teacher.
 - Visual prototypes (§3.4, eq. 7): per class a first-in-first-out bank of `bank` cell features; every
-  image where c is a known positive pushes its `top_k` highest-energy cells of region c.
+  image where c is a known positive pushes its `top_k` highest-energy joint-space cells of region c.
 - Pseudo labels (eq. 8–12): an entry's visual similarity is the mean cosine of its region feature to its
-  class's bank, its text similarity the cosine to w_c. Per class and modality, θ⁺ and θ⁻ are exponential
+  class's bank, its text similarity the cosine to g_c. Per class and modality, θ⁺ and θ⁻ are exponential
   moving averages (η = `momentum`, eq. 11) of the batch's mean similarity of known positives and known
   negatives (eq. 9). Eq. 10 is garbled; as in pipeline.transfer we read it as: present when s ≥ θ⁺,
   absent when s ≤ θ⁻. Both modalities must agree (eq. 12). From `start_epoch` the entries so labelled are
   positives / negatives of the M-step; after training they are raised / lowered in the refined Z.
-- Multimodal contrastive learning (§3.5, eq. 13): InfoNCE with each class's w_c as anchor, the region
+- Multimodal contrastive learning (§3.5, eq. 13): InfoNCE with each class's g_c as anchor, the region
   features of its known positives in the batch and its bank's cells as positives, those of the other
   classes as negatives, temperature `nce_temperature`.
 - Loss (eq. 15): L_cls + β·L_KD + γ·L_NCE (β = `kd_weight`, γ = `nce_weight`; the paper gives no values).
@@ -28,14 +31,13 @@ holds a README only), so where the paper leaves a choice open we say what we too
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.adapter import Adapter, region_features
 from pipeline.online_transfer import AdapterPass, OnlineTransfer, TransferStep
 from pipeline.settings import Settings, setting
 
@@ -56,16 +58,6 @@ class TrmSettings(Settings):
     raise_logit: float = setting(4.0, ge=0.0)  # labelled entries' targets: at least σ(this) / at most σ(−this)
 
     SECTION: ClassVar[str] = "trm"
-
-
-def region_energies(tokens: torch.Tensor, positions: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    """e [B, C, T]: σ of class queries' scaled dot products with the cells (with positions)."""
-    return torch.sigmoid(torch.einsum("ch,bth->bct", queries, tokens + positions) / math.sqrt(queries.shape[-1]))
-
-
-def region_features(tokens: torch.Tensor, energies: torch.Tensor) -> torch.Tensor:
-    """f^r [B, C, hidden]: the energy-weighted mean of the cells (eq. 4)."""
-    return torch.einsum("bct,bth->bch", energies, tokens) / energies.sum(-1, keepdim=True).clamp(min=1e-6)
 
 
 def bernoulli_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -102,48 +94,40 @@ def ema_update(theta: torch.Tensor, scores: torch.Tensor, select: torch.Tensor, 
 class Trm(OnlineTransfer):
     """TRM-ML for one training run (pipeline.online_transfer)."""
 
-    def __init__(self, settings: TrmSettings, adapter: nn.Module):
+    def __init__(self, settings: TrmSettings, adapter: Adapter):
         super().__init__()
+        if adapter.cfg.prediction != "region":
+            raise ValueError("TRM-ML trains an adapter that predicts with its region head (prediction: region)")
         self.settings = settings
         self.raise_logit = settings.raise_logit
         self.adapter = [adapter]  # read, not owned: its parameters stay in the adapter's group and checkpoint
-        n_classes, hidden = adapter.fc_weight.shape
-        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # s = 1/τ of eq. 1
-        self.register_buffer("bank", torch.zeros(n_classes, settings.bank, hidden))
+        n_classes, embed = adapter.text.shape
+        self.register_buffer("bank", torch.zeros(n_classes, settings.bank, embed))
         self.register_buffer("filled", torch.zeros(n_classes, dtype=torch.long))
         self.register_buffer("cursor", torch.zeros(n_classes, dtype=torch.long))
         self.register_buffer("theta", torch.full((2, 2, n_classes), float("nan")))  # [visual|text, pos|neg, C]
         self.register_buffer("labelling", torch.tensor(False))  # whether training reached start_epoch
 
-    def regions(self, out: AdapterPass) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.adapter[0]
-        energies = region_energies(out.tokens, a.pos, a.queries)
-        return energies, region_features(out.tokens, energies)
-
-    def region_logits(self, region: torch.Tensor) -> torch.Tensor:
-        w = self.adapter[0].fc_weight
-        return torch.einsum("bch,ch->bc", F.normalize(region, dim=-1), F.normalize(w, dim=-1)) * self.log_scale.exp()
-
     @torch.no_grad()
-    def push(self, tokens: torch.Tensor, energies: torch.Tensor, known_sign: torch.Tensor) -> None:
-        """Each known positive (b, c) pushes its top_k highest-energy cells into class c's queue (eq. 7)."""
-        k = min(self.settings.top_k, tokens.shape[1])
+    def push(self, cells: torch.Tensor, energies: torch.Tensor, known_sign: torch.Tensor) -> None:
+        """Each known positive (b, c) pushes its top_k highest-energy cells [B, T, E] into class c's queue (eq. 7)."""
+        k = min(self.settings.top_k, cells.shape[1])
         top = energies.topk(k, dim=-1).indices  # [B, C, k]
         size = self.bank.shape[1]
         for b, c in (known_sign > 0).nonzero().tolist():
-            cells = tokens[b, top[b, c]]
+            picked = cells[b, top[b, c]]
             slots = (self.cursor[c] + torch.arange(k)) % size
-            self.bank[c, slots] = cells
+            self.bank[c, slots] = picked
             self.cursor[c] = (self.cursor[c] + k) % size
             self.filled[c] = min(size, int(self.filled[c]) + k)
 
     def similarities(self, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(visual, text) [B, C]: mean cosine to the class's bank (eq. 8–9); cosine to w_c."""
+        """(visual, text) [B, C]: mean cosine to the class's bank (eq. 8–9); cosine to g_c."""
         unit = F.normalize(region.detach(), dim=-1)
         cos = torch.einsum("bch,clh->bcl", unit, F.normalize(self.bank, dim=-1))
         slots = torch.arange(self.bank.shape[1])[None, :] < self.filled[:, None]  # [C, ℓ]
         visual = (cos * slots).sum(-1) / self.filled.clamp(min=1)
-        text = torch.einsum("bch,ch->bc", unit, F.normalize(self.adapter[0].fc_weight.detach(), dim=-1))
+        text = torch.einsum("bch,ch->bc", unit, F.normalize(self.adapter[0].text.detach(), dim=-1))
         return visual, text
 
     def decide(self, sims: tuple[torch.Tensor, torch.Tensor], known_sign: torch.Tensor
@@ -160,8 +144,9 @@ class Trm(OnlineTransfer):
     def step(self, out: AdapterPass, known_sign: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor,
              epoch: int) -> TransferStep:
         s = self.settings
-        energies, region = self.regions(out)
-        p_r = self.region_logits(region)
+        energies = out.attention
+        region = region_features(out.joint, energies)
+        p_r = self.adapter[0].region_head(region)
         cls = F.binary_cross_entropy_with_logits(p_r, targets, reduction="none")
         w = labelled.float()
         loss = s.region_weight * (cls * w).sum() / w.sum().clamp(min=1)
@@ -175,12 +160,12 @@ class Trm(OnlineTransfer):
         none = torch.zeros_like(known_sign, dtype=torch.bool)
         self.labelling |= epoch >= s.start_epoch
         moved = self.decide(sims, known_sign) if epoch >= s.start_epoch else (none, none)
-        self.push(out.tokens.detach(), energies.detach(), known_sign)
+        self.push(out.joint.detach(), energies.detach(), known_sign)
         return TransferStep(loss, *moved)
 
     def contrastive(self, region: torch.Tensor, known_sign: torch.Tensor) -> torch.Tensor:
-        """Eq. 13 with the classifier rows as anchors, the batch's known positives' region features and the
-        banks' cells as keys."""
+        """Eq. 13 with the text representations as anchors, the batch's known positives' region features and
+        the banks' cells as keys."""
         b, c = (known_sign > 0).nonzero(as_tuple=True)
         keys = [F.normalize(region[b, c], dim=-1)]
         key_class = [c]
@@ -188,7 +173,7 @@ class Trm(OnlineTransfer):
         if bool(slots.any()):
             keys.append(F.normalize(self.bank[slots], dim=-1))
             key_class.append(torch.arange(self.bank.shape[0])[:, None].expand_as(slots)[slots])
-        anchors = F.normalize(self.adapter[0].fc_weight, dim=-1)
+        anchors = F.normalize(self.adapter[0].text, dim=-1)
         return info_nce(anchors, torch.arange(anchors.shape[0]), torch.cat(keys), torch.cat(key_class),
                         self.settings.nce_temperature)
 
@@ -198,5 +183,5 @@ class Trm(OnlineTransfer):
         if not bool(self.labelling):
             none = torch.zeros_like(known_sign, dtype=torch.bool)
             return none, none
-        _, region = self.regions(out)
+        region = region_features(out.joint, out.attention)
         return self.decide(self.similarities(region), known_sign)

@@ -150,3 +150,22 @@ def test_model_names_are_read_without_importing_open_clip():
 
     assert scanned_model_names() == sorted(open_clip.list_models())
     assert {"mlpl-toy-rn", "RN50", "ViT-B-32"} <= set(scanned_model_names())
+
+
+def test_cell_projection_is_the_attention_pool_on_one_cell(tiny_model):
+    """Where every cell holds the same feature and the pool has no positional term, its attention can only
+    average copies of that cell: its output is the folded value and output projections of that one cell."""
+    import copy
+
+    from pipeline.clip import cell_projection
+
+    visual = copy.deepcopy(tiny_model.visual).eval()
+    with torch.no_grad():
+        visual.attnpool.positional_embedding.zero_()
+    weight, bias, norm = cell_projection(visual)
+    side = round((visual.attnpool.positional_embedding.shape[0] - 1) ** 0.5)
+    cell = torch.randn(2, weight.shape[1])
+    grid = cell[:, :, None, None].expand(-1, -1, side, side).contiguous()
+    with torch.no_grad():
+        assert torch.allclose(visual.attnpool(grid), cell @ weight.T + bias, atol=1e-4)
+    assert norm is None  # a ModifiedResNet's cells need no norm first; a ViT's pass ln_post

@@ -5,6 +5,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.adapter import Adapter, AdapterConfig, FrozenTowerClassifier, adapter_for
+from pipeline.clip import cell_projection
 from pipeline.images import ResizedImages
 from pipeline.models import (
     AdapterSpec,
@@ -59,9 +60,15 @@ def test_adapter_computes_its_1x1_convolutions_over_tokens():
         assert torch.allclose(adapter(x), reference, atol=1e-5)
 
 
-def test_frozen_tower_student_roundtrip(tmp_path, tiny_model):
+@pytest.mark.parametrize("prediction", ["query", "region"])
+def test_frozen_tower_student_roundtrip(tmp_path, tiny_model, prediction):
+    """The student predicts with the adapter's head (TRM-ML's region head included) after the checkpoints."""
     torch.manual_seed(0)
-    adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2).eval()
+    cells = cell_projection(tiny_model.visual)
+    embed = {"embed": cells[0].shape[0]} if prediction == "region" else {}
+    adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2, prediction=prediction, **embed).eval()
+    if prediction == "region":  # TRM-ML's region head: the tower's cell projection and some text embeddings
+        adapter.set_joint_space(*cells, torch.randn(3, cells[0].shape[0]), 10.0)
     spec = AdapterSpec(adapter.cfg, 32, ["a", "b", "c"], {"model": TINY_MODEL, "sha256": "x"})
     paths = _images(tmp_path)
     direct = predict_paths(FrozenTowerClassifier(tiny_model, adapter, 32), 32, paths, batch_size=4)

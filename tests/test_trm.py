@@ -5,19 +5,24 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
-from pipeline.adapter import Adapter, AdapterConfig
+from pipeline.adapter import Adapter, AdapterConfig, region_features
 from pipeline.features import GRID
 from pipeline.online_transfer import AdapterPass, adapter_pass
 from pipeline.sew import FeatureSewDataset, SewSettings, train_adapter_em
-from pipeline.trm import Trm, TrmSettings, bernoulli_kl, ema_update, info_nce, region_features
+from pipeline.trm import Trm, TrmSettings, bernoulli_kl, ema_update, info_nce
 from stages.common import Params, ParamsError
 
 
-def _adapter(classes: int = 2, hidden: int = 4) -> Adapter:
+def _adapter(classes: int = 2, hidden: int = 4, embed: int = 4) -> Adapter:
+    """An adapter with a region head over a random joint space of `embed` dims."""
     torch.manual_seed(0)
-    return Adapter(AdapterConfig(in_dim=8, n_classes=classes, grid=(2, 2), hidden=hidden, heads=2))
+    adapter = Adapter(AdapterConfig(in_dim=8, n_classes=classes, grid=(2, 2), hidden=hidden, heads=2,
+                                    prediction="region", embed=embed))
+    adapter.set_joint_space(torch.randn(embed, 8), torch.randn(embed), None, torch.randn(classes, embed), 10.0)
+    return adapter
 
 
 def test_region_feature_is_the_energy_weighted_mean_of_the_cells():
@@ -25,6 +30,19 @@ def test_region_feature_is_the_energy_weighted_mean_of_the_cells():
     energies = torch.tensor([[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]])  # 2 classes
     f = region_features(tokens, energies)
     assert torch.allclose(f, torch.tensor([[[1.0, 0.0], [0.5, 0.5]]]))
+
+
+def test_regions_are_the_decoders_cross_attention_of_each_class_query():
+    adapter = _adapter(classes=3, hidden=8).eval()
+    tokens = adapter.tokens(torch.randn(5, 8, 2, 2))
+    features, attention = adapter.attend(tokens)
+    assert torch.equal(features, adapter.decode(tokens))
+    layer = adapter.decoder.layers[-1]  # the queries the cross-attention sees: after the self-attention block
+    queries = adapter.queries.unsqueeze(0).expand(5, -1, -1)
+    seen = layer.norm1(queries + layer.self_attn(queries, queries, queries, need_weights=False)[0])
+    _, expected = layer.multihead_attn(seen, tokens + adapter.pos, tokens + adapter.pos, need_weights=True)
+    assert torch.allclose(attention, expected, atol=1e-6)
+    assert torch.allclose(attention.sum(-1), torch.ones(5, 3))
 
 
 def test_info_nce_by_hand():
@@ -93,7 +111,7 @@ def test_trm_trains_with_the_adapter_deterministically():
 
     def run():
         torch.manual_seed(0)
-        adapter = Adapter(AdapterConfig(in_dim=8, n_classes=3, grid=(2, 2), hidden=8, heads=2))
+        adapter = _adapter(classes=3, hidden=8, embed=5)
         trm = Trm(settings, adapter)
         refined = train_adapter_em(None, None, adapter, FeatureSewDataset({GRID: grid}, np.arange(12), s), z,
                                    frozen, s, transfer=trm)
@@ -106,11 +124,43 @@ def test_trm_trains_with_the_adapter_deterministically():
     assert not torch.isnan(trm.theta[:, 0]).any()  # every class met a known positive
     assert np.array_equal(refined[frozen], z[frozen])
     out = adapter_pass(adapter, torch.from_numpy(grid))
-    assert isinstance(out, AdapterPass) and torch.allclose(out.logits, adapter(torch.from_numpy(grid)))
+    assert isinstance(out, AdapterPass) and torch.allclose(out.logits, adapter.head(out.class_features))
+    # TRM-ML infers with the text-region matching score (§3.6): the adapter's prediction is its region head
+    region_logits = adapter.region_head(region_features(out.joint, out.attention))
+    assert torch.allclose(adapter(torch.from_numpy(grid)), region_logits)
+    assert not torch.allclose(region_logits, out.logits)
     sign = torch.from_numpy(np.where(frozen, np.where(truth, 1, -1), 0).astype(np.int8))
     assert bool(trm.labelling) and len(trm.final(out, sign)) == 2
     trm.labelling.fill_(False)  # a run that never reached start_epoch labels nothing, its thresholds notwithstanding
     assert not any(bool(m.any()) for m in trm.final(out, sign))
+
+
+def test_region_head_matches_joint_space_regions_with_the_text_representations():
+    adapter = _adapter(classes=2, embed=4).eval()
+    assert torch.allclose(adapter.region_log_scale.exp(), torch.tensor(10.0))  # CLIP's logit scale to start
+    with torch.no_grad():
+        adapter.text.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]]))
+        adapter.region_log_scale.fill_(math.log(5.0))
+        adapter.region_shift.copy_(torch.tensor([0.1, -0.2]))
+    region = torch.tensor([[[3.0, 0.0, 0.0, 4.0], [0.0, -1.0, 0.0, 0.0]]])
+    assert torch.allclose(adapter.region_head(region), torch.tensor([[(0.6 - 0.1) * 5, (-1.0 + 0.2) * 5]]))
+    grid = torch.randn(3, 8, 2, 2)  # the cells pass the tower's projection, not the adapter's trained layers
+    cells = grid.flatten(2).transpose(1, 2)
+    assert torch.allclose(adapter.joint_cells(grid), cells @ adapter.cell_weight.T + adapter.cell_bias)
+    with pytest.raises(ValueError, match="region head"):  # TRM-ML needs an adapter that predicts with it
+        Trm(TrmSettings(enabled=True), Adapter(AdapterConfig(in_dim=8, n_classes=2, grid=(2, 2), hidden=4, heads=2)))
+
+
+def test_fit_adapter_predicts_with_the_region_head_only_where_trm_trains():
+    from pipeline.adaptation import adapter_prediction
+    from pipeline.hst import HstSettings
+
+    known, none = np.array([[True, False]]), np.zeros((1, 2), bool)
+    assert adapter_prediction(TrmSettings(enabled=True), known) == "region"
+    assert adapter_prediction(TrmSettings(enabled=True), none) == "query"  # nothing known: TRM-ML is off
+    assert adapter_prediction(TrmSettings(enabled=False), known) == "query"
+    assert adapter_prediction(HstSettings(modules="ist"), known) == "query"
+    assert adapter_prediction(None, known) == "query"
 
 
 def test_one_online_transfer_at_a_time(tmp_path):
@@ -123,3 +173,46 @@ def test_one_online_transfer_at_a_time(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ParamsError, match="one known-label transfer"):
         sew.check(Params.load(tmp_path / "params.yaml"))
+
+
+def test_fit_adapter_starts_the_region_head_from_clip_and_exports_it(tmp_path, tiny_model, tiny_tokenizer):
+    """`sew` with TRM-ML: the adapter's region head starts from the tower's cell projection and CLIP's text
+    embeddings of the classes with the scored templates, and the saved adapter predicts with it."""
+    from PIL import Image
+
+    from pipeline import clip
+    from pipeline.adaptation import TrainSplit, fit_adapter
+    from pipeline.adapter import AdapterOptions
+    from pipeline.models import load_checkpoint, save_checkpoint
+    from tests.conftest import TINY_MODEL
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(8):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(paths[-1])
+    classes, templates = ["cat", "dog", "cow"], ["a {}.", "the {} here."]
+    z = rng.normal(size=(8, 3)).astype(np.float32)
+    frozen = np.zeros_like(z, bool)
+    frozen[::2] = True
+    split = TrainSplit(np.arange(8), [str(i) for i in range(8)], [str(p) for p in paths], classes, z, None, templates)
+    descriptor = {"model": TINY_MODEL, "sha256": "x"}
+    s = SewSettings(epochs=1, batch_size=4, max_overlays=1)
+    spec, adapter, refined, _, _ = fit_adapter(tiny_model, descriptor, split, z, frozen, s,
+                                               AdapterOptions(hidden=16, heads=2), 32, tmp_path / "work", "sew",
+                                               transfer=TrmSettings(enabled=True, start_epoch=0, bank=4))
+    assert spec.adapter.prediction == "region" and spec.adapter.embed == adapter.cell_weight.shape[0]
+    weight, bias, _ = clip.cell_projection(tiny_model.visual)
+    assert torch.equal(adapter.cell_weight, weight) and torch.equal(adapter.cell_bias, bias)  # frozen
+    start = clip.encode_classes(tiny_model, tiny_tokenizer, classes, templates)
+    assert (F.cosine_similarity(adapter.text.detach(), start, dim=-1) > 0.9).all()  # learnt from CLIP's text
+    assert np.array_equal(refined[frozen], z[frozen])
+    save_checkpoint(tmp_path / "adapter.pt", spec, adapter)
+    _, loaded = load_checkpoint(tmp_path / "adapter.pt", backbone=tiny_model)
+    images = torch.stack([torch.from_numpy(np.array(Image.open(p).resize((32, 32)))).permute(2, 0, 1)
+                          for p in paths[:3]])
+    grid = clip.grid_features(tiny_model.visual, clip.normalize_u8(images, *clip.normalizer_of(tiny_model)))
+    with torch.no_grad():
+        out = adapter_pass(adapter.eval(), grid)
+        assert torch.allclose(loaded(images), adapter.region_head(region_features(out.joint, out.attention)),
+                              atol=1e-5)
