@@ -178,14 +178,14 @@ class HstHead(nn.Module):
         p[:, self.pair_j, self.pair_i] = prob
         return p
 
-    def set_prototypes(self, features: np.ndarray, known_sign: np.ndarray, seed: int) -> None:
-        """K-means prototypes of every class from f_c [N, C, D] of its known positives."""
+    def set_prototypes(self, features: np.ndarray, classes: np.ndarray, seed: int) -> None:
+        """K-means prototypes of every class from the class features [M, D] of its known positives, each the
+        feature f_c of one image at a class c it is known to hold (classes [M])."""
         k = self.prototypes.shape[1]
         protos = np.zeros(tuple(self.prototypes.shape), np.float32)
         counts = np.zeros(self.n_classes, np.int64)
         for c in range(self.n_classes):
-            rows = np.flatnonzero(known_sign[:, c] > 0)
-            centres = spherical_kmeans(features[rows, c].astype(np.float64), k, 20, seed + c)
+            centres = spherical_kmeans(features[classes == c].astype(np.float64), k, 20, seed + c)
             protos[c, : len(centres)] = centres
             counts[c] = len(centres)
         self.prototypes.copy_(torch.from_numpy(protos))
@@ -229,9 +229,11 @@ class Hst(OnlineTransfer):
             raised |= defined & (score.detach() >= thetas[name].detach())
         return raised & (known_sign == 0)
 
-    def epoch_start(self, epoch: int, class_features: Callable[[], torch.Tensor], known_sign: torch.Tensor) -> None:
+    def epoch_start(self, epoch: int, known_positive_features: Callable[[], torch.Tensor], known_sign: torch.Tensor
+                    ) -> None:
         if self.settings.prototypes_due(epoch):
-            self.head.set_prototypes(class_features().numpy(), known_sign.numpy(), self.settings.seed)
+            classes = (known_sign > 0).nonzero()[:, 1].numpy()
+            self.head.set_prototypes(known_positive_features().numpy(), classes, self.settings.seed)
 
     def step(self, out: AdapterPass, known_sign: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor,
              epoch: int) -> TransferStep:

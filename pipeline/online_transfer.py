@@ -47,9 +47,11 @@ class OnlineTransfer(nn.Module):
     raise_logit: float  # a raised entry's target is at least σ(raise_logit), a lowered one at most σ(−raise_logit)
     threshold_lr: float | None = None  # parameters named theta_* learn at this constant rate, not the adapter's
 
-    def epoch_start(self, epoch: int, class_features: Callable[[], torch.Tensor], known_sign: torch.Tensor) -> None:
-        """Called before each epoch; `class_features()` computes the adapter's class features [N, C, hidden] of
-        every plain training image."""
+    def epoch_start(self, epoch: int, known_positive_features: Callable[[], torch.Tensor], known_sign: torch.Tensor
+                    ) -> None:
+        """Called before each epoch; `known_positive_features()` computes the adapter's class features of the
+        plain training images at their known positives: [M, hidden], row-major over (image, class) as
+        `(known_sign > 0).nonzero()` lists them."""
 
     def step(self, out: AdapterPass, known_sign: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor,
              epoch: int) -> TransferStep:

@@ -476,8 +476,9 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
         loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=order,
                             num_workers=num_workers, drop_last=len(dataset) > settings.batch_size)
         if transfer is not None:
-            transfer.epoch_start(epoch, lambda: map_hosts(lambda f, _: adapter.class_features(f), visual, normalizer,
-                                                          adapter, dataset, settings.batch_size), host_sign)
+            transfer.epoch_start(epoch, lambda: map_hosts(  # only the known positives' rows: never all N × C
+                lambda f, batch: adapter.class_features(f)[host_sign[batch] > 0], visual, normalizer, adapter, dataset,
+                settings.batch_size), host_sign)
         adapter.train()
         for step, (images, sources, classes, hidden) in enumerate(loader):
             lr = settings.adapter_lr(epoch * len(loader) + step, settings.epochs * len(loader))
