@@ -175,14 +175,18 @@ def test_one_online_transfer_at_a_time(tmp_path):
         sew.check(Params.load(tmp_path / "params.yaml"))
 
 
-def test_fit_adapter_starts_the_region_head_from_clip_and_exports_it(tmp_path, tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("composites", ["pixels", "features"])
+def test_fit_adapter_starts_the_region_head_from_clip_and_exports_it(tmp_path, tiny_model, tiny_tokenizer,
+                                                                     composites):
     """`sew` with TRM-ML: the adapter's region head starts from the tower's cell projection and CLIP's text
-    embeddings of the classes with the scored templates, and the saved adapter predicts with it."""
+    embeddings of the classes with the scored templates, and the saved adapter predicts with it. With
+    feature composites no tower is passed in: the one the descriptor names is loaded."""
     from PIL import Image
 
     from pipeline import clip
     from pipeline.adaptation import TrainSplit, fit_adapter
     from pipeline.adapter import AdapterOptions
+    from pipeline.features import encode_images
     from pipeline.models import load_checkpoint, save_checkpoint
     from tests.conftest import TINY_MODEL
 
@@ -196,10 +200,18 @@ def test_fit_adapter_starts_the_region_head_from_clip_and_exports_it(tmp_path, t
     frozen = np.zeros_like(z, bool)
     frozen[::2] = True
     split = TrainSplit(np.arange(8), [str(i) for i in range(8)], [str(p) for p in paths], classes, z, None, templates)
-    descriptor = {"model": TINY_MODEL, "sha256": "x"}
-    s = SewSettings(epochs=1, batch_size=4, max_overlays=1)
-    spec, adapter, refined, _, _ = fit_adapter(tiny_model, descriptor, split, z, frozen, s,
+    weights = tmp_path / "tiny.pt"
+    torch.save({"state_dict": tiny_model.state_dict()}, weights)
+    descriptor = {"model": TINY_MODEL, "weights": str(weights), "sha256": "x"}
+    s = SewSettings(epochs=1, batch_size=4, max_overlays=1, composites=composites)
+    model, features = tiny_model, None
+    if composites == "features":
+        features = encode_images(tiny_model.visual, clip.normalizer_of(tiny_model), paths, 32, s.overlay_side,
+                                 s.max_overlays)
+        model = None
+    spec, adapter, refined, _, _ = fit_adapter(model, descriptor, split, z, frozen, s,
                                                AdapterOptions(hidden=16, heads=2), 32, tmp_path / "work", "sew",
+                                               features=features,
                                                transfer=TrmSettings(enabled=True, start_epoch=0, bank=4))
     assert spec.adapter.prediction == "region" and spec.adapter.embed == adapter.cell_weight.shape[0]
     weight, bias, _ = clip.cell_projection(tiny_model.visual)
