@@ -69,8 +69,7 @@ def measure(project: Path) -> dict:
     grid = torch.from_numpy(np.asarray(store["grid"][:], dtype=np.float32))  # train images, manifest order
     text = torch.from_numpy(np.asarray(zarr.open_group(str(project / "data/scores.zarr"), mode="r")["text_emb"][:]))
     cells = grid.flatten(2).transpose(1, 2)  # [N, T, D]
-    normed = cells if norm is None else F.layer_norm(cells, cells.shape[-1:], *norm)
-    joint = F.linear(normed, weight, bias)  # [N, T, E]
+    joint = clip.joint_cells(cells, weight, bias, norm)  # [N, T, E]
     cos = F.normalize(joint, dim=-1) @ F.normalize(text.float(), dim=-1).T  # [N, T, C]
     y = torch.from_numpy(truth)
     pools = {"mean": lambda t: t.mean(1), "max": lambda t: t.amax(1),

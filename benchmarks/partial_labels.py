@@ -52,8 +52,10 @@ METHODS: dict[str, list[str]] = {
     "hst_cst": ["hst.modules=cst"],  # HST: prototypes of the adapter's class features
     "hst": ["hst.modules=both"],
     "hst_ist_loss_only": ["hst.modules=ist", "hst.start_epoch=1000"],  # IST's loss, no pseudo label ever
-    "trm": ["trm.enabled=true"],  # TRM-ML (pipeline/trm.py): region features, bank, EMA thresholds
+    "trm": ["trm.enabled=true"],  # TRM-ML (pipeline/trm.py): text-region matching, bank, EMA thresholds
     "trm_loss_only": ["trm.enabled=true", "trm.start_epoch=1000"],  # its losses, no pseudo label ever
+    # its region head's classification loss alone: the head the adapter predicts with, nothing else of TRM-ML
+    "trm_region_only": ["trm.enabled=true", "trm.start_epoch=1000", "trm.kd_weight=0", "trm.nce_weight=0"],
 }
 FIGURES = {"corrected": "labels.corrected.map", "refined": "labels.refined.map", "student": "test.student.map",
            "ceiling": "test.ceiling.map", "gap_closure": "gap_closure", "raised": "transfer.raised",

@@ -239,7 +239,8 @@ def cell_projection(visual: torch.nn.Module
     ModifiedResNet towers: the attention pool's value and output projections folded into one (the pool's
     output were all its attention on that cell, without the positional term, which is tied to the native
     grid; MaskCLIP, Zhou et al. 2022, reads dense CLIP features this way). ViT towers: the final norm and
-    projection of the patch tokens (`ln_post`, `proj`).
+    projection of the patch tokens (`ln_post`, `proj`), as the tower maps its pooled token; MaskCLIP's ViT
+    recipe reads the last block's value projection instead.
     """
     if hasattr(visual, "attnpool"):
         v, c = visual.attnpool.v_proj, visual.attnpool.c_proj
@@ -249,6 +250,14 @@ def cell_projection(visual: torch.nn.Module
         return visual.proj.detach().float().T.clone(), torch.zeros(visual.proj.shape[1]), norm
     raise ValueError(f"no map of single cells into the joint space for a {type(visual).__name__} tower "
                      "(ModifiedResNet and ViT towers have one)")
+
+
+def joint_cells(cells: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                norm: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Cells [..., D] of `grid_features` mapped into the joint space by a `cell_projection`: [..., E]."""
+    if norm is not None:
+        cells = F.layer_norm(cells, cells.shape[-1:], *norm)
+    return F.linear(cells, weight, bias)
 
 
 class WeightsNotAvailable(FileNotFoundError):

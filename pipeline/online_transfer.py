@@ -16,7 +16,6 @@ import torch.nn as nn
 class AdapterPass:
     """What the adapter computes on a batch, in the order it computes it."""
 
-    tokens: torch.Tensor  # [B, T, hidden] the grid's cells projected for the decoder, before positions
     class_features: torch.Tensor  # [B, C, hidden] the decoder's output for each class query
     logits: torch.Tensor  # [B, C] the per-query head's (the M-step's; TRM-ML's query-level prediction)
     # where the adapter has a region head (TRM-ML): the cells in the joint space [B, T, embed] and the class
@@ -29,9 +28,9 @@ def adapter_pass(adapter: nn.Module, features: torch.Tensor) -> AdapterPass:
     tokens = adapter.tokens(features)
     if adapter.cfg.prediction != "region":
         class_features = adapter.decode(tokens)
-        return AdapterPass(tokens, class_features, adapter.head(class_features))
+        return AdapterPass(class_features, adapter.head(class_features))
     class_features, attention = adapter.attend(tokens)
-    return AdapterPass(tokens, class_features, adapter.head(class_features), adapter.joint_cells(features), attention)
+    return AdapterPass(class_features, adapter.head(class_features), adapter.joint_cells(features), attention)
 
 
 @dataclass

@@ -12,7 +12,11 @@ repository holds a README only), so where the paper leaves a choice open we say 
   feature f_c^r the energy-weighted sum of the joint-space cells, its region-level prediction p^r the
   scaled cosine of f_c^r and g_c. The query-level prediction p^q is the adapter's per-query head.
 - Inference (§3.6): "the text-region matching score as the final prediction score". The adapter TRM-ML
-  trains predicts with p^r: the E-step's predictions, the refined labels and the exported student.
+  trains predicts with p^r: the E-step's predictions (`sew.e_step: predictions`, the default), the refined
+  labels and the exported student.
+- Ours where the paper's query level differs: p^q is the adapter's per-query linear head over its own
+  128-wide decoder, where eq. 5 matches f^q with g_c by cosine, so the distillation of eq. 6 runs between
+  two different kinds of head.
 - Classification (§3.6): the M-step's loss on p^q plus `region_weight` (α) times the same loss on p^r.
 - Knowledge distillation (§3.3, eq. 6): KL(σ(p^r) ‖ σ(p^q)) per entry, p^r the (detached) teacher.
 - Visual prototypes (§3.4, eq. 7): per class a first-in-first-out bank of `bank` cell features; every
@@ -121,13 +125,14 @@ class Trm(OnlineTransfer):
             self.cursor[c] = (self.cursor[c] + k) % size
             self.filled[c] = min(size, int(self.filled[c]) + k)
 
+    @torch.no_grad()  # they set thresholds and pick labels; no loss reads them
     def similarities(self, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(visual, text) [B, C]: mean cosine to the class's bank (eq. 8–9); cosine to g_c."""
         unit = F.normalize(region.detach(), dim=-1)
         cos = torch.einsum("bch,clh->bcl", unit, F.normalize(self.bank, dim=-1))
         slots = torch.arange(self.bank.shape[1])[None, :] < self.filled[:, None]  # [C, ℓ]
         visual = (cos * slots).sum(-1) / self.filled.clamp(min=1)
-        text = torch.einsum("bch,ch->bc", unit, F.normalize(self.adapter[0].text.detach(), dim=-1))
+        text = self.adapter[0].region_cosines(unit)
         return visual, text
 
     def decide(self, sims: tuple[torch.Tensor, torch.Tensor], known_sign: torch.Tensor

@@ -169,3 +169,16 @@ def test_cell_projection_is_the_attention_pool_on_one_cell(tiny_model):
     with torch.no_grad():
         assert torch.allclose(visual.attnpool(grid), cell @ weight.T + bias, atol=1e-4)
     assert norm is None  # a ModifiedResNet's cells need no norm first; a ViT's pass ln_post
+
+
+def test_cell_projection_of_a_vit_is_its_final_norm_and_projection():
+    from pipeline.clip import cell_projection, create_model, grid_features, joint_cells
+
+    torch.manual_seed(0)
+    model = create_model("mlpl-tiny-vit")
+    visual, side = model.visual.eval(), clip.image_size_of(model)
+    with torch.no_grad():
+        grid = grid_features(visual, torch.randn(2, 3, side, side))
+        tokens = grid.flatten(2).transpose(1, 2)  # the patch tokens, as the adapter reads them
+        assert torch.allclose(joint_cells(tokens, *cell_projection(visual)), visual.ln_post(tokens) @ visual.proj,
+                              atol=1e-5)

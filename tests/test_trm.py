@@ -25,7 +25,7 @@ def _adapter(classes: int = 2, hidden: int = 4, embed: int = 4) -> Adapter:
     return adapter
 
 
-def test_region_feature_is_the_energy_weighted_mean_of_the_cells():
+def test_region_feature_is_the_energy_weighted_sum_of_the_cells():
     tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # 1 image, 3 cells
     energies = torch.tensor([[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]])  # 2 classes
     f = region_features(tokens, energies)
