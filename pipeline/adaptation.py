@@ -92,9 +92,7 @@ def needs_host_boxes(settings: SewSettings) -> bool:
 
 def transfer_on(settings: HstSettings | TrmSettings | None, frozen: np.ndarray) -> bool:
     """Whether a known-label transfer trains with the adapter: its settings turn it on and something is known."""
-    on = (isinstance(settings, HstSettings) and settings.modules != "none") or (
-        isinstance(settings, TrmSettings) and settings.enabled)
-    return on and bool(np.asarray(frozen).any())
+    return settings is not None and settings.on and bool(np.asarray(frozen).any())
 
 
 def adapter_prediction(settings: HstSettings | TrmSettings | None, frozen: np.ndarray) -> str:

@@ -68,6 +68,11 @@ class HstSettings(Settings):
     SECTION: ClassVar[str] = "hst"
 
     @property
+    def on(self) -> bool:
+        """Whether HST trains with the adapter (given known labels)."""
+        return self.modules != "none"
+
+    @property
     def ist(self) -> bool:
         return self.modules in ("ist", "both")
 

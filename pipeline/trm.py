@@ -65,6 +65,11 @@ class TrmSettings(Settings):
 
     SECTION: ClassVar[str] = "trm"
 
+    @property
+    def on(self) -> bool:
+        """Whether TRM-ML trains with the adapter (given known labels)."""
+        return self.enabled
+
 
 def bernoulli_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """Mean KL(σ(t) ‖ σ(s)) over entries: eq. 6 for independent labels."""

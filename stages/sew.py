@@ -35,10 +35,10 @@ from stages.common import (
 def check(params: Params) -> tuple[SewSettings, AdapterOptions, RuleSettings, HstSettings | TrmSettings | None]:
     p = params.section("sew")
     hst, trm = params.section("hst").build(HstSettings), params.section("trm").build(TrmSettings)
-    if hst.modules != "none" and trm.enabled:
+    if hst.on and trm.on:
         raise ParamsError("hst.modules and trm.enabled: one known-label transfer trains with the adapter at a "
                           "time; set hst.modules: none or trm.enabled: false")
-    transfer = hst if hst.modules != "none" else trm if trm.enabled else None
+    transfer = hst if hst.on else trm if trm.on else None
     settings = p.build(SewSettings), p.section("adapter").build(AdapterOptions), params.build(RuleSettings), transfer
     p.get("image_size", int, lo=8), p.get("num_workers", int, lo=0)
     b = p.section("backbone")
