@@ -132,13 +132,16 @@ class Trm(OnlineTransfer):
             self.cursor[c] = (self.cursor[c] + k) % size
             self.filled[c] = min(size, int(self.filled[c]) + k)
 
+    def filled_slots(self) -> torch.Tensor:
+        """bool [C, ℓ]: the bank's slots that hold a cell."""
+        return torch.arange(self.bank.shape[1])[None, :] < self.filled[:, None]
+
     @torch.no_grad()  # they set thresholds and pick labels; no loss reads them
     def similarities(self, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(visual, text) [B, C]: mean cosine to the class's bank (eq. 8–9); cosine to g_c."""
         unit = F.normalize(region.detach(), dim=-1)
         cos = torch.einsum("bch,clh->bcl", unit, F.normalize(self.bank, dim=-1))
-        slots = torch.arange(self.bank.shape[1])[None, :] < self.filled[:, None]  # [C, ℓ]
-        visual = (cos * slots).sum(-1) / self.filled.clamp(min=1)
+        visual = (cos * self.filled_slots()).sum(-1) / self.filled.clamp(min=1)
         text = self.adapter[0].region_cosines(unit)
         return visual, text
 
@@ -181,7 +184,7 @@ class Trm(OnlineTransfer):
         b, c = (known_sign > 0).nonzero(as_tuple=True)
         keys = [F.normalize(region[b, c], dim=-1)]
         key_class = [c]
-        slots = torch.arange(self.bank.shape[1])[None, :] < self.filled[:, None]
+        slots = self.filled_slots()
         if bool(slots.any()):
             keys.append(F.normalize(self.bank[slots], dim=-1))
             key_class.append(torch.arange(self.bank.shape[0])[:, None].expand_as(slots)[slots])
