@@ -6,7 +6,7 @@ composites and the EM are in pipeline.sew, the adapter in pipeline.adapter.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +136,8 @@ def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, ta
     Returns (the adapter's spec, the adapter, refined Z [N, C], and the entries the transfer raised and
     lowered [N, C] bool).
     """
+    if rule.paper_setting:  # the papers train on the plain images; the overlay pool would rank by CLIP's z⁰
+        settings = replace(settings, max_overlays=0)
     k = settings.pool_size(len(split.paths), len(split.classes))
     pool = overlay_pool_pairs(split.z0, k) if settings.overlay_label == "pooled" else overlay_pool(split.z0, k)
     host_weights = sigmoid(targets).astype(np.float32)

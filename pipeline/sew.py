@@ -62,7 +62,15 @@ from pipeline.online_transfer import (
     known_sign_of,
 )
 from pipeline.resume import Checkpointer
-from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
+from pipeline.rules import (
+    EPS,
+    NO_RULE,
+    RuleSettings,
+    curriculum_mask,
+    rule_loss,
+    unknown_targets,
+    update_pseudo_labels,
+)
 from pipeline.settings import Settings, setting
 
 OVERLAY_LABELS = ("pooled", "all")
@@ -439,12 +447,20 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     the start of every epoch.
     """
     torch.manual_seed(settings.seed)
-    z0 = torch.tensor(np.asarray(z_init), dtype=torch.float32)
+    paper = rule.paper_setting
     keep = torch.tensor(np.asarray(frozen), dtype=torch.bool)
+    z0 = torch.tensor(np.asarray(z_init), dtype=torch.float32)
+    if paper:  # the papers' settings: no CLIP label anywhere, the unknown entries start at ½
+        z0 = torch.where(keep, z0, torch.zeros_like(z0))
     z = torch.nn.Parameter(z0.clone())
     w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
-    backprop = settings.e_step == "backprop" and not rule.updates_labels
-    predictions_e_step = settings.e_step == "predictions" and settings.e_weight > 0 and not rule.updates_labels
+    backprop = settings.e_step == "backprop" and not rule.updates_labels and not paper
+    predictions_e_step = (settings.e_step == "predictions" and settings.e_weight > 0 and not rule.updates_labels
+                          and not paper)
+    # the unknown entries trained on their pseudo labels: every one with `unknown: pseudo` (the corrected CLIP
+    # labels are ŷ(0)); in the papers' settings none until a rule's labels start from the network's outputs
+    pseudo = ~keep if not paper else torch.zeros_like(keep)
+    started = not paper  # whether the rule's ŷ exists (plmcl, g2netpl)
     groups = [{"params": adapter.parameters(), "lr": settings.lr, "weight_decay": settings.weight_decay},
               {"params": [z], "lr": settings.estimator_lr, "weight_decay": 0.0}]
     scheduled = [0]  # the groups whose lr follows the adapter's schedule
@@ -466,6 +482,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
         with torch.no_grad():
             z.copy_(state["z"])
         y_prev = state["y_prev"].numpy()
+        pseudo, started = state.get("pseudo", pseudo), state.get("started", started)
         torch.set_rng_state(state["torch_rng"])
         start = state["position"]
         if transfer is not None:
@@ -495,11 +512,19 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
             zs = torch.where(labelled, zs, torch.zeros_like(zs))
             w = None if w_all is None else max_over_sources(w_all[rows], sources, classes, hidden).clamp(min=0)
             targets = torch.sigmoid(zs).detach()
+            if paper:  # plain images only (fit_adapter): the host's row is the whole label
+                host_known, host_pseudo = keep[sources[:, 0]], pseudo[sources[:, 0]]
+                targets, labelled = unknown_targets(targets, labelled, host_known, host_pseudo, rule.unknown)
+                if rule.pseudo_weight != 1.0:
+                    lam = torch.where(host_pseudo & ~host_known, rule.pseudo_weight, 1.0)
+                    w = lam if w is None else w * lam
             transfer_loss = None
             if transfer is not None:
                 overlaid = source_mask(sources[:, 1:], classes[:, 1:], zs.shape[-1]).any(1)
                 sign = composite_known_sign(host_sign[sources[:, 0]], overlaid, hidden)
                 moved = transfer.step(out, sign, targets, labelled, epoch)
+                if paper:  # what the transfer labels is a target even where `ignore` gives none
+                    labelled = labelled | moved.raised | moved.lowered
                 targets = apply_targets(targets, moved, labelled, transfer.raise_logit)
                 transfer_loss = moved.loss
             m_loss = rule_loss(p, targets, keep[sources[:, 0]], rule, epoch, w, labelled)
@@ -516,10 +541,19 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
             y = torch.sigmoid(z.detach()).numpy().astype(np.float64)
             predictions = torch.sigmoid(torch.from_numpy(
                 predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size))).numpy()
-            new = update_pseudo_labels(y, y_prev, predictions, keep.numpy(), rule)
+            if started:
+                new = update_pseudo_labels(y, y_prev, predictions, keep.numpy(), rule)
+            else:  # the papers' ŷ(0): the network's sigmoid outputs after its first epoch (000 §III.A)
+                new = np.where(keep.numpy(), y, np.clip(predictions, EPS, 1 - EPS))
+                y, started = new, True
             y_prev = y
             with torch.no_grad():
                 z.copy_(torch.logit(torch.tensor(new, dtype=torch.float32)))
+            if paper:
+                # the epochs after the first train on pseudo labels: the curriculum reaches every entry by the last
+                progress = epoch / max(1, settings.epochs - 2)
+                pseudo = torch.from_numpy(curriculum_mask(new, keep.numpy(), progress) if rule.curriculum
+                                          else ~keep.numpy())
         if predictions_e_step and epoch + 1 in settings.e_step_epochs:
             predictions = predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)
             with torch.no_grad():  # any later epochs' composites take their labels from the refined Z
@@ -527,7 +561,10 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
         if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < settings.epochs:
             checkpointer.save({"position": epoch + 1, "adapter": adapter.state_dict(), "optimizer": opt.state_dict(),
                                "z": z.detach().clone(), "y_prev": torch.from_numpy(y_prev),
-                               "torch_rng": torch.get_rng_state(),
+                               "torch_rng": torch.get_rng_state(), "pseudo": pseudo.clone(), "started": started,
                                **({} if transfer is None else {"transfer": transfer.state_dict()})})
     adapter.eval()
+    if paper and not rule.updates_labels:  # the method's labels of the unknown entries: the trained network's
+        with torch.no_grad():
+            z.copy_(torch.from_numpy(predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)))
     return torch.where(keep, z0, z.detach()).numpy().astype(np.float32)

@@ -32,7 +32,8 @@ repository holds a README only), so where the paper leaves a choice open we say 
 - Multimodal contrastive learning (§3.5, eq. 13): InfoNCE with each class's g_c as anchor, the region
   features of its known positives in the batch and its bank's cells as positives, those of the other
   classes as negatives, temperature `nce_temperature`.
-- Loss (eq. 15): L_cls + β·L_KD + γ·L_NCE (β = `kd_weight`, γ = `nce_weight`; the paper gives no values).
+- Loss (eq. 15): L_cls + β·L_KD + γ·L_NCE (β = `kd_weight`, γ = `nce_weight`), with the paper's defaults (§4.1:
+  α = 1, β = 0.05, γ = 0.01; its decoder has one attention head, `sew.adapter.heads: 1`).
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class TrmSettings(Settings):
     bank: int = setting(64, ge=1)  # ℓ: cell features per class queue
     top_k: int = setting(4, ge=1)  # k: cells a known positive pushes per image (eq. 7)
     momentum: float = setting(0.9, ge=0.0, le=1.0)  # η of the EMA thresholds (eq. 11)
-    region_weight: float = setting(1.0, ge=0.0)  # α: classification loss on the region-level predictions
-    kd_weight: float = setting(1.0, ge=0.0)  # β
-    nce_weight: float = setting(0.1, ge=0.0)  # γ
+    region_weight: float = setting(1.0, ge=0.0)  # α (§4.1): classification loss on the region-level predictions
+    kd_weight: float = setting(0.05, ge=0.0)  # β (§4.1)
+    nce_weight: float = setting(0.01, ge=0.0)  # γ (§4.1)
     nce_temperature: float = setting(0.07, gt=0.0)
     raise_logit: float = setting(4.0, ge=0.0)  # labelled entries' targets: at least σ(this) / at most σ(−this)
 

@@ -8,6 +8,7 @@ import numpy as np
 from pipeline.adaptation import backbone_descriptor, fit_adapter, needs_host_boxes, read_train_split, tower_inputs
 from pipeline.adapter import AdapterOptions
 from pipeline.hst import HstSettings
+from pipeline.masking import MaskSettings
 from pipeline.models import save_checkpoint
 from pipeline.rules import RuleSettings, rule_weights
 from pipeline.sew import SewSettings
@@ -39,7 +40,11 @@ def check(params: Params) -> tuple[SewSettings, AdapterOptions, RuleSettings, Hs
         raise ParamsError("hst.modules and trm.enabled: one known-label transfer trains with the adapter at a "
                           "time; set hst.modules: none or trm.enabled: false")
     transfer = hst if hst.on else trm if trm.on else None
-    settings = p.build(SewSettings), p.section("adapter").build(AdapterOptions), params.build(RuleSettings), transfer
+    rule = params.build(RuleSettings)
+    if rule.paper_setting and params.build(MaskSettings).ratio == 0:
+        raise ParamsError(f"unknown: {rule.unknown} trains on the known labels alone, and ratio: 0 knows none; "
+                          "set ratio > 0, or unknown: pseudo to train on CLIP's pseudo labels")
+    settings = p.build(SewSettings), p.section("adapter").build(AdapterOptions), rule, transfer
     p.get("image_size", int, lo=8), p.get("num_workers", int, lo=0)
     b = p.section("backbone")
     pretrained = b.get("pretrained", str)

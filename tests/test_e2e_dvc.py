@@ -113,6 +113,13 @@ def test_partial_label_methods_together(project):
     assert bank["text"].shape[0] == 4 and bank["similarity_visual"].shape == (36, 4)
 
 
+def test_the_papers_settings_rerun_nothing_upstream_of_mask(project):
+    sh("dvc exp run -S ratio=0.5", project)
+    r = sh("dvc exp run -S ratio=0.5 -S unknown=negative -S rule=large_loss", project)
+    # mask and correct come back from the run cache: `unknown` reaches only the training stages
+    assert stages_run(r.stdout) == {"validate", "sew", "distill", "evaluate"}, r.stdout
+
+
 def _refused_repro(project, edit, env_prefix: str = "") -> str:
     """Edit params.yaml, run `dvc repro`, check that validation refused it alone; restore params.yaml."""
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -157,6 +164,10 @@ def test_invalid_params_fail_before_anything_is_touched(project):
     assert "unknown key 'score.crop_size' (did you mean 'score.crops'?)" in out
     assert "'sew.overlay_prob' must be in [0.0, 1.0), got 2.0" in out
     assert "'sew.overlay_side' must be in (0.0, 1.0], got -1.0" in out
+    assert snapshot() == before
+    # the papers' settings train on known labels alone: at ratio 0 there are none
+    out = _refused_repro(project, lambda params: params.update(unknown="ignore"))
+    assert "unknown: ignore trains on the known labels alone, and ratio: 0 knows none" in out
     assert snapshot() == before
     assert stages_run(sh("dvc repro", project).stdout) == set()
 

@@ -19,3 +19,14 @@ def test_checks_compare_methods_with_the_baseline_in_sds_and_read_the_sweep():
     assert out["gap_closure_at_ratio_ge_0.90"] and out["ratio_sweep_monotone"] and out["ratio_1_within_0.01_of_ceiling"]
     sweep[0.0] = {"student": _fig(0.95)}
     assert not checks(methods, sweep)["ratio_sweep_monotone"]
+
+
+def test_each_paper_method_is_checked_against_its_own_settings_baseline():
+    methods = {"baseline": {"student": _fig(0.95)},
+               "pbce": {"student": _fig(0.80, 0.002)}, "an": {"student": _fig(0.70, 0.002)},
+               "plmcl_paper": {"student": _fig(0.805, 0.002)},  # +2.5 sd over partial BCE
+               "large_loss_an": {"student": _fig(0.703, 0.002)}}  # +1.5 sd over AN
+    out = checks(methods, {})
+    assert out["plmcl_paper_beats_pbce_by_2sd"] and not out["large_loss_an_beats_an_by_2sd"]
+    # far below the CLIP-pseudo-label baseline, but they are not measured against it
+    assert not any(k.startswith(("plmcl_paper_not_below", "pbce_", "an_not")) for k in out)

@@ -76,3 +76,55 @@ def test_known_labels_never_overwritten_by_updates():
         assert new[0, 0] == 0.9 and new[1, 1] == 0.6 and new[0, 1] != 0.2 and new[1, 0] != 0.4
     with pytest.raises(ValueError, match="rule must be one of"):
         RuleSettings("nope")
+
+
+def test_unknown_targets_of_the_papers_settings():
+    targets = torch.tensor([[0.9, 0.2, 0.7]])
+    labelled = torch.ones(1, 3, dtype=torch.bool)
+    known = torch.tensor([[True, False, False]])
+    pseudo = torch.tensor([[False, True, False]])  # entry 1 trains on its pseudo label, entry 2 is free
+    t, lab = R.unknown_targets(targets, labelled, known, pseudo, "negative")
+    assert t[0].tolist() == pytest.approx([0.9, 0.2, 0.0]) and lab.all()
+    t, lab = R.unknown_targets(targets, labelled, known, pseudo, "ignore")
+    assert t[0].tolist() == pytest.approx([0.9, 0.2, 0.5]) and lab.tolist() == [[True, True, False]]
+
+
+def test_partial_bce_normalises_each_image_by_its_known_entries():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -3.0], [1.0, 1.0, 1.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    labelled = torch.tensor([[True, True, False], [False, False, True], [False, False, False]])
+    per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    got = R.rule_loss(logits, targets, labelled, RuleSettings(unknown="ignore"), 0, labelled=labelled)
+    # image 0: mean of its two known entries, image 1: its one, image 2 (nothing known) left out
+    assert got.item() == pytest.approx(((per[0, 0] + per[0, 1]) / 2 + per[1, 2]).item() / 2)
+    batch = R.rule_loss(logits, targets, labelled, RuleSettings(unknown="negative"), 0, labelled=labelled)
+    assert batch.item() == pytest.approx((per[0, 0] + per[0, 1] + per[1, 2]).item() / 3)
+    nothing = torch.zeros_like(labelled)
+    assert R.rule_loss(logits, targets, nothing, RuleSettings(unknown="ignore"), 0, labelled=nothing).item() == 0.0
+
+
+def test_curriculum_takes_confident_pseudo_labels_first_and_every_one_last():
+    y = np.array([[0.95, 0.5], [0.6, 0.1], [0.3, 0.45], [0.99, 0.0]])
+    known = np.array([[False, False], [False, False], [False, False], [True, True]])
+    # class 0's unknown margins 0.9, 0.2, 0.4 (mean 0.5); class 1's 0, 0.8, 0.1 (mean 0.3)
+    first = R.curriculum_mask(y, known, 0.0)
+    assert first.tolist() == [[True, False], [False, True], [False, False], [False, False]]
+    half = R.curriculum_mask(y, known, 0.5)  # τ = 0.25 and 0.15
+    assert half.tolist() == [[True, False], [False, True], [True, False], [False, False]]
+    assert R.curriculum_mask(y, known, 1.0).tolist() == (~known).tolist()
+
+
+def test_g2netpl_l1_term_by_hand():
+    y, p = np.array([0.6, 0.4]), np.array([0.7, 0.3])
+    zy, zp = np.log(y / (1 - y)), np.log(p / (1 - p))
+    grad = -zy + 2.0 * (zy - zp) + 0.5 * np.sign(y - p)
+    assert R.g2netpl_update(y, p, eta=2.0, lr=0.1, steps=1, l1=0.5) == pytest.approx(y - 0.1 * grad)
+
+
+def test_curriculum_and_lambda_apply_where_the_papers_do():
+    assert not RuleSettings("plmcl").curriculum  # with CLIP's labels as ŷ(0) every entry trains
+    assert RuleSettings("plmcl", unknown="ignore").curriculum and RuleSettings("g2netpl", unknown="negative").curriculum
+    assert not RuleSettings("plmcl", unknown="ignore", plmcl_curriculum=False).curriculum
+    assert RuleSettings("plmcl", plmcl_weight=0.3).pseudo_weight == 0.3 and RuleSettings("g2netpl").pseudo_weight == 1
+    with pytest.raises(ValueError, match="unknown must be one of"):
+        RuleSettings(unknown="maybe")

@@ -270,3 +270,48 @@ def test_cosine_schedule_decays_the_adapter_lr_to_zero_over_all_steps():
     assert SewSettings(lr=0.002).adapter_lr(99, 100) == 0.002  # constant: the paper's
     with pytest.raises(ValueError, match="lr_schedule"):
         SewSettings(lr_schedule="linear")
+
+
+@pytest.mark.parametrize("unknown", ["ignore", "negative"])
+@pytest.mark.parametrize("rule", ["none", "large_loss", "plmcl", "g2netpl"])
+def test_the_papers_settings_never_read_the_pseudo_labels(tiny_model, image_paths, unknown, rule):
+    """With unknown: ignore / negative the unknown entries' CLIP labels do not enter training: two runs whose
+    z_init differ only there give the same adapter and labels; with unknown: pseudo they differ."""
+    z = np.random.default_rng(1).normal(size=(10, 3)).astype(np.float32)
+    frozen = np.zeros_like(z, bool)
+    frozen[::2, 0] = frozen[1::3, 2] = True
+    other = np.where(frozen, z, -z)  # other CLIP labels for every unknown entry
+    s = SewSettings(epochs=3, batch_size=4, max_overlays=0)
+    ds = SewDataset(image_paths, 32, np.arange(10), s)
+    runs = {}
+    for mode in (unknown, "pseudo"):
+        for name, labels in (("z", z), ("other", other)):
+            torch.manual_seed(0)
+            adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
+            r = RuleSettings(rule, unknown=mode, ll_delta=50.0)
+            refined = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, labels,
+                                       frozen, s, rule=r)
+            runs[mode, name] = refined, predict_hosts(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, 4)
+    assert np.array_equal(runs[unknown, "z"][0], runs[unknown, "other"][0])
+    assert np.array_equal(runs[unknown, "z"][1], runs[unknown, "other"][1])
+    assert not np.allclose(runs["pseudo", "z"][1], runs["pseudo", "other"][1])
+    refined, p = runs[unknown, "z"]
+    assert np.array_equal(refined[frozen], z[frozen])
+    if rule in ("none", "large_loss"):  # the method's labels of the unknown entries are the network's outputs
+        assert np.allclose(refined[~frozen], p[~frozen], atol=1e-6)
+
+
+def test_ignore_and_negative_train_differently(tiny_model, image_paths):
+    z = np.random.default_rng(1).normal(size=(10, 3)).astype(np.float32)
+    frozen = np.zeros_like(z, bool)
+    frozen[::2, 0] = True
+    s = SewSettings(epochs=2, batch_size=4, max_overlays=0)
+    ds = SewDataset(image_paths, 32, np.arange(10), s)
+    out = {}
+    for unknown in ("ignore", "negative"):
+        torch.manual_seed(0)
+        adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
+        out[unknown] = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen,
+                                        s, rule=RuleSettings(unknown=unknown))
+    # assume-negative pulls every unknown entry down; ignoring them leaves classes 1 and 2 (never known) untrained
+    assert out["negative"][:, 1:].mean() < out["ignore"][:, 1:].mean() - 0.05
