@@ -95,6 +95,13 @@ def run(params: Params) -> None:
     predictions = {"zero_shot": z0[test], **predict_models(models, test_paths)}
     y_test = truth[test]
     metrics["test"] = test_reports(y_test, predictions, threshold, top_k)
+    # CDUL's estimator without labels (its global-local aggregate, `init`) on the test images: Table 1's CDUL row
+    initial = tables[LABEL_COLUMNS["cdul"][0]]
+    cdul_rows = np.array([row_of[i] for i in initial.column("image_id")])
+    cdul = np.full(truth.shape, np.nan, np.float32)
+    cdul[cdul_rows] = initial.column("cdul")
+    if np.isfinite(cdul[test]).all():
+        metrics["test"] |= test_reports(y_test, {"cdul": cdul[test]}, threshold, top_k)
     if (closure := gap_closure(metrics["test"])) is not None:
         metrics["gap_closure"] = closure
     metrics = finite(metrics)

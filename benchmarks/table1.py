@@ -1,0 +1,192 @@
+"""TailorCLIP's Table 1 (paper 002, §4.2) on our benchmark: every partial-label method in the setting its paper
+tests beside the methods that use no labels, test mAP, CF1 and OF1, mean ± sd over seeds of the known-label draw.
+
+    python benchmarks/table1.py [--params params.yaml] [--config configs/contexts.yaml] [--seeds 0 1 2]
+                                [--ratio 0.1] [--methods NAME ...] [--set KEY=VALUE ...] [--jobs 1] [--keep DIR]
+
+Builds a fresh copy of the project (benchmarks/project.py) and queues one `dvc exp run` per experiment and
+seed; the teacher, scores and features come from the run cache after the first (nothing upstream of `mask`
+reads `ratio`, `seed`, `unknown` or a method). The rows, in TailorCLIP's groups:
+
+- fully supervised: `ceiling` (the adapter on the true labels, from the `ours` runs);
+- weakly supervised at `--ratio`, each method in its paper's setting (top-level `unknown`: no CLIP label):
+  `pbce` (partial BCE) and `an` (assume negative), then LL-R on AN, PLMCL, G2NetPL, HST and TRM-ML on partial
+  BCE; `mulsupconld` is its paper's setting, every label known (`ratio` 1.0), over dataset seeds (the
+  known-label draw is then fixed), against the ceiling's plain BCE of the same runs (`ceiling_bce`);
+- without labels: `zero_shot` (CLIP's global scores), `cdul_estimator` (CDUL's global-local aggregate),
+  `ours` (the student at ratio 0). CDUL's own student (its gradient-alignment label update) is not built yet
+  and has no row;
+- ours with `--ratio` labels (`unknown: pseudo`): `ours_known` (the known-label baseline) and every method on
+  top of the corrected CLIP labels (`ours_<method>`).
+
+`--methods` picks rows (the experiments they read are queued; `ceiling`, `zero_shot` and `cdul_estimator` come
+with `ours`). Prints the table, the checks of the Table-1 issue, and ends with one JSON line:
+{"params", "config", "overrides", "seeds", "ratio", "rows": {name: {"student": {mean, sd, values}, "cf1", "of1"}},
+"checks": {...}, "wall_s"}; "student" is the test mAP of the row's model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.ladder import (  # noqa: E402
+    add_queue_options,
+    experiment_metrics,
+    project_dir,
+    sh,
+    summarise,
+    wait_for_queue,
+)
+from benchmarks.partial_labels import METHODS  # noqa: E402
+from benchmarks.project import copy_project  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Row:
+    group: str
+    experiment: str  # the experiment it reads (one per seed)
+    model: str  # the test model of metrics.json it reports
+    paper: str = ""  # the paper, for the printed table
+
+
+# experiment → (ratio: None = --ratio, the -S flags, whether its seeds are dataset seeds)
+EXPERIMENTS: dict[str, tuple[float | None, list[str], bool]] = {
+    "ours": (0.0, [], False),
+    "mulsupconld": (1.0, ["rule=label_distribution"], True),
+    **{name: (None, METHODS[name], False) for name in
+       ("pbce", "an", "large_loss_an", "plmcl_paper", "g2netpl_paper", "hst_paper", "trm_paper")},
+    "ours_known": (None, [], False),
+    **{f"ours_{name}": (None, METHODS[name], False) for name in
+       ("plmcl", "g2netpl", "large_loss", "label_distribution", "hst", "hst_ist", "trm", "cooccurrence_dtl",
+        "prototypes_ema")},
+}
+FULL, WEAK, FREE, OURS = ("fully supervised", "weakly supervised (the papers' settings)", "without labels",
+                          "ours with known labels")
+ROWS: dict[str, Row] = {
+    "ceiling": Row(FULL, "ours", "ceiling", "the adapter on the true labels"),
+    "pbce": Row(WEAK, "pbce", "student", "partial BCE (Durand et al. 2019)"),
+    "an": Row(WEAK, "an", "student", "assume negative (Cole et al. 2021)"),
+    "large_loss_an": Row(WEAK, "large_loss_an", "student", "LL-R on AN"),
+    "plmcl_paper": Row(WEAK, "plmcl_paper", "student", "PLMCL"),
+    "g2netpl_paper": Row(WEAK, "g2netpl_paper", "student", "G2NetPL"),
+    "hst_paper": Row(WEAK, "hst_paper", "student", "HST"),
+    "trm_paper": Row(WEAK, "trm_paper", "student", "TRM-ML"),
+    "mulsupconld": Row(WEAK, "mulsupconld", "student", "MulSupConLD (every label known)"),
+    "ceiling_bce": Row(WEAK, "mulsupconld", "ceiling", "its baseline: BCE, every label known"),
+    "zero_shot": Row(FREE, "ours", "zero_shot", "CLIP zero-shot"),
+    "cdul_estimator": Row(FREE, "ours", "cdul", "CDUL's global-local estimator"),
+    "ours": Row(FREE, "ours", "student", "ours (TailorCLIP cut and sew)"),
+    "ours_known": Row(OURS, "ours_known", "student", "known labels over the corrected CLIP labels"),
+    **{f"ours_{name}": Row(OURS, f"ours_{name}", "student", f"+ {name}") for name in
+       ("plmcl", "g2netpl", "large_loss", "label_distribution", "hst", "hst_ist", "trm", "cooccurrence_dtl",
+        "prototypes_ema")},
+}
+# each weakly supervised method against its own setting's baseline
+SETTING_BASELINE = {"large_loss_an": "an", "plmcl_paper": "pbce", "g2netpl_paper": "pbce", "hst_paper": "pbce",
+                    "trm_paper": "pbce", "mulsupconld": "ceiling_bce"}
+FIGURES = {"student": "map", "cf1": "cf1", "of1": "of1"}
+
+
+def row_figures(metrics: dict, model: str) -> dict[str, float]:
+    """{"student": mAP, "cf1", "of1"} of `model` in flattened metrics (empty where the model is absent)."""
+    return {name: float(metrics[f"test.{model}.{key}"]) for name, key in FIGURES.items()
+            if f"test.{model}.{key}" in metrics}
+
+
+def beats(a: dict, b: dict, sds: float) -> bool:
+    """a's mean above b's by more than `sds` of the larger sd."""
+    return a["mean"] > b["mean"] + sds * max(a["sd"], b["sd"])
+
+
+def checks(rows: dict[str, dict]) -> dict[str, bool]:
+    """The Table-1 issue's targets, on the means over seeds, for the rows that ran."""
+    out = {}
+    student = {name: figs["student"] for name, figs in rows.items() if "student" in figs}
+    for name, base in SETTING_BASELINE.items():
+        if name in student and base in student:
+            out[f"{name}_beats_{base}_by_2sd"] = beats(student[name], student[base], 2)
+    weak = [student[n] for n in student if ROWS[n].group == WEAK and n != "ceiling_bce"]
+    if "ours" in student and weak:
+        out["ours_without_labels_at_least_best_weakly_supervised"] = (
+            student["ours"]["mean"] >= max(w["mean"] for w in weak))
+    if "ours_known" in student:
+        base = student["ours_known"]
+        methods = [n for n in student if ROWS[n].group == OURS and n != "ours_known"]
+        for name in methods:
+            m = student[name]
+            out[f"{name}_not_below_ours_known_by_1sd"] = m["mean"] >= base["mean"] - max(m["sd"], base["sd"])
+        if methods:
+            out["two_methods_beat_ours_known_by_2sd"] = sum(beats(student[n], base, 2) for n in methods) >= 2
+    return out
+
+
+def table(rows: dict[str, dict]) -> str:
+    """The markdown table: one row per result, grouped as TailorCLIP's Table 1."""
+    lines = ["| group | row | what | mAP (test) | CF1 | OF1 |", "|---|---|---|---|---|---|"]
+    for name, figs in rows.items():
+        cells = [f"{figs[k]['mean']:.4f} ± {figs[k]['sd']:.4f}" if k in figs else "—" for k in FIGURES]
+        lines.append(f"| {ROWS[name].group} | `{name}` | {ROWS[name].paper} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file of the project copy")
+    ap.add_argument("--config", type=Path, help="a config of configs/ applied on top (configs/contexts.yaml)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="seeds of the known-label draw (dataset seeds for the every-label-known rows)")
+    ap.add_argument("--ratio", type=float, default=0.1, help="the known ratio of the weakly supervised rows")
+    ap.add_argument("--methods", nargs="+", default=list(ROWS), choices=list(ROWS), help="rows to build")
+    add_queue_options(ap)
+    args = ap.parse_args()
+    start = time.perf_counter()
+    experiments = list(dict.fromkeys(ROWS[name].experiment for name in args.methods))
+    project = project_dir(args.keep, "mlpl-table1-")
+    runs: dict[tuple[str, int], str] = {}
+    try:
+        copy_project(project, args.params, lambda cmd, cwd: sh(["bash", "-c", cmd], cwd), args.config)
+        extra = [a for kv in args.overrides for a in ("-S", kv)]
+        for seed in args.seeds:
+            for experiment in experiments:
+                ratio, flags, dataset_seeds = EXPERIMENTS[experiment]
+                seed_flag = f"dataset.seed={seed}" if dataset_seeds else f"seed={seed}"
+                name = f"{experiment}-seed{seed}".replace("_", "-")
+                runs[(experiment, seed)] = name
+                ratio = args.ratio if ratio is None else ratio
+                sh(["dvc", "exp", "run", "--queue", "--name", name, "-S", f"ratio={ratio}", "-S", seed_flag,
+                    *(a for f in flags for a in ("-S", f)), *extra], project)
+        print(f"queued {len(runs)} experiments in {project}", flush=True)
+        sh(["dvc", "queue", "start", "-j", str(args.jobs)], project)
+        wait_for_queue(project, poll_s=20.0)
+        found = experiment_metrics(project)
+        missing = [n for n in runs.values() if n not in found]
+        if missing:
+            logs = "\n".join(sh(["dvc", "queue", "logs", n], project, check=False).stdout[-2000:] for n in missing)
+            raise SystemExit(f"experiments without metrics: {missing}\n{logs}")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(project, ignore_errors=True)
+    rows = {}
+    for name in args.methods:
+        row = ROWS[name]
+        per_seed = {s: row_figures(found[runs[(row.experiment, s)]], row.model) for s in args.seeds}
+        if all(per_seed.values()):
+            rows[name] = summarise(per_seed)
+    print(f"\nratio {args.ratio}, seeds {args.seeds} (mean ± sd)\n\n{table(rows)}\n")
+    result = {"params": str(args.params), "config": str(args.config or ""), "overrides": args.overrides,
+              "seeds": args.seeds, "ratio": args.ratio, "rows": rows, "checks": checks(rows),
+              "wall_s": round(time.perf_counter() - start, 1)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
