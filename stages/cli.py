@@ -5,11 +5,20 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import typer.core
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line for a person at a terminal (a deprecated key), without Python's source trace."""
+    return f"warning: {message}\n"
+
+
+warnings.formatwarning = _warning_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   rich_markup_mode=None,  # click's plain help: no `<bool>` / `{arg}` placeholders
@@ -172,9 +181,13 @@ def config(file: Annotated[Path, typer.Argument(metavar="FILE", help="A config o
 
 @app.command("info")
 def info() -> None:
-    """Print the dataset, the teacher and the cached artifacts with their sizes."""
+    """Print the dataset, the teacher and the cached artifacts with their sizes (run from the project root)."""
     from stages import info as info_stage
 
+    if not (Path("dvc.yaml").is_file() and Path("params.yaml").is_file()):
+        typer.secho(f"mlpl info: {Path.cwd()} is not an mlpl project (no dvc.yaml and params.yaml here); run it "
+                    "from the project's root", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
     info_stage.run()
 
 

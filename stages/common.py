@@ -60,6 +60,9 @@ PLOTS = REPORTS / "plots"
 REPORT = REPORTS / "report.html"
 
 
+_DEPRECATION_NOTICES: set[str] = set()  # the deprecated keys already reported by this process
+
+
 class ParamsError(ValueError):
     pass
 
@@ -229,12 +232,15 @@ class Params:
             old = next((o for o, new in cls.DEPRECATED.items() if new == f.name and self._has(o)), None)
             if old is not None:
                 if self._has(key):
+                    self._raw(old), self._raw(key)  # both are known keys: one error names them, no "unknown key"
                     values[f.name] = self.fail(old, f"is the old name of '{self._key(key)}': keep one of them",
                                                f.default)
                     bad = True
                     continue
-                warnings.warn(f"{self._source}: '{self._key(old)}' is deprecated, write '{self._key(key)}'",
-                              FutureWarning, stacklevel=2)
+                notice = f"{self._source}: '{self._key(old)}' is deprecated, write '{self._key(key)}'"
+                if notice not in _DEPRECATION_NOTICES:  # once per process, however many checks read the key
+                    _DEPRECATION_NOTICES.add(notice)
+                    warnings.warn(notice, FutureWarning, stacklevel=2)
                 key = old
             nested = types_of[f.name][0]
             if isinstance(nested, type) and issubclass(nested, Settings):

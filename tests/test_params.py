@@ -65,6 +65,43 @@ def test_validate_names_unknown_keys_with_the_nearest_known_one(tmp_path, monkey
         "unknown key 'correct.methd' (did you mean 'correct.method'?)"]
 
 
+def test_an_old_key_beside_its_new_name_is_one_error_and_a_lone_one_a_single_line(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from benchmarks.project import ROOT
+    from stages.validate import validate
+
+    config = yaml.safe_load((ROOT / "tests" / "tiny_params.yaml").read_text())
+    config["sew"]["L"] = 2  # beside sew.max_overlays
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamsError) as e:
+        validate(Params.load(tmp_path / "params.yaml"))
+    lines = str(e.value).splitlines()[1:]
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "'sew.L' is the old name of 'sew.max_overlays': keep one of them"]  # never "unknown key" for either
+    # alone, the old key works; `mlpl validate` says so in one line, once, though several stages read it
+    del config["sew"]["max_overlays"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
+    r = subprocess.run([sys.executable, "-c", "from stages.cli import main; main()", "validate"], cwd=tmp_path,
+                       capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["warning: params.yaml: 'sew.L' is deprecated, write 'sew.max_overlays'"]
+
+
+def test_info_outside_a_project_says_so_and_exits_2(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["info"])
+    assert r.exit_code == 2 and "is not an mlpl project" in r.output
+
+
 def test_stages_validate_once_per_params_content(tmp_path, monkeypatch):
     import yaml
 
