@@ -204,7 +204,23 @@ class ResizedOrFaulty(Dataset):
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files directly or recursively under `folder`, sorted for a stable order."""
+    return list_files(folder)[0]
+
+
+def list_files(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) directly or recursively under `folder`, each sorted for a stable order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a directory")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return ([p for p in files if p.suffix.lower() in IMAGE_SUFFIXES],
+            [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES])
+
+
+def image_size_of(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header alone, or None where it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 — any unreadable file is reported by decode_image, not here
+        return None

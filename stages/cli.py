@@ -105,7 +105,7 @@ _stage_command("evaluate", "Score every label table and model against ground tru
 
 @app.command("predict", cls=_Command)
 def predict(images_dir: Annotated[Path, typer.Argument(metavar="IMAGES_DIR",
-                                                      help="Folder of images (searched recursively).")],
+                                                      help="Folder of images (searched recursively), or one image file.")],
             out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet table.")] = Path("preds.parquet"),
             model: Annotated[Path, typer.Option("--model", "-m", help="Student checkpoint.")] = Path(
                 "data/models/student.pt"),
@@ -113,7 +113,8 @@ def predict(images_dir: Annotated[Path, typer.Argument(metavar="IMAGES_DIR",
                 "--threshold", min=0.0, max=1.0, help="Probability at or above which a class is in `labels`.")] = 0.5,
             on_bad_input: Annotated[str, typer.Option(
                 "--on-bad-input", help="skip: leave undecodable files out and list them in OUT's .issues.parquet; "
-                                       "fail: exit naming them, writing nothing.")] = "skip",
+                                       "fail: decode every image first, exit naming the bad ones, writing "
+                                       "nothing.")] = "skip",
             batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
             num_workers: Annotated[int, typer.Option("--num-workers", min=0)] = 0) -> None:
     """Run the standalone student on every image of a folder → per-class logits, probabilities and labels."""

@@ -240,6 +240,54 @@ def _student(tmp_path, tiny_model):
     return tmp_path / "student.pt"
 
 
+def test_predict_names_every_file_once_counts_what_it_skips_and_flags_small_images(tmp_path, tiny_model):
+    import pandas as pd
+
+    model = _student(tmp_path, tiny_model)  # input 32 px; _images are 40 px
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    good = _images(folder, 2)
+    Image.open(good[0]).save(folder / "img0.jpg")  # the same stem as img0.png: two files, two ids
+    Image.fromarray(np.zeros((20, 50, 3), np.uint8)).save(folder / "tiny.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "README").write_text("nor this")
+    out = tmp_path / "p.parquet"
+    r = CliRunner().invoke(app, ["predict", str(folder), "--out", str(out), "--model", str(model)])
+    assert r.exit_code == 0, r.output
+    assert "skipped 2 non-image file(s)" in r.output
+    df = pd.read_parquet(out)
+    assert df.image_id.tolist() == ["img0.jpg", "img0.png", "img1", "tiny"] and df.image_id.is_unique
+    issues = pd.read_parquet(tmp_path / "p.issues.parquet")
+    assert dict(zip(issues.path, issues.kind, strict=True)) == {
+        "img0.jpg": "duplicate_id", "img0.png": "duplicate_id", "tiny.png": "small_image"}
+    assert set(issues.action) == {"kept"} and "50×20 px" in issues.detail[issues.path == "tiny.png"].item()
+    # one image file is a valid input: the same row as in its folder
+    one = tmp_path / "one.parquet"
+    r = CliRunner().invoke(app, ["predict", str(folder / "img1.png"), "--out", str(one), "--model", str(model)])
+    assert r.exit_code == 0, r.output
+    alone = pd.read_parquet(one)
+    assert alone.image_id.tolist() == ["img1"]
+    assert np.allclose(alone.logits[0], df.logits[df.image_id == "img1"].item(), atol=1e-5)
+    r = CliRunner().invoke(app, ["predict", str(folder / "notes.txt"), "--model", str(model)])
+    assert r.exit_code == 2 and "not an image file" in r.output
+
+
+def test_predict_fail_decodes_everything_before_any_inference(tmp_path, tiny_model, monkeypatch):
+    from stages import predict as predict_stage
+
+    model = _student(tmp_path, tiny_model)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _images(folder, 2)
+    (folder / "zz_empty.png").write_bytes(b"")  # the last file in path order
+    called = []
+    monkeypatch.setattr(predict_stage, "predict_files", lambda *a, **k: called.append(1))
+    r = CliRunner().invoke(app, ["predict", str(folder), "--out", str(tmp_path / "p.parquet"), "--model", str(model),
+                                 "--on-bad-input", "fail"])
+    assert r.exit_code == 2 and "zz_empty.png" in r.output and not called
+    assert not (tmp_path / "p.parquet").exists()
+
+
 def test_predict_skips_and_reports_every_bad_file(tmp_path, tiny_model):
     import pandas as pd
 

@@ -15,7 +15,8 @@ from pipeline.images import IMAGE_FAULTS
 
 # Stable names of reports/data_issues.parquet `kind` (README-documented; add, never rename).
 ROW_FAULTS = ("path_escapes_root", "duplicate_id", "unknown_class", "bad_annotation", "absent")
-ISSUE_KINDS = ROW_FAULTS + IMAGE_FAULTS + ("orphan_annotation", "converted_mode", "wrong_extension", "no_positives")
+ISSUE_KINDS = ROW_FAULTS + IMAGE_FAULTS + ("orphan_annotation", "converted_mode", "wrong_extension", "no_positives",
+                                          "small_image")
 ACTIONS = ("excluded", "converted", "kept")
 ISSUE_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("kind", pa.string()),
                           ("detail", pa.string()), ("action", pa.string())])
