@@ -105,7 +105,7 @@ _stage_command("evaluate", "Score every label table and model against ground tru
 
 @app.command("predict", cls=_Command)
 def predict(images_dir: Annotated[Path, typer.Argument(metavar="IMAGES_DIR",
-                                                      help="Folder of images (searched recursively), or one image file.")],
+                                                      help="Folder of images (recursive), or one image file.")],
             out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet table.")] = Path("preds.parquet"),
             model: Annotated[Path, typer.Option("--model", "-m", help="Student checkpoint.")] = Path(
                 "data/models/student.pt"),
@@ -135,7 +135,8 @@ def export(out: Annotated[Path, typer.Option("--out", "-o", help="Output file.")
                                 "test rows), or an initial estimator: cut, cdul, z0, tiles, crops.")] = "refined",
            fmt: Annotated[str, typer.Option(
                "--format", help="csv: image,labels,split (the folder-dataset input format); coco: COCO-style JSON "
-                                "with image-level annotations and scores.")] = "csv",
+                                "with image-level annotations and scores. Default: from OUT's suffix (.csv, "
+                                ".json); one that names the other format is an error.")] = None,
            threshold: Annotated[float, typer.Option(
                "--threshold", min=0.0, max=1.0, help="Probability at or above which a class is a label.")] = 0.5,
            ) -> None:

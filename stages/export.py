@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.export import FORMATS, coco_dict, csv_rows
-from pipeline.storage import DataError, Table, atomic_path
-from stages.common import LABEL_COLUMNS, MANIFEST
+from pipeline.export import coco_dict, csv_rows, export_format, unlabelled
+from pipeline.images import image_size_of
+from pipeline.storage import DataError, Table, atomic_path, manifest_paths
+from stages.common import LABEL_COLUMNS, MANIFEST, Params
 
 
-def run(out: Path, source: str, fmt: str, threshold: float) -> None:
+def run(out: Path, source: str, fmt: str | None, threshold: float, params_file: Path = Path("params.yaml")) -> None:
     if source not in LABEL_COLUMNS:  # any rung of the ladder; refined is the pipeline's final train labels
         raise ValueError(f"--labels must be one of {list(LABEL_COLUMNS)}, got {source!r}")
-    if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
+    fmt = export_format(str(out), fmt)
     path, column = LABEL_COLUMNS[source]
     table, manifest = Table(path), Table(MANIFEST)
     row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
@@ -34,7 +34,14 @@ def run(out: Path, source: str, fmt: str, threshold: float) -> None:
                 writer.writeheader()
                 writer.writerows(csv_rows(paths, logits, table.classes, threshold, list(table.column("split"))))
         else:
-            Path(tmp).write_text(json.dumps(coco_dict(paths, logits, table.classes, threshold), indent=1) + "\n")
+            sizes = [image_size_of(p) for p in manifest_paths(manifest)[rows]]
+            info = {"labels": f"{source} ({path}, column {column})",
+                    "params_sha256": Params.load(params_file).digest() if params_file.is_file() else None}
+            Path(tmp).write_text(json.dumps(coco_dict(paths, logits, table.classes, threshold, sizes, info),
+                                            indent=1) + "\n")
     root = manifest.metadata.get("root", ".")
     print(f"exported {len(rows)} images' {source} labels (probability ≥ {threshold}) as {fmt} → {out}; "
           f"image paths are relative to {root}")
+    if none := unlabelled(logits, threshold):
+        print(f"warning: {none} of {len(rows)} images have no label at probability ≥ {threshold} (empty rows; a "
+              "lower --threshold labels more)")

@@ -113,6 +113,21 @@ def test_partial_label_methods_together(project):
     assert bank["text"].shape[0] == 4 and bank["similarity_visual"].shape == (36, 4)
 
 
+def test_export_names_what_it_exported(project):
+    import json
+
+    r = sh("mlpl export --out labels.json --threshold 1.0", project)
+    d = json.loads((project / "labels.json").read_text())
+    first = d["images"][0]
+    assert first["width"] == first["height"] == 32  # the tiny scenes
+    assert d["info"]["labels"].startswith("refined") and len(d["info"]["params_sha256"]) == 64
+    assert d["categories"][0]["supercategory"] == "object"
+    empty = len(d["images"]) - len({a["image_id"] for a in d["annotations"]})
+    assert f"warning: {empty} of {len(d['images'])} images have no label" in r.stdout
+    bad = sh("mlpl export --out labels.csv --format coco", project, check=False)
+    assert bad.returncode == 2 and "the suffix .csv is for --format csv" in bad.stderr
+
+
 def test_the_papers_settings_rerun_nothing_upstream_of_mask(project):
     sh("dvc exp run -S ratio=0.5", project)
     r = sh("dvc exp run -S ratio=0.5 -S unknown=negative -S rule=large_loss", project)

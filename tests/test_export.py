@@ -2,10 +2,11 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.datasets import read_folder
-from pipeline.export import coco_dict, csv_rows
+from pipeline.export import coco_dict, csv_rows, export_format, unlabelled
 
 
 def test_csv_export_reads_back_as_a_folder_dataset(tmp_path):
@@ -28,8 +29,24 @@ def test_csv_export_reads_back_as_a_folder_dataset(tmp_path):
 
 def test_coco_export_has_one_scored_annotation_per_label():
     logits = np.array([[2.0, -1.0], [-3.0, 0.5]])
-    d = json.loads(json.dumps(coco_dict(["x.jpg", "y.jpg"], logits, ["cat", "dog"], 0.6)))
-    assert d["categories"] == [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    d = json.loads(json.dumps(coco_dict(["x.jpg", "y.jpg"], logits, ["cat", "dog"], 0.6, [(40, 30), None],
+                                        {"labels": "refined", "params_sha256": "abc"})))
+    assert d["categories"] == [{"id": 1, "name": "cat", "supercategory": "object"},
+                               {"id": 2, "name": "dog", "supercategory": "object"}]
     assert [(a["image_id"], a["category_id"]) for a in d["annotations"]] == [(1, 1), (2, 2)]
     assert d["annotations"][0]["score"] == round(1 / (1 + np.exp(-2.0)), 6)
-    assert {i["id"]: i["file_name"] for i in d["images"]} == {1: "x.jpg", 2: "y.jpg"}
+    assert d["images"] == [{"id": 1, "file_name": "x.jpg", "width": 40, "height": 30}, {"id": 2, "file_name": "y.jpg"}]
+    assert d["info"] == {"description": "mlpl pseudo labels", "threshold": 0.6, "labels": "refined",
+                         "params_sha256": "abc"}
+
+
+def test_export_format_follows_the_suffix_and_a_mismatch_is_an_error():
+    assert export_format("a.csv", None) == "csv" and export_format("a.JSON", None) == "coco"
+    assert export_format("a.json", "coco") == "coco" and export_format("labels.txt", "csv") == "csv"
+    with pytest.raises(ValueError, match="the suffix .csv is for --format csv, not coco"):
+        export_format("a.csv", "coco")
+    with pytest.raises(ValueError, match="cannot tell the format from the suffix '.txt'"):
+        export_format("labels.txt", None)
+    with pytest.raises(ValueError, match="--format must be one of"):
+        export_format("a.csv", "xml")
+    assert unlabelled(np.array([[2.0, -1.0], [-3.0, -0.5], [-1.0, -2.0]]), 0.5) == 2
