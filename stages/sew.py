@@ -60,12 +60,15 @@ def run(params: Params) -> None:
     corrected, observed = Table(CORRECTED), Table(OBSERVED)
     split = read_train_split(MANIFEST, INITIAL, SCORES, needs_host_boxes(settings))
     targets = corrected.column("corrected")[split.rows]
+    known = observed.column("known").astype(bool)[split.rows]
+    # in the papers' settings a label distribution spreads over the known positives only, never CLIP's
+    positives = np.where(known, targets, -1.0) if rule.paper_setting else targets
     descriptor = backbone_descriptor(*backbone_params(p), TEACHER_DESCRIPTOR)
     image_size = p.get("image_size", int, lo=8)
     model, features = tower_inputs(settings, descriptor, split, image_size, FEATURES)
     spec, adapter, refined, raised, lowered = fit_adapter(
-        model, descriptor, split, targets, observed.column("known").astype(bool)[split.rows], settings, options,
-        image_size, work_dir("sew"), "sew", rule, rule_weights(rule, targets, SCORES, split.rows),
+        model, descriptor, split, targets, known, settings, options,
+        image_size, work_dir("sew"), "sew", rule, rule_weights(rule, positives, SCORES, split.rows),
         p.get("num_workers", int, lo=0), features, transfer)
     save_checkpoint(ADAPTER, spec, adapter)
     write_table(REFINED, {"image_id": corrected.column("image_id")[split.rows],
