@@ -68,10 +68,12 @@ def apply_known_labels(z: np.ndarray, known: np.ndarray, labels: np.ndarray) -> 
     return np.where(known, forced, z).astype(np.float32)
 
 
-def calibrate_per_class(z: np.ndarray, margin: float) -> np.ndarray:
-    """z − median over rows of each column − margin [N, C]: per class, the median entry lands at −margin."""
+def calibrate_per_class(z: np.ndarray, margin: float, rows: np.ndarray | None = None) -> np.ndarray:
+    """z − median of each column over `rows` (bool [N]; all rows if None) − margin [N, C]: per class, the median
+    entry of those rows lands at −margin. `correct` passes the train rows: no test image shapes a train label."""
     z = np.asarray(z, dtype=np.float32)
-    return (z - np.median(z, axis=0, keepdims=True) - np.float32(margin)).astype(np.float32)
+    ref = z if rows is None else z[np.asarray(rows, bool)]
+    return (z - np.median(ref, axis=0, keepdims=True) - np.float32(margin)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -122,17 +124,20 @@ class Corrected:
 
 def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarray, correction: Correction,
                        prototypes: PrototypeTransfer | None = None, cooccurrence: CooccurrenceTransfer | None = None,
-                       embeddings: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None) -> Corrected:
+                       embeddings: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+                       train: np.ndarray | None = None) -> Corrected:
     """Correct `initial` [N, C], transfer the known labels (ratio > 0) to unknown entries, then write the
     known entries over everything, so they always win.
 
     known [N, C] bool, labels [N, C] the true labels (read only where known); `embeddings()` returns the
-    (image, text) embeddings the prototype transfer needs, read only when it runs.
+    (image, text) embeddings the prototype transfer needs, read only when it runs. `train` (bool [N]; all
+    rows if None): the rows whose statistics shape the labels, the calibration's medians and the prototype
+    bank's top-up candidates; the other rows (test) are corrected with them but never shape them.
     """
     c = correction
     target = correct_labels(initial, c.beta, c.method, c.hard_threshold)
     if c.calibration == "median":
-        target = calibrate_per_class(target, c.margin)
+        target = calibrate_per_class(target, c.margin, train)
     known = np.asarray(known, bool)
     any_known = bool(known.any())
     raised = np.zeros(known.shape, bool)
@@ -141,7 +146,7 @@ def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarra
     if any_known and prototypes is not None:
         emb, text = embeddings()
         raised, lowered, bank, sims = transfer_by_prototypes(emb, text, target, known, labels, prototypes.rule,
-                                                             prototypes.k, prototypes.bank)
+                                                             prototypes.k, prototypes.bank, train)
         store = {"visual": bank.visual, "counts": bank.counts, "text": bank.text, **sims}
         target = apply_transfer(target, raised, lowered, prototypes.raise_logit)
     if any_known and cooccurrence is not None:

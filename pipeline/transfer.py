@@ -73,17 +73,19 @@ class PrototypeBank:
 
 
 def build_prototypes(emb: np.ndarray, text: np.ndarray, pseudo: np.ndarray, known: np.ndarray,
-                     labels: np.ndarray, k: int, bank: int, iters: int = 20, seed: int = 0) -> PrototypeBank:
+                     labels: np.ndarray, k: int, bank: int, iters: int = 20, seed: int = 0,
+                     candidates: np.ndarray | None = None) -> PrototypeBank:
     """Prototypes per class from the known positives, topped up to `bank` members by the entries that
-    `pseudo` (logits [N, C]) ranks highest among those not known negative."""
+    `pseudo` (logits [N, C]) ranks highest among those unknown in the `candidates` rows (bool [N]: the train
+    rows; all rows if None)."""
     n_cls, dim = text.shape
     visual = np.zeros((n_cls, k, dim), np.float32)
     counts = np.zeros(n_cls, np.int64)
     for c in range(n_cls):
         pos = np.flatnonzero(known[:, c] & (labels[:, c] > 0))
         if len(pos) < bank:
-            candidates = np.flatnonzero(~known[:, c])
-            extra = candidates[np.argsort(-pseudo[candidates, c], kind="stable")[: bank - len(pos)]]
+            pool = np.flatnonzero(~known[:, c] & (True if candidates is None else np.asarray(candidates, bool)))
+            extra = pool[np.argsort(-pseudo[pool, c], kind="stable")[: bank - len(pos)]]
             pos = np.concatenate([pos, extra])
         centres = spherical_kmeans(emb[pos].astype(np.float64), k, iters, seed + c)
         visual[c, : len(centres)] = centres
@@ -191,10 +193,12 @@ def decide(s: np.ndarray, known: np.ndarray, labels: np.ndarray, rule: Threshold
 
 
 def transfer_by_prototypes(emb: np.ndarray, text: np.ndarray, pseudo: np.ndarray, known: np.ndarray,
-                           labels: np.ndarray, rule: ThresholdRule, k: int, bank: int
+                           labels: np.ndarray, rule: ThresholdRule, k: int, bank: int,
+                           candidates: np.ndarray | None = None
                            ) -> tuple[np.ndarray, np.ndarray, PrototypeBank, dict]:
-    """(raise, lower, bank, thresholds): both modalities must agree (TRM-ML eq. 12)."""
-    protos = build_prototypes(emb, text, pseudo, known, labels, k, bank, seed=rule.seed)
+    """(raise, lower, bank, thresholds): both modalities must agree (TRM-ML eq. 12). `candidates`: the rows
+    that may top up the bank (build_prototypes)."""
+    protos = build_prototypes(emb, text, pseudo, known, labels, k, bank, seed=rule.seed, candidates=candidates)
     visual, textual = prototype_similarity(emb, protos)
     up_v, down_v = decide(visual, known, labels, rule, lower=rule.method == "ema")
     up_t, down_t = decide(textual, known, labels, rule, lower=rule.method == "ema")

@@ -33,7 +33,7 @@ def run(params: Params) -> None:
     labels = manifest.column("labels") if any_known else np.zeros(known.shape, np.int8)
     source, split = initial.column(correction.source), initial.column("split")
     out = correct_with_known(source, known, labels, correction, protos, cooc,
-                             embeddings=lambda: scored_embeddings(SCORES))
+                             embeddings=lambda: scored_embeddings(SCORES), train=split == "train")
     write_small_store(PROTOTYPES, out.store, {"prototypes": protos is not None and any_known,
                                               "cooccurrence": cooc is not None and any_known,
                                               "classes": initial.classes})
@@ -49,7 +49,8 @@ def run(params: Params) -> None:
         truth = manifest.column("labels")
         print(f"train inversions: {inversions(truth[train], source[train])} before, "
               f"{inversions(truth[train], out.target[train])} after")
+        up, down = up & train[:, None], down & train[:, None]  # figures about train labels: train rows only
         if up.any():
-            print(f"raised entries truly positive: {truth[up].mean():.3f}")
+            print(f"raised train entries truly positive: {truth[up].mean():.3f}")
         if down.any():
-            print(f"lowered entries truly negative: {1 - truth[down].mean():.3f}")
+            print(f"lowered train entries truly negative: {1 - truth[down].mean():.3f}")

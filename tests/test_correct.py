@@ -59,3 +59,31 @@ def test_median_calibration_moves_each_class_not_its_ranking():
     assert out[:, 1].tolist() == pytest.approx([-0.95, -1.25, -1.05, 1.05])
     y = np.array([[1, 0], [0, 0], [1, 0], [0, 1]])
     assert mean_ap(y, out) == mean_ap(y, z)
+
+
+def test_test_rows_never_shape_the_train_labels():
+    """The calibration's medians and the prototype bank's top-up come from the train rows: changing the test
+    rows' scores and embeddings leaves every train row's corrected label as it was."""
+    from pipeline.correct import CooccurrenceTransfer, Correction, PrototypeTransfer, correct_with_known
+    from pipeline.transfer import ThresholdRule
+
+    rng = np.random.default_rng(0)
+    n, c, d = 60, 3, 8
+    train = np.arange(n) < 40
+    initial = rng.normal(size=(n, c)).astype(np.float32)
+    emb, text = rng.normal(size=(n, d)), rng.normal(size=(c, d))
+    labels = (rng.random((n, c)) < 0.4).astype(np.int8)
+    known = (rng.random((n, c)) < 0.3) & train[:, None]
+    other_initial, other_emb = initial.copy(), emb.copy()
+    other_initial[~train] += 5.0  # test images that score far higher, and look elsewhere
+    other_emb[~train] = rng.normal(size=(int((~train).sum()), d)) * 10
+    correction = Correction(method="sqrt", calibration="median")
+    protos = PrototypeTransfer(ThresholdRule("ema", batch_size=16), k=2, bank=30)
+    outs = [correct_with_known(z, known, labels, correction, protos, CooccurrenceTransfer(ThresholdRule("dtl")),
+                               embeddings=lambda e=e: (e, text), train=train)
+            for z, e in ((initial, emb), (other_initial, other_emb))]
+    assert np.array_equal(outs[0].target[train], outs[1].target[train])
+    assert np.array_equal(outs[0].store["visual"], outs[1].store["visual"])
+    # without the train rows named, the test rows shift the medians: the test above can fail
+    shifted = [correct_with_known(z, known, labels, correction) for z in (initial, other_initial)]
+    assert not np.array_equal(shifted[0].target[train], shifted[1].target[train])

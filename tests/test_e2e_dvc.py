@@ -113,6 +113,28 @@ def test_partial_label_methods_together(project):
     assert bank["text"].shape[0] == 4 and bank["similarity_visual"].shape == (36, 4)
 
 
+def test_the_pseudo_label_path_never_reads_the_true_labels(project):
+    """At ratio 0, the manifest's true labels shuffled across train and test rows leave every label table and
+    model that the student comes from byte-identical."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    outputs = ["data/labels/initial.parquet", "data/labels/corrected.parquet", "data/labels/refined.parquet",
+               "data/models/adapter.pt", "data/models/student.pt"]
+    before = {o: (project / o).read_bytes() for o in outputs}
+    manifest = project / "data" / "prepared" / "manifest.parquet"
+    table = pq.read_table(manifest)
+    order = np.random.default_rng(0).permutation(table.num_rows)
+    column = table.schema.get_field_index("labels")
+    shuffled = table.set_column(column, table.schema.field(column), table.column("labels").take(pa.array(order)))
+    assert not shuffled.column("labels").equals(table.column("labels"))
+    manifest.chmod(0o644)
+    pq.write_table(shuffled, manifest)
+    sh("mlpl init && mlpl correct && mlpl sew && mlpl distill", project)
+    assert {o: (project / o).read_bytes() for o in outputs} == before
+
+
 def test_export_names_what_it_exported(project):
     import json
 
