@@ -122,6 +122,6 @@ def run_summary(params: Mapping, score_attrs: Mapping, manifest_metadata: Mappin
     a = score_attrs
     provenance = {"mlpl": mlpl_version, "teacher": f"{a.get('model')} ({a.get('pretrained')})",
                   "teacher weights sha256": str(a.get("weights_sha256", ""))[:16] + "…",
-                  "scores": f"{a.get('n_images')} images, {a.get('precision')} on {a.get('device')}",
+                  "scores": f"{a.get('n_images')} images, {a.get('precision')} on {a.get('cpu', a.get('device'))}",
                   "dataset": f"{manifest_metadata.get('source', '?')} at {manifest_metadata.get('root', '?')}"}
     return {"summary": summary, "provenance": provenance, "params": p}

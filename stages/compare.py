@@ -18,6 +18,9 @@ from pipeline.storage import atomic_path
 # the figures of reports/metrics.json shown for every experiment, in ladder order
 FIGURES = ("labels.cut.map", "labels.corrected.map", "labels.refined.map", "test.zero_shot.map",
            "test.student.map", "test.ceiling.map", "gap_closure", "transfer.raised_right", "transfer.lowered_right")
+# where the scores were computed (reports/metrics.json `scores`): figures differ by machine, not only by params
+MACHINE = ("scores.precision", "scores.cpu")
+SAME_PARAMS = "same params"
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -54,12 +57,16 @@ def experiment_rows(shown: list) -> list[tuple[str, dict, dict]]:
 
 
 def compare_table(rows: list[tuple[str, dict, dict]]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells: the experiment, each param whose value differs between rows, the FIGURES."""
+    """Header and cells: the experiment, each param whose value differs between rows (or one `params` column
+    saying "same params" where none does), the machine the scores came from where rows differ in it, the
+    FIGURES."""
     differing = [k for k in dict.fromkeys(k for _, p, _ in rows for k in p)
                  if len({json.dumps(p.get(k), sort_keys=True) for _, p, _ in rows}) > 1]
+    machine = [k for k in MACHINE if len({str(m.get(k, "")) for _, _, m in rows}) > 1]
     figures = [f for f in FIGURES if any(f in m for _, _, m in rows)]
-    header = ["experiment", *differing, *figures]
-    body = [[name, *(str(p.get(k, "")) for k in differing),
+    header = ["experiment", *(differing or ["params"]), *machine, *figures]
+    body = [[name, *((str(p.get(k, "")) for k in differing) if differing else [SAME_PARAMS]),
+             *(str(m.get(k, "")) for k in machine),
              *(f"{m[f]:.4f}" if isinstance(m.get(f), (int, float)) else "" for f in figures)]
             for name, p, m in rows]
     return header, body

@@ -82,7 +82,10 @@ def run(params: Params) -> None:
                 if table.has(name):
                     entries[rows] |= table.column(name).astype(bool)
         metrics["transfer"] = transfer_precision(truth[train], moved["raised"][train], moved["lowered"][train])
-    z0 = np.asarray(open_store(SCORES, required=("global",))["global"][:], dtype=np.float32)
+    store = open_store(SCORES, required=("global",))
+    z0 = np.asarray(store["global"][:], dtype=np.float32)
+    # the figures differ by the machine the scores were computed on: say which (docs/outputs.md)
+    metrics["scores"] = {k: store.attrs[k] for k in ("precision", "device", "cpu") if k in store.attrs}
     if manifest.has("salient"):
         metrics["teacher"] = {"salient_top1": salient_top1(z0[test], manifest.column("salient")[test])}
 

@@ -21,3 +21,19 @@ def test_compare_shows_only_differing_params_and_the_ladder_figures():
     assert body[2] == ["ratio-10", "0.1", "sqrt", "0.9000", "0.9300"]
     assert body[3] == ["ccccccc", "0.0", "hard", "", ""]  # a failed experiment: no metrics
     assert markdown(header, body).splitlines()[1] == "|---|---|---|---|---|"
+
+
+def test_compare_says_same_params_and_shows_the_machine_where_only_it_differs():
+    def node(student, precision, cpu):
+        data = _node(0.0, "sqrt", student)
+        data["metrics"]["reports/metrics.json"]["data"]["scores"] = {"precision": precision, "cpu": cpu}
+        return data
+
+    shown = [{"rev": "workspace", "name": None, "data": node(0.8755, "fp32", "x86_64 AVX2 kernels, no native bf16"),
+              "experiments": None},
+             {"rev": "a" * 40, "name": "main", "data": node(0.8918, "bf16", "x86_64 AVX512 kernels, native bf16"),
+              "experiments": None}]
+    header, body = compare_table(experiment_rows(shown))
+    assert header == ["experiment", "params", "scores.precision", "scores.cpu", "labels.cut.map", "test.student.map"]
+    assert body[0][:4] == ["workspace", "same params", "fp32", "x86_64 AVX2 kernels, no native bf16"]
+    assert body[1][1:3] == ["same params", "bf16"]

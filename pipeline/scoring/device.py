@@ -54,6 +54,16 @@ def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
     return False
 
 
+def cpu_class(device: torch.device) -> str:
+    """The class of machine the scores were computed on, as the figures differ by it: on a CPU, torch's kernel
+    level (`AVX2`, `AVX512`; ATEN_CPU_CAPABILITY can lower it) and whether it multiplies bf16 natively; on a
+    GPU, its name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} kernels, {bf16}"
+
+
 def resolve_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     """`auto`: the process's GPU (`cuda:local_rank` modulo the count) if CUDA is available, else the CPU."""
     if requested == "auto":

@@ -34,6 +34,7 @@ from pipeline.resume import fingerprint
 from pipeline.scoring.dense import dense_size_for, pooled_embeddings
 from pipeline.scoring.device import (
     AUTOCAST_DTYPES,
+    cpu_class,
     forward_slices,
     images_per_batch,
     resolve_batch_views,
@@ -106,7 +107,8 @@ def score_to_store(model: torch.nn.Module, text_emb: torch.Tensor, paths: Sequen
     batch_images = images_per_batch(job.batch_images, batch_views, 1 if dense else 1 + n_tiles + n_crops)
     attrs = {**attrs, "cut": asdict(s), "seed": job.seed, "shard_rows": job.shard_rows,
              "n_images": n, "image_ids_sha256": ids_digest(image_ids), "device": device.type,
-             "precision": precision, "batch_images": batch_images, "batch_views": batch_views}
+             "precision": precision, "cpu": cpu_class(device), "batch_images": batch_images,
+             "batch_views": batch_views}
     attrs["fingerprint"] = fingerprint(attrs)
     store_path, done_dir = work_dir / STORE_NAME, work_dir / DONE_NAME
     if workers.rank == 0:
