@@ -34,7 +34,7 @@ def project(built):
     test left there (an experiment's params and outputs, a deleted store): every test starts from the same state,
     alone (`pytest -k`) or after the others."""
     project, _ = built
-    sh("git checkout -q -- . && dvc checkout -q", project)
+    sh("git checkout -q -- . && dvc checkout -q --force", project)
     return project
 
 
