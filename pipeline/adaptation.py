@@ -1,7 +1,7 @@
 """Training the adapter on composites of the train split: the one body of the `sew` stage (its labels
 are the corrected pseudo labels, refined by EM) and of the `ceiling` stage (the true labels, the same
 composites: the "fully supervised" row of every paper table). TailorCLIP §3.3.2–§3.5, Algorithm 1; the
-composites and the EM are in pipeline.sew, the adapter in pipeline.adapter.
+composites are in pipeline.sew, the EM in pipeline.em, the adapter in pipeline.adapter.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from tqdm import tqdm
 from pipeline import clip
 from pipeline.adapter import Adapter, AdapterOptions, adapter_for, adapter_for_grid
 from pipeline.cut import best_view_boxes
+from pipeline.em import map_hosts, train_adapter_em
 from pipeline.features import GRID, read_feature_store
 from pipeline.hst import Hst, HstSettings
 from pipeline.logits import sigmoid
@@ -25,16 +26,8 @@ from pipeline.online_transfer import OnlineTransfer, adapter_pass, known_sign_of
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
 from pipeline.rules import NO_RULE, RuleSettings
-from pipeline.sew import (
-    FeatureSewDataset,
-    SewDataset,
-    SewSettings,
-    map_hosts,
-    overlay_pool,
-    overlay_pool_pairs,
-    train_adapter_em,
-)
-from pipeline.storage import Table, manifest_paths, open_store, read_json
+from pipeline.sew import FeatureSewDataset, SewDataset, SewSettings, overlay_pool, overlay_pool_pairs
+from pipeline.storage import Table, manifest_paths, open_store
 from pipeline.transfer import apply_transfer
 from pipeline.trm import Trm, TrmSettings
 
@@ -65,14 +58,6 @@ def read_train_split(manifest: str | Path, initial: str | Path, scores: str | Pa
     return TrainSplit(np.flatnonzero(train), list(table.column("image_id")[train]),
                       list(manifest_paths(table)[train]), list(table.classes), Table(initial).column("z0")[train],
                       boxes, list(store.attrs.get("templates", clip.DEFAULT_TEMPLATES)))
-
-
-def backbone_descriptor(model: str, pretrained: str, trust_checkpoint: bool, teacher_descriptor: str | Path) -> dict:
-    """The frozen tower the adapter trains on: the teacher's (`model: teacher`, the default) or a model of
-    its own, as the papers score with RN50x64 and adapt RN101."""
-    if model == "teacher":
-        return read_json(teacher_descriptor)
-    return clip.describe(model, pretrained, trust_checkpoint)
 
 
 def tower_inputs(settings: SewSettings, descriptor: dict, split: TrainSplit, image_size: int,

@@ -32,7 +32,7 @@ import zarr
 from pipeline import clip
 from pipeline.images import decode_image, resize_u8
 from pipeline.progress import progress_bar
-from pipeline.storage import DataError, atomic_path, ids_digest, open_store
+from pipeline.storage import DataError, atomic_path, ids_digest, open_store, read_json
 
 GRID = "grid"
 
@@ -126,3 +126,11 @@ def read_feature_store(path: str | Path, image_ids: Sequence[str], image_size: i
         raise DataError(f"{path} lacks {missing} for sew.overlay_side={overlay_side}, "
                         f"sew.max_overlays={max_overlays}: rerun `mlpl features`")
     return {name: np.asarray(store[name][:]) for name in (GRID, *map(overlay_key, sizes))}
+
+
+def backbone_descriptor(model: str, pretrained: str, trust_checkpoint: bool, teacher_descriptor: str | Path) -> dict:
+    """The frozen tower the adapter trains on: the teacher's (`model: teacher`, the default) or a model of
+    its own, as the papers score with RN50x64 and adapt RN101."""
+    if model == "teacher":
+        return read_json(teacher_descriptor)
+    return clip.describe(model, pretrained, trust_checkpoint)

@@ -1,4 +1,5 @@
-"""The sew stage (TailorCLIP §3.3.2, §3.5, Algorithm 1): multi-object composites and EM refinement.
+"""The sew stage (TailorCLIP §3.3.2, §3.5, Algorithm 1): multi-object composites and the settings of the
+EM that trains on them (the EM loop itself is pipeline.em).
 
 Overlay pool (eq. 10): the top-k train images of every class by z⁰: z⁰ keeps CLIP's saliency, so each
 is a confident picture of one object. Every training image becomes a composite with n overlays (n
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -49,28 +50,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from pipeline import clip
 from pipeline.features import GRID, overlay_cells, overlay_key
 from pipeline.images import decode_image, resize_u8
-from pipeline.online_transfer import (
-    OnlineTransfer,
-    adapter_pass,
-    apply_targets,
-    composite_known_sign,
-    known_sign_of,
-)
-from pipeline.resume import Checkpointer
-from pipeline.rules import (
-    EPS,
-    NO_RULE,
-    RuleSettings,
-    curriculum_mask,
-    rule_loss,
-    unknown_targets,
-    update_pseudo_labels,
-)
 from pipeline.settings import Settings, setting
 
 OVERLAY_LABELS = ("pooled", "all")
@@ -383,188 +366,3 @@ class FeatureSewDataset(SewDataset):
         key = overlay_key(overlay_cells(self.size, self.settings.overlay_side, len(overlays)))
         return sew_features(self.load(host), [self.features[key][j].float() for j in overlays], rng, boxes, weights,
                             self.settings.placement_tries, self.settings.paste)
-
-
-def encode_batch(visual: torch.nn.Module | None, normalizer: tuple[torch.Tensor, torch.Tensor] | None,
-                 dataset: SewDataset, batch: torch.Tensor) -> torch.Tensor:
-    """The adapter's input for a batch of the dataset: tower features of images, or the features themselves."""
-    if dataset.encoded:
-        return batch
-    mean, std = normalizer
-    return clip.grid_features(visual, clip.normalize_u8(batch, mean, std))
-
-
-def map_hosts(fn: Callable[[torch.Tensor, slice], torch.Tensor], visual: torch.nn.Module | None,
-              normalizer: tuple[torch.Tensor, torch.Tensor] | None, adapter: torch.nn.Module, dataset: SewDataset,
-              batch_size: int) -> torch.Tensor:
-    """fn(the adapter's input for a batch of training images as they are, without overlays; their rows),
-    batch after batch with the adapter in eval mode and no gradients, concatenated along the first axis."""
-    adapter.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(dataset), batch_size):
-            rows = slice(start, min(start + batch_size, len(dataset)))
-            images = torch.stack([dataset.load(i) for i in range(rows.start, rows.stop)])
-            out.append(fn(encode_batch(visual, normalizer, dataset, images), rows))
-    return torch.cat(out)
-
-
-def predict_hosts(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor], adapter: torch.nn.Module,
-                  dataset: SewDataset, batch_size: int) -> np.ndarray:
-    """The adapter's logits on every training image as it is, without overlays. [N, C]"""
-    return map_hosts(lambda f, _: adapter(f), visual, normalizer, adapter, dataset, batch_size).numpy()
-
-
-def e_step(z_init: np.ndarray, predictions: np.ndarray, weight: float) -> np.ndarray:
-    """The closed-form E-step on logits: Z ← (1 − w)·Z_init + w·P, P the adapter's logits on the plain images.
-
-    Anchored to the initial estimate rather than compounding epoch after epoch, so that the adapter's own
-    errors do not feed back into its targets until Z is the adapter's.
-    """
-    return ((1.0 - weight) * np.asarray(z_init, np.float64) + weight * np.asarray(predictions, np.float64)).astype(
-        np.float32)
-
-
-def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor],
-                     adapter: torch.nn.Module, dataset: SewDataset, z_init: np.ndarray, frozen: np.ndarray,
-                     settings: SewSettings, num_workers: int = 0,
-                     on_step: Callable[[int, int, float], None] | None = None,
-                     rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
-                     checkpointer: Checkpointer | None = None, transfer: OnlineTransfer | None = None
-                     ) -> np.ndarray:
-    """Train `adapter` on composites and the estimator Z jointly (Algorithm 1); returns refined Z.
-
-    M-step: BCE(p, stop σ(z_s)) trains the adapter (eq. 20), with z_s the composite label from Z; entries
-    no source labels (hidden host labels) carry no loss. E-step: `settings.e_step` (see the module
-    docstring). Entries where `frozen` is True (known labels) keep z_init. The visual tower stays frozen;
-    with estimator_lr 0 (backprop) or e_weight 0 (predictions) this is plain distillation of fixed labels.
-    A partial-label `rule` (pipeline.rules) weights the M-step; `plmcl` and `g2netpl` replace the
-    E-step by their own label update after each epoch, on predictions for the images without overlays.
-    `weights` [N, C] (label_distribution) weight a composite's entries by the max over its sources.
-    A `checkpointer` saves the state after each epoch; a rerun resumes from the last one.
-    `transfer` (pipeline.online_transfer: HST, TRM-ML; known labels only): its losses join the M-step, the
-    entries it raises or lowers are positives or negatives of the M-step, and it sees the plain images at
-    the start of every epoch.
-    """
-    torch.manual_seed(settings.seed)
-    paper = rule.paper_setting
-    keep = torch.tensor(np.asarray(frozen), dtype=torch.bool)
-    z0 = torch.tensor(np.asarray(z_init), dtype=torch.float32)
-    if paper:  # the papers' settings: no CLIP label anywhere, the unknown entries start at ½
-        z0 = torch.where(keep, z0, torch.zeros_like(z0))
-    z = torch.nn.Parameter(z0.clone())
-    w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
-    backprop = settings.e_step == "backprop" and not rule.updates_labels and not paper
-    predictions_e_step = (settings.e_step == "predictions" and settings.e_weight > 0 and not rule.updates_labels
-                          and not paper)
-    # the unknown entries trained on their pseudo labels: every one with `unknown: pseudo` (the corrected CLIP
-    # labels are ŷ(0)); in the papers' settings none until a rule's labels start from the network's outputs
-    pseudo = ~keep if not paper else torch.zeros_like(keep)
-    started = not paper  # whether the rule's ŷ exists (plmcl, g2netpl)
-    groups = [{"params": adapter.parameters(), "lr": settings.lr, "weight_decay": settings.weight_decay},
-              {"params": [z], "lr": settings.estimator_lr, "weight_decay": 0.0}]
-    scheduled = [0]  # the groups whose lr follows the adapter's schedule
-    host_sign = None
-    if transfer is not None:  # its networks follow the adapter's schedule; its thresholds learn at their own rate
-        own, thresholds = transfer.optimizer_groups(settings.lr, settings.weight_decay)
-        scheduled.append(len(groups))
-        groups += [own] + ([thresholds] if thresholds else [])
-        host_sign = known_sign_of(z0, keep)
-    opt = torch.optim.AdamW(groups)
-    if visual is not None:
-        visual.eval()
-    y_prev = torch.sigmoid(z0).numpy().astype(np.float64)
-    start = 0
-    state = checkpointer.restore() if checkpointer is not None else None
-    if state is not None:
-        adapter.load_state_dict(state["adapter"])
-        opt.load_state_dict(state["optimizer"])
-        with torch.no_grad():
-            z.copy_(state["z"])
-        y_prev = state["y_prev"].numpy()
-        pseudo, started = state.get("pseudo", pseudo), state.get("started", started)
-        torch.set_rng_state(state["torch_rng"])
-        start = state["position"]
-        if transfer is not None:
-            transfer.load_state_dict(state["transfer"])
-    for epoch in range(start, settings.epochs):
-        dataset.epoch = epoch
-        order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
-        loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=order,
-                            num_workers=num_workers, drop_last=len(dataset) > settings.batch_size)
-        if transfer is not None:
-            transfer.epoch_start(epoch, lambda: map_hosts(  # only the known positives' rows: never all N × C
-                lambda f, batch: adapter.class_features(f)[host_sign[batch] > 0], visual, normalizer, adapter, dataset,
-                settings.batch_size), host_sign)
-        adapter.train()
-        for step, (images, sources, classes, hidden) in enumerate(loader):
-            lr = settings.adapter_lr(epoch * len(loader) + step, settings.epochs * len(loader))
-            for g in scheduled:
-                opt.param_groups[g]["lr"] = lr
-            with torch.no_grad():
-                feats = encode_batch(visual, normalizer, dataset, images)
-            out = adapter_pass(adapter, feats)
-            p = out.logits
-            rows = sources.clamp(min=0)  # gather the batch's rows first: never touch all N × C per step
-            hidden = hidden if hidden.shape[-1] else None
-            zs = max_over_sources(torch.where(keep[rows], z0[rows], z[rows]), sources, classes, hidden)
-            labelled = torch.isfinite(zs)
-            zs = torch.where(labelled, zs, torch.zeros_like(zs))
-            w = None if w_all is None else max_over_sources(w_all[rows], sources, classes, hidden).clamp(min=0)
-            targets = torch.sigmoid(zs).detach()
-            if paper:  # plain images only (fit_adapter): the host's row is the whole label
-                host_known, host_pseudo = keep[sources[:, 0]], pseudo[sources[:, 0]]
-                targets, labelled = unknown_targets(targets, labelled, host_known, host_pseudo, rule.unknown)
-                if rule.pseudo_weight != 1.0:
-                    lam = torch.where(host_pseudo & ~host_known, rule.pseudo_weight, 1.0)
-                    w = lam if w is None else w * lam
-            transfer_loss = None
-            if transfer is not None:
-                overlaid = source_mask(sources[:, 1:], classes[:, 1:], zs.shape[-1]).any(1)
-                sign = composite_known_sign(host_sign[sources[:, 0]], overlaid, hidden)
-                moved = transfer.step(out, sign, targets, labelled, epoch)
-                if paper:  # what the transfer labels is a target even where `ignore` gives none
-                    labelled = labelled | moved.raised | moved.lowered
-                targets = apply_targets(targets, moved, labelled, transfer.raise_logit)
-                transfer_loss = moved.loss
-            m_loss = rule_loss(p, targets, keep[sources[:, 0]], rule, epoch, w, labelled)
-            loss = m_loss if transfer_loss is None else m_loss + transfer_loss
-            if backprop:
-                e_loss = F.binary_cross_entropy_with_logits(zs, torch.sigmoid(p).detach(), reduction="none")
-                loss = loss + (e_loss * labelled).sum() / labelled.sum().clamp(min=1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if on_step is not None:
-                on_step(epoch, step, m_loss.item())
-        if rule.updates_labels:
-            y = torch.sigmoid(z.detach()).numpy().astype(np.float64)
-            predictions = torch.sigmoid(torch.from_numpy(
-                predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size))).numpy()
-            if started:
-                new = update_pseudo_labels(y, y_prev, predictions, keep.numpy(), rule)
-            else:  # the papers' ŷ(0): the network's sigmoid outputs after its first epoch (000 §III.A)
-                new = np.where(keep.numpy(), y, np.clip(predictions, EPS, 1 - EPS))
-                y, started = new, True
-            y_prev = y
-            with torch.no_grad():
-                z.copy_(torch.logit(torch.tensor(new, dtype=torch.float32)))
-            if paper:
-                # the epochs after the first train on pseudo labels: the curriculum reaches every entry by the last
-                progress = epoch / max(1, settings.epochs - 2)
-                pseudo = torch.from_numpy(curriculum_mask(new, keep.numpy(), progress) if rule.curriculum
-                                          else ~keep.numpy())
-        if predictions_e_step and epoch + 1 in settings.e_step_epochs:
-            predictions = predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)
-            with torch.no_grad():  # any later epochs' composites take their labels from the refined Z
-                z.copy_(torch.from_numpy(e_step(z0.numpy(), predictions, settings.e_weight)))
-        if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < settings.epochs:
-            checkpointer.save({"position": epoch + 1, "adapter": adapter.state_dict(), "optimizer": opt.state_dict(),
-                               "z": z.detach().clone(), "y_prev": torch.from_numpy(y_prev),
-                               "torch_rng": torch.get_rng_state(), "pseudo": pseudo.clone(), "started": started,
-                               **({} if transfer is None else {"transfer": transfer.state_dict()})})
-    adapter.eval()
-    if paper and not rule.updates_labels:  # the method's labels of the unknown entries: the trained network's
-        with torch.no_grad():
-            z.copy_(torch.from_numpy(predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)))
-    return torch.where(keep, z0, z.detach()).numpy().astype(np.float32)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.adaptation import backbone_descriptor, fit_adapter, needs_host_boxes, read_train_split, tower_inputs
+from pipeline.adaptation import fit_adapter, needs_host_boxes, read_train_split, tower_inputs
 from pipeline.adapter import AdapterOptions
 from pipeline.correct import NEGATIVE_LOGIT, POSITIVE_LOGIT
+from pipeline.features import backbone_descriptor
 from pipeline.models import NoModel, save_checkpoint
 from pipeline.sew import SewSettings
 from pipeline.storage import Table

@@ -5,8 +5,7 @@ with `sew.composites: features`, so no tower forward is left in their training l
 from __future__ import annotations
 
 from pipeline import clip
-from pipeline.adaptation import backbone_descriptor
-from pipeline.features import encode_images, write_feature_store
+from pipeline.features import backbone_descriptor, encode_images, write_feature_store
 from pipeline.sew import SewSettings
 from pipeline.storage import Table, manifest_paths
 from stages.common import FEATURES, MANIFEST, TEACHER_DESCRIPTOR, Params, backbone_params

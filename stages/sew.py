@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.adaptation import backbone_descriptor, fit_adapter, needs_host_boxes, read_train_split, tower_inputs
+from pipeline.adaptation import fit_adapter, needs_host_boxes, read_train_split, tower_inputs
 from pipeline.adapter import AdapterOptions
+from pipeline.features import backbone_descriptor
 from pipeline.hst import HstSettings
 from pipeline.masking import MaskSettings
 from pipeline.models import save_checkpoint

@@ -74,6 +74,28 @@ def test_every_stage_depends_on_all_the_code_it_imports():
     assert not missing, f"dvc.yaml deps lack the modules these stages import: {missing}"
 
 
+def test_a_stage_depends_on_no_module_it_does_not_run():
+    # a stale dep reruns a stage for nothing: a method edit would re-encode every image in `features`
+    extra = {}
+    for name, deps in stage_deps().items():
+        code = closure(ROOT / "stages" / f"{name}.py")
+        if name == "validate":
+            code |= closure(*(ROOT / "stages" / f"{s}.py" for s in CHECKED))
+        if stale := sorted(d for d in deps if d.endswith(".py") and d not in code):
+            extra[name] = stale
+    assert not extra, f"dvc.yaml deps name modules these stages never import: {extra}"
+
+
+# the partial-label methods and the EM they plug into
+METHOD_MODULES = {f"pipeline/{m}.py" for m in ("hst", "trm", "rules", "transfer", "online_transfer", "em",
+                                               "adaptation")}
+
+
+def test_no_stage_that_encodes_images_runs_a_method():
+    for name in ("prepare", "teacher", "score", "init", "features"):
+        assert not closure(ROOT / "stages" / f"{name}.py") & METHOD_MODULES, name
+
+
 def test_stages_run_no_code_the_closure_cannot_see():
     hidden = {}
     for path in sorted((ROOT / "pipeline").rglob("*.py")) + sorted((ROOT / "stages").glob("*.py")):

@@ -157,6 +157,21 @@ def test_the_papers_settings_rerun_nothing_upstream_of_mask(project):
     assert stages_run(r.stdout) == {"validate", "sew", "distill", "evaluate"}, r.stdout
 
 
+# the partial-label methods and the EM they plug into: none of them is upstream of `correct` or `sew`
+METHOD_MODULES = ("hst", "trm", "rules", "online_transfer", "em", "adaptation")
+
+
+def test_a_method_edit_never_reencodes_an_image(project):
+    """Editing a method module reruns `validate` (it checks every stage's params) and nothing that encodes
+    images: prepare, teacher, score, init and the frozen tower's features stay cached."""
+    for name in METHOD_MODULES:
+        with open(project / "pipeline" / f"{name}.py", "a") as f:
+            f.write("# edited\n")
+    r = sh("dvc repro features init", project)
+    assert stages_run(r.stdout) == {"validate"}, r.stdout
+    assert "'features' didn't change" in r.stdout
+
+
 def _refused_repro(project, edit, env_prefix: str = "") -> str:
     """Edit params.yaml, run `dvc repro`, check that validation refused it alone; restore params.yaml."""
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -7,6 +7,7 @@ from PIL import Image
 
 from pipeline import clip
 from pipeline.adapter import Adapter, AdapterConfig
+from pipeline.em import e_step, predict_hosts, train_adapter_em
 from pipeline.features import (
     GRID,
     encode_images,
@@ -17,15 +18,7 @@ from pipeline.features import (
     write_feature_store,
 )
 from pipeline.images import decode_image, resize_u8
-from pipeline.sew import (
-    FeatureSewDataset,
-    SewDataset,
-    SewSettings,
-    e_step,
-    predict_hosts,
-    sew_features,
-    train_adapter_em,
-)
+from pipeline.sew import FeatureSewDataset, SewDataset, SewSettings, sew_features
 from pipeline.storage import DataError
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pipeline.adapter import Adapter, AdapterConfig
+from pipeline.em import train_adapter_em
 from pipeline.features import GRID
 from pipeline.hst import (
     Hst,
@@ -17,7 +18,7 @@ from pipeline.hst import (
     threshold_loss,
 )
 from pipeline.online_transfer import composite_known_sign, known_sign_of
-from pipeline.sew import FeatureSewDataset, SewSettings, train_adapter_em
+from pipeline.sew import FeatureSewDataset, SewSettings
 
 
 def test_intra_score_is_the_mean_over_the_other_known_positives():

@@ -7,12 +7,13 @@ from PIL import Image
 
 from pipeline import clip
 from pipeline.adapter import adapter_for
+from pipeline.em import train_adapter_em
 from pipeline.hst import Hst, HstSettings
 from pipeline.images import ResizedImages
 from pipeline.resume import Checkpointer, fingerprint
 from pipeline.rules import RuleSettings
 from pipeline.scenes import SceneConfig
-from pipeline.sew import SewDataset, SewSettings, train_adapter_em
+from pipeline.sew import SewDataset, SewSettings
 from pipeline.student import StudentTraining, train_small_cnn
 from pipeline.toy_teacher import TeacherTraining, ViewSampling, make_scene_pool, train_toy_teacher
 from tests.conftest import TINY_MODEL

@@ -5,21 +5,19 @@ from PIL import Image
 
 from pipeline import clip
 from pipeline.adapter import adapter_for
+from pipeline.em import e_step, predict_hosts, train_adapter_em
 from pipeline.rules import RULES, RuleSettings
 from pipeline.sew import (
     SewDataset,
     SewSettings,
     composite_logits,
     covered_share,
-    e_step,
     feather_mask,
     overlay_count,
     overlay_pool,
     overlay_pool_pairs,
     paste_size,
-    predict_hosts,
     sew,
-    train_adapter_em,
 )
 
 

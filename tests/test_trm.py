@@ -9,9 +9,10 @@ import torch.nn.functional as F
 import yaml
 
 from pipeline.adapter import Adapter, AdapterConfig, region_features
+from pipeline.em import train_adapter_em
 from pipeline.features import GRID
 from pipeline.online_transfer import AdapterPass, adapter_pass
-from pipeline.sew import FeatureSewDataset, SewSettings, train_adapter_em
+from pipeline.sew import FeatureSewDataset, SewSettings
 from pipeline.trm import Trm, TrmSettings, bernoulli_kl, ema_update, info_nce
 from stages.common import Params, ParamsError
 
