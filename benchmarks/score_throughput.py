@@ -166,7 +166,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="RN50", help="open_clip architecture (random weights)")
     ap.add_argument("--images", type=int, default=8, help="N: the scorer runs on N and 4N images")
-    ap.add_argument("--ref-images", type=int, default=2, help="images through the per-view loop (30 views each)")
+    ap.add_argument("--ref-images", type=int, default=2, help="images through the per-view loop "
+                    f"({1 + CutSettings().grid ** 2 + CutSettings().crops} views each)")
     ap.add_argument("--image-side", type=int, default=320, help="side of the generated images in pixels")
     ap.add_argument("--batch-images", type=int, default=16)
     ap.add_argument("--batch-views", type=int, default=None, help="views per forward (default: auto)")

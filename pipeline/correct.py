@@ -84,7 +84,7 @@ class Correction(Settings):
     method: str = setting("sqrt", choices=METHODS)
     beta: int = setting(1, ge=0)
     hard_threshold: float = setting(0.5, ge=0.0, le=1.0)
-    calibration: str = setting("none", choices=CALIBRATIONS)
+    calibration: str = setting("median", choices=CALIBRATIONS)
     margin: float = setting(1.0, ge=0.0)
 
     SECTION: ClassVar[str] = "correct"

@@ -41,9 +41,9 @@ class CutSettings(Settings):
     """The views `score` cuts from every image: section `score`."""
 
     grid: int = setting(3, ge=1)  # K = grid × grid tiles (CDUL)
-    crops: int = setting(20, ge=0)  # M random crops (TailorCLIP)
-    crop_area: tuple[float, float] = setting((0.1, 0.3), gt=0.0, le=1.0, pair=True)  # ρ, image area kept
-    crop_aspect: tuple[float, float] = setting((3 / 4, 4 / 3), ge=0.01, pair=True)
+    crops: int = setting(30, ge=0)  # M random crops (TailorCLIP: 20, configs/paper.yaml)
+    crop_area: tuple[float, float] = setting((0.1, 0.2), gt=0.0, le=1.0, pair=True)  # ρ, image area kept
+    crop_aspect: tuple[float, float] = setting((0.75, 1.3333), ge=0.01, pair=True)  # params.yaml's 4/3
     flip: bool = setting(False)  # the authors' code also flips crops at random
     # The field keeps its name: it is recorded under it in data/scores.zarr's attrs.
     placement: str = setting("centre", choices=CROP_PLACEMENTS)
@@ -65,7 +65,7 @@ class InitSettings(Settings):
 
     alpha: float = setting(0.1, ge=0.0)  # eq. 7 noise margin
     cdul_zeta: float = setting(0.5, ge=0.0, le=1.0)  # CDUL aggregator threshold
-    views: str = setting("crops", choices=CUT_VIEWS)  # local views eq. 7 fuses
+    views: str = setting("all", choices=CUT_VIEWS)  # local views eq. 7 fuses (TailorCLIP: crops)
 
     SECTION: ClassVar[str] = "init"
 

@@ -80,11 +80,11 @@ class SewSettings(Settings):
     e_step: str = setting("predictions", choices=E_STEPS)
     e_weight: float = setting(0.5, ge=0.0, le=1.0)  # predictions: weight of the adapter's logits in the E-step
     e_rounds: int = setting(1, ge=1)  # predictions: E-steps, evenly spaced over the EM epochs (the last after the last)
-    em_epochs: int | None = setting(None, ge=1, auto=True)  # E-steps fall in the first min(this, epochs); auto: all
-    epochs: int = setting(8, ge=1)
+    em_epochs: int | None = setting(8, ge=1, auto=True)  # E-steps fall in the first min(this, epochs); auto: all
+    epochs: int = setting(16, ge=1)
     batch_size: int = setting(32, ge=2)
-    lr: float = setting(1e-3, ge=0.0)  # adapter (the peak with a cosine schedule)
-    lr_schedule: str = setting("constant", choices=LR_SCHEDULES)  # cosine: the adapter's lr decays to 0 by the end
+    lr: float = setting(2e-3, ge=0.0)  # adapter (the peak with a cosine schedule)
+    lr_schedule: str = setting("cosine", choices=LR_SCHEDULES)  # cosine: the adapter's lr decays to 0 by the end
     estimator_lr: float = setting(1e-2, ge=0.0)  # Z, backprop E-step only
     weight_decay: float = setting(1e-4, ge=0.0)
     seed: int = setting(0)

@@ -121,7 +121,7 @@ def multi_positive_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Ten
 class TeacherTraining(Settings):
     """The toy teacher's optimisation: section `teacher.train`."""
 
-    steps: int = setting(800, ge=1)
+    steps: int = setting(600, ge=1)
     batch_size: int = setting(128, ge=2)
     lr: float = setting(2e-3, ge=0.0)
     weight_decay: float = setting(0.05, ge=0.0)

@@ -165,12 +165,12 @@ def dtl_thresholds(s: np.ndarray, known: np.ndarray, labels: np.ndarray, tempera
 class ThresholdRule(Settings):
     """The threshold keys of sections `prototypes` and `cooccurrence`; method `none`: transfer off."""
 
-    method: str = setting("ema", choices=THRESHOLDS)  # none | ema | dtl
+    method: str = setting("none", choices=THRESHOLDS)  # none | ema | dtl
     momentum: float = setting(0.9, ge=0.0, le=1.0)  # ema: η
     batch_size: int = setting(64, ge=1)  # ema: rows per minibatch
     temperature: float = setting(0.05, ge=1e-6)  # dtl: τ
-    lr: float = setting(0.01, ge=0.0)  # dtl
-    steps: int = setting(200, ge=0)  # dtl
+    lr: float = setting(0.005, ge=0.0)  # dtl
+    steps: int = setting(300, ge=0)  # dtl
     seed: int = setting(0)
 
     PARAMS_KEYS: ClassVar[dict[str, str]] = {"method": "threshold"}

@@ -1,6 +1,11 @@
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from stages.common import Params, ParamsError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def params(tmp_path, text):
@@ -188,3 +193,37 @@ def test_build_reads_pairs_and_nested_settings(tmp_path):
     ok = params(tmp_path, "score:\n  crops: 2\n  crop_area: [0.2, 0.5]\n  crop_placement: corner\n")
     job = ok.section("score").build(ScoreJob)
     assert (job.settings.crops, job.settings.crop_area, job.settings.placement) == (2, (0.2, 0.5), "corner")
+
+
+def test_the_library_defaults_are_the_dags():
+    """A settings dataclass built with no arguments equals what the DAG builds from params.yaml: a user of
+    the library gets the behaviour of a user of `dvc repro` (one source of defaults; the papers' values
+    are configs/paper.yaml)."""
+    import importlib
+    import pkgutil
+
+    import pipeline
+    from pipeline.settings import Settings
+
+    for module in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
+        importlib.import_module(module.name)
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    params = Params.load(ROOT / "params.yaml")
+    differ, checked = {}, []
+    for cls in sorted(set(subclasses(Settings)), key=lambda c: (c.__module__, c.__name__)):
+        view = params
+        for name in filter(None, cls.SECTION.split(".")):
+            view = view.section(name)
+        built, default = view.build(cls), cls()
+        checked.append(cls.__name__)
+        if built != default:
+            differ[cls.__name__] = {f.name: (getattr(built, f.name), getattr(default, f.name))
+                                    for f in dataclasses.fields(cls)
+                                    if getattr(built, f.name) != getattr(default, f.name)}
+    assert {"SewSettings", "RuleSettings", "Correction", "InitSettings", "TeacherTraining"} <= set(checked)
+    assert not differ, f"params.yaml (left) and the class defaults (right) differ: {differ}"

@@ -229,7 +229,7 @@ def test_em_epochs_refine_early_and_train_on_the_refined_labels_after(tiny_model
     for epochs, em in ((1, None), (3, 1)):
         torch.manual_seed(0)
         adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
-        s = SewSettings(epochs=epochs, em_epochs=em, batch_size=4, max_overlays=1, e_weight=0.6)
+        s = SewSettings(epochs=epochs, em_epochs=em, batch_size=4, max_overlays=1, e_weight=0.6, lr_schedule="constant")
         ds = SewDataset(image_paths, 32, np.arange(10), s)
         refined = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen, s)
         runs[epochs] = refined, predict_hosts(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, 4)
@@ -265,7 +265,7 @@ def test_cosine_schedule_decays_the_adapter_lr_to_zero_over_all_steps():
     lrs = [s.adapter_lr(step, 100) for step in range(100)]
     assert lrs[0] == pytest.approx(0.002) and s.adapter_lr(50, 100) == pytest.approx(0.001)
     assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False)) and lrs[-1] < 1e-6
-    assert SewSettings(lr=0.002).adapter_lr(99, 100) == 0.002  # constant: the paper's
+    assert SewSettings(lr=0.002, lr_schedule="constant").adapter_lr(99, 100) == 0.002  # the paper's
     with pytest.raises(ValueError, match="lr_schedule"):
         SewSettings(lr_schedule="linear")
 
