@@ -23,7 +23,7 @@ from pipeline.evaluation import (
 )
 from pipeline.metrics import per_class_ap
 from pipeline.models import load_checkpoint, load_student
-from pipeline.report import render_report
+from pipeline.report import render_report, report_figures, standalone_svg
 from pipeline.settings import Settings, setting
 from pipeline.storage import Table, atomic_path, manifest_paths, open_store, write_json
 from pipeline.student import predict_models
@@ -41,6 +41,7 @@ from stages.common import (
     Params,
 )
 
+FIGURES = REPORT.parent / "figures"  # the report's charts as SVG files (docs/outputs.md)
 REPORT_RUNGS = ("z0", "cut", "corrected", "refined")  # the per-image view of label changes in the report
 
 
@@ -115,10 +116,16 @@ def run(params: Params) -> None:
     write_plots(PLOTS, manifest.classes, curves, per_class, metrics["labels"])
     run = run_summary(params.as_dict(), dict(open_store(SCORES).attrs), manifest.metadata, version("mlpl"))
     train_rows = np.flatnonzero(train)
+    figures = report_figures(metrics, manifest.classes, per_class, curves)
     html = render_report(metrics, manifest.classes, per_class, test_paths, y_test, predictions["student"],
                          n_examples=n_examples, pr_curves=curves, run=run,
                          train_paths=list(manifest_paths(manifest)[train_rows]), train_truth=truth[train_rows],
-                         train_rungs={name: train_logits[name] for name in REPORT_RUNGS})
+                         train_rungs={name: train_logits[name] for name in REPORT_RUNGS},
+                         test_ids=list(manifest.column("image_id")[test]), figures=figures)
+    with atomic_path(FIGURES) as tmp:
+        tmp.mkdir(parents=True)
+        for name, svg in figures.items():
+            (tmp / name).write_text(standalone_svg(svg))
     with atomic_path(REPORT) as tmp:
         tmp.write_text(html)
     print("\n".join(summary_lines(metrics)))

@@ -297,7 +297,7 @@ def test_outputs_match_docs(project):
 
     documented = _documented((ROOT / "docs" / "outputs.md").read_text())
     assert {"data/prepared/manifest.parquet", "data/labels/refined.parquet", "data/scores.zarr",
-            "reports/metrics.json", "reports/plots/"} <= set(documented)
+            "reports/metrics.json", "reports/plots/", "reports/figures/"} <= set(documented)
     for rel, rows in documented.items():
         listed = {n for names, _ in rows for n in names}
         required = {n for names, conditional in rows if not conditional for n in names}
@@ -311,6 +311,13 @@ def test_outputs_match_docs(project):
             unlisted = [k for k in flat if not any(_key_pattern(n).match(k) for n in listed)]
             missing = [n for n in required if not any(_key_pattern(n).match(k) for k in flat)]
             assert not unlisted and not missing, (unlisted, missing)
+            continue
+        elif rel == "reports/figures/":  # each chart a standalone SVG document
+            from xml.etree import ElementTree
+
+            assert {n for names, _ in rows for n in names} == {p.name for p in path.glob("*")}
+            for name in listed:
+                assert ElementTree.parse(path / name).getroot().tag == "{http://www.w3.org/2000/svg}svg", name
             continue
         else:  # reports/plots/: each file with exactly its columns
             files = {names[0]: names[1:] for names, _ in rows}

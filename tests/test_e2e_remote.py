@@ -48,7 +48,7 @@ def test_pull_reuses_scores_and_results(tmp_path):
 
 def recompute_reports(a, b):
     """Recompute the reports in B from the pulled artifacts: only `evaluate` may run, never `score`."""
-    sh("rm -rf reports/metrics.json reports/plots reports/report.html", b)  # evaluate's outputs only
+    sh("rm -rf reports/metrics.json reports/plots reports/report.html reports/figures", b)  # evaluate's outputs only
     r = sh("dvc repro", b)
     assert stages_run(r.stdout) == {"evaluate"}, r.stdout
     assert "scored" not in r.stdout  # `score` prints "scored N images × V views" whenever it runs the teacher

@@ -318,3 +318,44 @@ def test_predict_skips_and_reports_every_bad_file(tmp_path, tiny_model):
                             "--on-bad-input", "fail"])
     assert r.exit_code == 2 and all(n in r.output for n in ("empty.jpg", "noise.png", "cut.png")), r.output
     assert not out.exists()
+
+
+def test_report_headline_figures_and_readable_names(tmp_path):
+    import re
+    from xml.etree import ElementTree
+
+    from pipeline.report import axis_floor, bar_chart_svg, report_figures, standalone_svg
+
+    # the ladder's axis starts below its lowest rung, so 0.01 of difference is several pixels
+    assert axis_floor([0.669, 0.95, np.nan]) == pytest.approx(0.6) and axis_floor([0.02]) == 0.0
+    svg = bar_chart_svg(["a", "b"], {"mAP": [0.95, 0.96]}, vmin=axis_floor([0.95, 0.96]))
+    widths = [float(w) for w in re.findall(r'<rect x="\d+" y="[\d.]+" width="([\d.]+)"', svg)]
+    assert widths[1] - widths[0] >= 5  # at 0..1 it would be 5.5 px only at 550 px of plot, here ~30
+    assert "the axis starts at 0.90" in svg
+
+    metrics = {"labels": {"z0": {"map": 0.67}, "cut": {"map": 0.93}, "refined": {"map": 0.96}},
+               "test": {"student": {"map": 0.953, "cf1": 0.8, "of1": 0.8, "hamming": 0.1},
+                        "zero_shot": {"map": 0.669, "cf1": 0.5, "of1": 0.5, "hamming": 0.2},
+                        "ceiling": {"map": 0.989, "cf1": 0.9, "of1": 0.9, "hamming": 0.05}},
+               "gap_closure": 0.887, "scores": {"precision": "bf16", "device": "cpu", "cpu": "x86_64 AVX512"}}
+    per_class = {"zero_shot": np.array([0.5, 0.6]), "student": np.array([0.9, 0.95])}
+    curve = (np.array([0.0, 1.0]), np.array([1.0, 0.5]))
+    figures = report_figures(metrics, ["a", "b"], per_class, {"zero_shot": curve, "student": curve})
+    assert set(figures) == {"ladder.svg", "per_class_ap.svg", "pr.svg"}
+    for svg in figures.values():  # each a standalone SVG document
+        assert ElementTree.fromstring(standalone_svg(svg).split("\n", 1)[1]).tag.endswith("svg")
+    assert "refined by EM (refined)" in figures["ladder.svg"] and "CLIP zero-shot (zero_shot)" in figures["pr.svg"]
+
+    paths = _images(tmp_path, 2)
+    html = render_report(metrics, ["a", "b"], per_class, paths, np.array([[1, 0], [0, 1]]),
+                         np.array([[3.0, -3.0], [-3.0, 3.0]]), n_examples=2, figures=figures,
+                         run={"params": {"ratio": 0.1, "seed": 2, "dataset": {"seed": 7}}},
+                         test_ids=["scene_0001", "scene_0002"])
+    headline = html.split('<p class="headline">')[1].split("</p>")[0]
+    for text in ("student <b>0.953", "CLIP zero-shot (zero_shot) <b>0.669", "supervised ceiling (ceiling) <b>0.989",
+                 "gap closure <b>0.887"):
+        assert text in headline, text
+    run = html.split('<p class="run">')[1].split("</p>")[0]
+    assert "ratio 0.1" in run and "seed 2" in run and "dataset seed 7" in run and "bf16 on cpu (x86_64 AVX512)" in run
+    assert "<code>scene_0001</code>" in html and "<code>scene_0002</code>" in html  # examples by id
+    assert "<td>cut: global + local views (cut)</td>" in html  # a reader's names, and the code's
