@@ -1,7 +1,10 @@
 """The label ladder over several benchmark seeds: every rung's mAP as mean ± sd.
 
-    python benchmarks/ladder.py [--params params.yaml] [--config FILE] [--seeds 0 1 2] [--set KEY=VALUE ...]
+    python benchmarks/ladder.py [--params params.yaml] [--config FILE] [--seeds 10 11 12] [--set KEY=VALUE ...]
                                 [--keep DIR]
+
+Seeds: the defaults were chosen on dataset seeds 0–2 (TUNING_SEEDS); the figures we report come from seeds
+never used to choose anything, 10–12 by default (HELD_OUT_SEEDS). `--seeds 0 1 2` reruns the tuning view.
 
 Builds a fresh copy of the project (its git-tracked files, the given params file, a new git repo and
 DVC cache), queues one `dvc exp run --queue -S dataset.seed=S` per seed, runs the queue with
@@ -35,6 +38,8 @@ from stages.compare import experiment_rows  # noqa: E402
 # train label tables (ladder order), then test models, then derived figures
 LABEL_RUNGS = tuple(LABEL_COLUMNS)
 TEST_RUNGS = ("zero_shot", "student", "ceiling")
+TUNING_SEEDS = (0, 1, 2)  # every default of params.yaml was chosen on these dataset seeds
+HELD_OUT_SEEDS = (10, 11, 12)  # never used to choose anything: the README's headline comes from them
 
 
 def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -130,7 +135,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file of the project copy")
     ap.add_argument("--config", type=Path, help="a config of configs/ applied on top of the params file")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="dataset.seed values")
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(HELD_OUT_SEEDS),
+                    help=f"dataset.seed values (default: the held-out {list(HELD_OUT_SEEDS)}; the defaults were "
+                         f"chosen on {list(TUNING_SEEDS)})")
     add_queue_options(ap)
     args = ap.parse_args()
     start = time.perf_counter()
