@@ -60,12 +60,23 @@ def read_train_split(manifest: str | Path, initial: str | Path, scores: str | Pa
                       boxes, list(store.attrs.get("templates", clip.DEFAULT_TEMPLATES)))
 
 
-def tower_inputs(settings: SewSettings, descriptor: dict, split: TrainSplit, image_size: int,
+@dataclass(frozen=True)
+class AdapterRecipe:
+    """How an adapter trains: the `sew` section (composites, EM, the tower's input side), the adapter's
+    shape, the partial-label rule and the known-label transfer that trains with it (HST, TRM-ML, or None)."""
+
+    settings: SewSettings
+    options: AdapterOptions
+    rule: RuleSettings = NO_RULE
+    transfer: HstSettings | TrmSettings | None = None
+
+
+def tower_inputs(settings: SewSettings, descriptor: dict, split: TrainSplit,
                  features: str | Path) -> tuple[nn.Module | None, dict[str, np.ndarray] | None]:
     """What fit_adapter trains from: (None, the feature store's arrays) with `composites: features`,
     else (the frozen tower's model, None)."""
     if settings.composites == "features":
-        return None, read_feature_store(features, split.image_ids, image_size, settings.overlay_side,
+        return None, read_feature_store(features, split.image_ids, settings.image_size, settings.overlay_side,
                                         settings.max_overlays)
     return clip.load_described(descriptor), None
 
@@ -104,23 +115,25 @@ def online_transfer(settings: HstSettings | TrmSettings | None, adapter: Adapter
 
 
 def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, targets: np.ndarray,
-                frozen: np.ndarray, settings: SewSettings, options: AdapterOptions, image_size: int,
-                work_dir: str | Path, desc: str, rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
-                num_workers: int = 0, features: dict[str, np.ndarray] | None = None,
-                transfer: HstSettings | TrmSettings | None = None,
+                frozen: np.ndarray, recipe: AdapterRecipe, work_dir: str | Path, desc: str,
+                weights: np.ndarray | None = None, features: dict[str, np.ndarray] | None = None,
                 ) -> tuple[AdapterSpec, Adapter, np.ndarray, np.ndarray, np.ndarray]:
-    """Train an adapter on `model`'s frozen tower (described by `descriptor`) with composites of the split.
+    """Train an adapter on `model`'s frozen tower (described by `descriptor`) with composites of the split,
+    as `recipe` says.
 
-    targets [N, C]: label logits of the train images; frozen [N, C]: entries EM keeps (known labels).
+    targets [N, C]: label logits of the train images; frozen [N, C]: entries EM keeps (known labels);
+    weights [N, C]: the rule's loss weights (label distributions), or None.
     `features` (pipeline.features.read_feature_store): the tower's features of the split, so composites
     are pasted in feature space and `model` is not needed (None); else composites are pasted in pixels.
-    `transfer` (HST, pipeline.hst, or TRM-ML, pipeline.trm; off where its settings say so or nothing is
-    known) trains with the adapter, and the unknown entries it raises or lowers on the plain images are
+    The recipe's transfer (HST, pipeline.hst, or TRM-ML, pipeline.trm; off where its settings say so or
+    nothing is known) trains with the adapter, and the unknown entries it raises or lowers on the plain images are
     raised or lowered in the refined Z.
     Resumes from a checkpoint in `work_dir` left by the same run; shows progress as `desc`.
     Returns (the adapter's spec, the adapter, refined Z [N, C], and the entries the transfer raised and
     lowered [N, C] bool).
     """
+    settings, options, rule, transfer = recipe.settings, recipe.options, recipe.rule, recipe.transfer
+    image_size = settings.image_size
     if rule.paper_setting:  # the papers train on the plain images; the overlay pool would rank by CLIP's z⁰
         settings = replace(settings, max_overlays=0)
     k = settings.pool_size(len(split.paths), len(split.classes))
@@ -155,7 +168,7 @@ def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, ta
                          targets, frozen, split.z0, split.image_ids,
                          None if online is None else (type(transfer).__name__, asdict(transfer)))
     refined = train_adapter_em(visual, normalizer, adapter, dataset, targets, frozen, settings,
-                               num_workers=num_workers, on_step=on_step, rule=rule, weights=weights,
+                               num_workers=settings.num_workers, on_step=on_step, rule=rule, weights=weights,
                                checkpointer=Checkpointer(work_dir, run_id, log=tqdm.write), transfer=online)
     bar.close()
     raised, lowered = np.zeros(refined.shape, bool), np.zeros(refined.shape, bool)

@@ -89,6 +89,8 @@ class SewSettings(Settings):
     weight_decay: float = setting(1e-4, ge=0.0)
     seed: int = setting(0)
     plain_epochs: int = setting(0, ge=0)  # the last epochs without overlays (ours; the paper: 0)
+    image_size: int = setting(192, ge=8)  # the frozen tower sees the images at this side (px)
+    num_workers: int = setting(0, ge=0)  # DataLoader workers decoding images (pixel composites)
 
     SECTION: ClassVar[str] = "sew"
     DEPRECATED: ClassVar[dict[str, str]] = {"p": "overlay_prob", "q": "overlay_side", "L": "max_overlays",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.adaptation import fit_adapter, needs_host_boxes, read_train_split, tower_inputs
+from pipeline.adaptation import AdapterRecipe, fit_adapter, needs_host_boxes, read_train_split, tower_inputs
 from pipeline.adapter import AdapterOptions
 from pipeline.correct import NEGATIVE_LOGIT, POSITIVE_LOGIT
 from pipeline.features import backbone_descriptor
@@ -37,11 +37,10 @@ def run(params: Params) -> None:
     split = read_train_split(MANIFEST, INITIAL, SCORES, needs_host_boxes(settings))
     truth = np.where(manifest.column("labels")[split.rows] > 0, POSITIVE_LOGIT, NEGATIVE_LOGIT).astype(np.float32)
     descriptor = backbone_descriptor(*backbone_params(p), TEACHER_DESCRIPTOR)
-    image_size = p.get("image_size", int, lo=8)
-    model, features = tower_inputs(settings, descriptor, split, image_size, FEATURES)
-    spec, adapter, *_ = fit_adapter(model, descriptor, split, truth, np.ones(truth.shape, bool), settings,
-                                   p.section("adapter").build(AdapterOptions), image_size, work_dir("ceiling"),
-                                   "ceiling", num_workers=p.get("num_workers", int, lo=0), features=features)
+    model, features = tower_inputs(settings, descriptor, split, FEATURES)
+    recipe = AdapterRecipe(settings, p.section("adapter").build(AdapterOptions))
+    spec, adapter, *_ = fit_adapter(model, descriptor, split, truth, np.ones(truth.shape, bool), recipe,
+                                   work_dir("ceiling"), "ceiling", features=features)
     save_checkpoint(CEILING, spec, adapter)
     clear_work_dir("ceiling")
     print(f"supervised ceiling adapter → {CEILING}")

@@ -11,13 +11,13 @@ from pipeline.storage import Table, manifest_paths
 from stages.common import FEATURES, MANIFEST, TEACHER_DESCRIPTOR, Params, backbone_params
 
 
-def check(params: Params) -> tuple[SewSettings, int]:
-    p = params.section("sew")
-    return p.build(SewSettings), p.get("image_size", int, lo=8)
+def check(params: Params) -> SewSettings:
+    return params.section("sew").build(SewSettings)
 
 
 def run(params: Params) -> None:
-    settings, image_size = check(params)
+    settings = check(params)
+    image_size = settings.image_size
     manifest = Table(MANIFEST)
     train = manifest.column("split") == "train"
     image_ids, paths = list(manifest.column("image_id")[train]), list(manifest_paths(manifest)[train])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.adaptation import fit_adapter, needs_host_boxes, read_train_split, tower_inputs
+from pipeline.adaptation import AdapterRecipe, fit_adapter, needs_host_boxes, read_train_split, tower_inputs
 from pipeline.adapter import AdapterOptions
 from pipeline.features import backbone_descriptor
 from pipeline.hst import HstSettings
@@ -34,7 +34,7 @@ from stages.common import (
 )
 
 
-def check(params: Params) -> tuple[SewSettings, AdapterOptions, RuleSettings, HstSettings | TrmSettings | None]:
+def check(params: Params) -> AdapterRecipe:
     p = params.section("sew")
     hst, trm = params.section("hst").build(HstSettings), params.section("trm").build(TrmSettings)
     if hst.on and trm.on:
@@ -45,18 +45,18 @@ def check(params: Params) -> tuple[SewSettings, AdapterOptions, RuleSettings, Hs
     if rule.paper_setting and params.build(MaskSettings).ratio == 0:
         raise ParamsError(f"unknown: {rule.unknown} trains on the known labels alone, and ratio: 0 knows none; "
                           "set ratio > 0, or unknown: pseudo to train on CLIP's pseudo labels")
-    settings = p.build(SewSettings), p.section("adapter").build(AdapterOptions), rule, transfer
-    p.get("image_size", int, lo=8), p.get("num_workers", int, lo=0)
+    recipe = AdapterRecipe(p.build(SewSettings), p.section("adapter").build(AdapterOptions), rule, transfer)
     b = p.section("backbone")
     pretrained = b.get("pretrained", str)
     b.get("trust_checkpoint", bool, default=False)
     if b.get("model", str) != "teacher":
         resolve_weights(b, b.model_name("model"), pretrained)
-    return settings
+    return recipe
 
 
 def run(params: Params) -> None:
-    settings, options, rule, transfer = check(params)
+    recipe = check(params)
+    settings, rule, transfer = recipe.settings, recipe.rule, recipe.transfer
     p = params.section("sew")
     corrected, observed = Table(CORRECTED), Table(OBSERVED)
     split = read_train_split(MANIFEST, INITIAL, SCORES, needs_host_boxes(settings))
@@ -65,12 +65,10 @@ def run(params: Params) -> None:
     # in the papers' settings a label distribution spreads over the known positives only, never CLIP's
     positives = np.where(known, targets, -1.0) if rule.paper_setting else targets
     descriptor = backbone_descriptor(*backbone_params(p), TEACHER_DESCRIPTOR)
-    image_size = p.get("image_size", int, lo=8)
-    model, features = tower_inputs(settings, descriptor, split, image_size, FEATURES)
+    model, features = tower_inputs(settings, descriptor, split, FEATURES)
     spec, adapter, refined, raised, lowered = fit_adapter(
-        model, descriptor, split, targets, known, settings, options,
-        image_size, work_dir("sew"), "sew", rule, rule_weights(rule, positives, SCORES, split.rows),
-        p.get("num_workers", int, lo=0), features, transfer)
+        model, descriptor, split, targets, known, recipe, work_dir("sew"), "sew",
+        rule_weights(rule, positives, SCORES, split.rows), features)
     save_checkpoint(ADAPTER, spec, adapter)
     write_table(REFINED, {"image_id": corrected.column("image_id")[split.rows],
                           "split": corrected.column("split")[split.rows], "refined": refined,

@@ -185,7 +185,7 @@ def test_fit_adapter_starts_the_region_head_from_clip_and_exports_it(tmp_path, t
     from PIL import Image
 
     from pipeline import clip
-    from pipeline.adaptation import TrainSplit, fit_adapter
+    from pipeline.adaptation import AdapterRecipe, TrainSplit, fit_adapter
     from pipeline.adapter import AdapterOptions
     from pipeline.features import encode_images
     from pipeline.models import load_checkpoint, save_checkpoint
@@ -204,16 +204,16 @@ def test_fit_adapter_starts_the_region_head_from_clip_and_exports_it(tmp_path, t
     weights = tmp_path / "tiny.pt"
     torch.save({"state_dict": tiny_model.state_dict()}, weights)
     descriptor = {"model": TINY_MODEL, "weights": str(weights), "sha256": "x"}
-    s = SewSettings(epochs=1, batch_size=4, max_overlays=1, composites=composites)
+    s = SewSettings(epochs=1, batch_size=4, max_overlays=1, composites=composites, image_size=32)
     model, features = tiny_model, None
     if composites == "features":
         features = encode_images(tiny_model.visual, clip.normalizer_of(tiny_model), paths, 32, s.overlay_side,
                                  s.max_overlays)
         model = None
-    spec, adapter, refined, _, _ = fit_adapter(model, descriptor, split, z, frozen, s,
-                                               AdapterOptions(hidden=16, heads=2), 32, tmp_path / "work", "sew",
-                                               features=features,
-                                               transfer=TrmSettings(enabled=True, start_epoch=0, bank=4))
+    recipe = AdapterRecipe(s, AdapterOptions(hidden=16, heads=2),
+                           transfer=TrmSettings(enabled=True, start_epoch=0, bank=4))
+    spec, adapter, refined, _, _ = fit_adapter(model, descriptor, split, z, frozen, recipe, tmp_path / "work", "sew",
+                                               features=features)
     assert spec.adapter.prediction == "region" and spec.adapter.embed == adapter.cell_weight.shape[0]
     weight, bias, _ = clip.cell_projection(tiny_model.visual)
     assert torch.equal(adapter.cell_weight, weight) and torch.equal(adapter.cell_bias, bias)  # frozen
