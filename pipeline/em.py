@@ -11,6 +11,7 @@ training rule or a transfer: a method edit reruns `sew`, never the frozen tower'
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -78,6 +79,125 @@ def e_step(z_init: np.ndarray, predictions: np.ndarray, weight: float) -> np.nda
         np.float32)
 
 
+@dataclass
+class EmState:
+    """What the EM carries from epoch to epoch, and a checkpoint saves.
+
+    `z0` [N, C]: the initial logits (known entries keep them; in the papers' settings the unknown ones are 0);
+    `keep`: the known entries; `z`: the estimator Z; `pseudo`: the unknown entries trained on their pseudo
+    label; `started`: whether a rule's ŷ exists (plmcl, g2netpl); `y_prev`: the rule's ŷ(t − 1).
+    """
+
+    z0: torch.Tensor
+    keep: torch.Tensor
+    z: torch.nn.Parameter
+    pseudo: torch.Tensor
+    started: bool
+    y_prev: np.ndarray
+
+    @classmethod
+    def initial(cls, z_init: np.ndarray, frozen: np.ndarray, paper: bool) -> EmState:
+        keep = torch.tensor(np.asarray(frozen), dtype=torch.bool)
+        z0 = torch.tensor(np.asarray(z_init), dtype=torch.float32)
+        if paper:  # the papers' settings: no CLIP label anywhere, the unknown entries start at ½
+            z0 = torch.where(keep, z0, torch.zeros_like(z0))
+        # the unknown entries trained on their pseudo labels: every one with `unknown: pseudo` (the corrected
+        # CLIP labels are ŷ(0)); in the papers' settings none until a rule's labels start from the network's outputs
+        pseudo = ~keep if not paper else torch.zeros_like(keep)
+        return cls(z0, keep, torch.nn.Parameter(z0.clone()), pseudo, not paper,
+                   torch.sigmoid(z0).numpy().astype(np.float64))
+
+    def refined(self) -> np.ndarray:
+        """Z with the known entries as given. [N, C]"""
+        return torch.where(self.keep, self.z0, self.z.detach()).numpy().astype(np.float32)
+
+
+def em_optimizer(adapter: torch.nn.Module, z: torch.nn.Parameter, settings: SewSettings,
+                 transfer: OnlineTransfer | None) -> tuple[torch.optim.Optimizer, list[int]]:
+    """AdamW over the adapter, Z (the estimator's lr) and the transfer's parameters; and the groups whose lr
+    follows the adapter's schedule (the transfer's thresholds learn at their own rate)."""
+    groups = [{"params": adapter.parameters(), "lr": settings.lr, "weight_decay": settings.weight_decay},
+              {"params": [z], "lr": settings.estimator_lr, "weight_decay": 0.0}]
+    scheduled = [0]
+    if transfer is not None:
+        own, thresholds = transfer.optimizer_groups(settings.lr, settings.weight_decay)
+        scheduled.append(len(groups))
+        groups += [own] + ([thresholds] if thresholds else [])
+    return torch.optim.AdamW(groups), scheduled
+
+
+def restore_em(checkpointer: Checkpointer | None, state: EmState, adapter: torch.nn.Module,
+               opt: torch.optim.Optimizer, transfer: OnlineTransfer | None) -> int:
+    """Load the last checkpoint of this run into `state`, the adapter, the optimizer and the transfer; the
+    epoch to start from (0 without one)."""
+    saved = checkpointer.restore() if checkpointer is not None else None
+    if saved is None:
+        return 0
+    adapter.load_state_dict(saved["adapter"])
+    opt.load_state_dict(saved["optimizer"])
+    with torch.no_grad():
+        state.z.copy_(saved["z"])
+    state.y_prev = saved["y_prev"].numpy()
+    state.pseudo, state.started = saved.get("pseudo", state.pseudo), saved.get("started", state.started)
+    torch.set_rng_state(saved["torch_rng"])
+    if transfer is not None:
+        transfer.load_state_dict(saved["transfer"])
+    return saved["position"]
+
+
+def save_em(checkpointer: Checkpointer, epoch: int, state: EmState, adapter: torch.nn.Module,
+            opt: torch.optim.Optimizer, transfer: OnlineTransfer | None) -> None:
+    checkpointer.save({"position": epoch + 1, "adapter": adapter.state_dict(), "optimizer": opt.state_dict(),
+                       "z": state.z.detach().clone(), "y_prev": torch.from_numpy(state.y_prev),
+                       "torch_rng": torch.get_rng_state(), "pseudo": state.pseudo.clone(), "started": state.started,
+                       **({} if transfer is None else {"transfer": transfer.state_dict()})})
+
+
+def composite_targets(state: EmState, sources: torch.Tensor, classes: torch.Tensor, hidden: torch.Tensor | None,
+                      w_all: torch.Tensor | None, rule: RuleSettings
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A batch's labels from Z (eq. 13, 18): (zs, the logits of the composite labels with 0 where no
+    source labels an entry; targets σ(zs); labelled, the entries with a target; the entries' loss weights
+    or None). In the papers' settings the host's unknown entries without a pseudo label carry none
+    (`ignore`) or are negatives (`negative`), and PLMCL's λ weighs the pseudo-labelled ones."""
+    keep, z0, z = state.keep, state.z0, state.z
+    rows = sources.clamp(min=0)  # gather the batch's rows first: never touch all N × C per step
+    zs = max_over_sources(torch.where(keep[rows], z0[rows], z[rows]), sources, classes, hidden)
+    labelled = torch.isfinite(zs)
+    zs = torch.where(labelled, zs, torch.zeros_like(zs))
+    w = None if w_all is None else max_over_sources(w_all[rows], sources, classes, hidden).clamp(min=0)
+    targets = torch.sigmoid(zs).detach()
+    if rule.paper_setting:  # plain images only (fit_adapter): the host's row is the whole label
+        host_known, host_pseudo = keep[sources[:, 0]], state.pseudo[sources[:, 0]]
+        targets, labelled = unknown_targets(targets, labelled, host_known, host_pseudo, rule.unknown)
+        if rule.pseudo_weight != 1.0:
+            lam = torch.where(host_pseudo & ~host_known, rule.pseudo_weight, 1.0)
+            w = lam if w is None else w * lam
+    return zs, targets, labelled, w
+
+
+def rule_label_step(state: EmState, predictions: np.ndarray, rule: RuleSettings, epoch: int,
+                    settings: SewSettings) -> None:
+    """The epoch-end label step of `plmcl` / `g2netpl` on the network's logits on the plain images: Z follows
+    the rule's ŷ. In the papers' settings ŷ(0) is the network's sigmoid outputs after its first epoch
+    (000 §III.A), and the curriculum picks the pseudo labels the next epoch trains on."""
+    keep = state.keep.numpy()
+    y = torch.sigmoid(state.z.detach()).numpy().astype(np.float64)
+    probabilities = torch.sigmoid(torch.from_numpy(predictions)).numpy()
+    if state.started:
+        new = update_pseudo_labels(y, state.y_prev, probabilities, keep, rule)
+    else:
+        new = np.where(keep, y, np.clip(probabilities, EPS, 1 - EPS))
+        y, state.started = new, True
+    state.y_prev = y
+    with torch.no_grad():
+        state.z.copy_(torch.logit(torch.tensor(new, dtype=torch.float32)))
+    if rule.paper_setting:
+        # the epochs after the first train on pseudo labels: the curriculum reaches every entry by the last
+        progress = epoch / max(1, settings.epochs - 2)
+        state.pseudo = torch.from_numpy(curriculum_mask(new, keep, progress) if rule.curriculum else ~keep)
+
+
 def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor],
                      adapter: torch.nn.Module, dataset: SewDataset, z_init: np.ndarray, frozen: np.ndarray,
                      settings: SewSettings, num_workers: int = 0,
@@ -101,45 +221,20 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     """
     torch.manual_seed(settings.seed)
     paper = rule.paper_setting
-    keep = torch.tensor(np.asarray(frozen), dtype=torch.bool)
-    z0 = torch.tensor(np.asarray(z_init), dtype=torch.float32)
-    if paper:  # the papers' settings: no CLIP label anywhere, the unknown entries start at ½
-        z0 = torch.where(keep, z0, torch.zeros_like(z0))
-    z = torch.nn.Parameter(z0.clone())
+    state = EmState.initial(z_init, frozen, paper)
     w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
     backprop = settings.e_step == "backprop" and not rule.updates_labels and not paper
     predictions_e_step = (settings.e_step == "predictions" and settings.e_weight > 0 and not rule.updates_labels
                           and not paper)
-    # the unknown entries trained on their pseudo labels: every one with `unknown: pseudo` (the corrected CLIP
-    # labels are ŷ(0)); in the papers' settings none until a rule's labels start from the network's outputs
-    pseudo = ~keep if not paper else torch.zeros_like(keep)
-    started = not paper  # whether the rule's ŷ exists (plmcl, g2netpl)
-    groups = [{"params": adapter.parameters(), "lr": settings.lr, "weight_decay": settings.weight_decay},
-              {"params": [z], "lr": settings.estimator_lr, "weight_decay": 0.0}]
-    scheduled = [0]  # the groups whose lr follows the adapter's schedule
-    host_sign = None
-    if transfer is not None:  # its networks follow the adapter's schedule; its thresholds learn at their own rate
-        own, thresholds = transfer.optimizer_groups(settings.lr, settings.weight_decay)
-        scheduled.append(len(groups))
-        groups += [own] + ([thresholds] if thresholds else [])
-        host_sign = known_sign_of(z0, keep)
-    opt = torch.optim.AdamW(groups)
+    opt, scheduled = em_optimizer(adapter, state.z, settings, transfer)
+    host_sign = None if transfer is None else known_sign_of(state.z0, state.keep)
     if visual is not None:
         visual.eval()
-    y_prev = torch.sigmoid(z0).numpy().astype(np.float64)
-    start = 0
-    state = checkpointer.restore() if checkpointer is not None else None
-    if state is not None:
-        adapter.load_state_dict(state["adapter"])
-        opt.load_state_dict(state["optimizer"])
-        with torch.no_grad():
-            z.copy_(state["z"])
-        y_prev = state["y_prev"].numpy()
-        pseudo, started = state.get("pseudo", pseudo), state.get("started", started)
-        torch.set_rng_state(state["torch_rng"])
-        start = state["position"]
-        if transfer is not None:
-            transfer.load_state_dict(state["transfer"])
+
+    def plain_predictions() -> np.ndarray:
+        return predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)
+
+    start = restore_em(checkpointer, state, adapter, opt, transfer)
     for epoch in range(start, settings.epochs):
         dataset.epoch = epoch
         order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
@@ -157,20 +252,8 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
             with torch.no_grad():
                 feats = encode_batch(visual, normalizer, dataset, images)
             out = adapter_pass(adapter, feats)
-            p = out.logits
-            rows = sources.clamp(min=0)  # gather the batch's rows first: never touch all N × C per step
             hidden = hidden if hidden.shape[-1] else None
-            zs = max_over_sources(torch.where(keep[rows], z0[rows], z[rows]), sources, classes, hidden)
-            labelled = torch.isfinite(zs)
-            zs = torch.where(labelled, zs, torch.zeros_like(zs))
-            w = None if w_all is None else max_over_sources(w_all[rows], sources, classes, hidden).clamp(min=0)
-            targets = torch.sigmoid(zs).detach()
-            if paper:  # plain images only (fit_adapter): the host's row is the whole label
-                host_known, host_pseudo = keep[sources[:, 0]], pseudo[sources[:, 0]]
-                targets, labelled = unknown_targets(targets, labelled, host_known, host_pseudo, rule.unknown)
-                if rule.pseudo_weight != 1.0:
-                    lam = torch.where(host_pseudo & ~host_known, rule.pseudo_weight, 1.0)
-                    w = lam if w is None else w * lam
+            zs, targets, labelled, w = composite_targets(state, sources, classes, hidden, w_all, rule)
             transfer_loss = None
             if transfer is not None:
                 overlaid = source_mask(sources[:, 1:], classes[:, 1:], zs.shape[-1]).any(1)
@@ -180,10 +263,10 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
                     labelled = labelled | moved.raised | moved.lowered
                 targets = apply_targets(targets, moved, labelled, transfer.raise_logit)
                 transfer_loss = moved.loss
-            m_loss = rule_loss(p, targets, keep[sources[:, 0]], rule, epoch, w, labelled)
+            m_loss = rule_loss(out.logits, targets, state.keep[sources[:, 0]], rule, epoch, w, labelled)
             loss = m_loss if transfer_loss is None else m_loss + transfer_loss
-            if backprop:
-                e_loss = F.binary_cross_entropy_with_logits(zs, torch.sigmoid(p).detach(), reduction="none")
+            if backprop:  # eq. 19: the composite labels learn from the adapter's predictions
+                e_loss = F.binary_cross_entropy_with_logits(zs, torch.sigmoid(out.logits).detach(), reduction="none")
                 loss = loss + (e_loss * labelled).sum() / labelled.sum().clamp(min=1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -191,33 +274,15 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
             if on_step is not None:
                 on_step(epoch, step, m_loss.item())
         if rule.updates_labels:
-            y = torch.sigmoid(z.detach()).numpy().astype(np.float64)
-            predictions = torch.sigmoid(torch.from_numpy(
-                predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size))).numpy()
-            if started:
-                new = update_pseudo_labels(y, y_prev, predictions, keep.numpy(), rule)
-            else:  # the papers' ŷ(0): the network's sigmoid outputs after its first epoch (000 §III.A)
-                new = np.where(keep.numpy(), y, np.clip(predictions, EPS, 1 - EPS))
-                y, started = new, True
-            y_prev = y
-            with torch.no_grad():
-                z.copy_(torch.logit(torch.tensor(new, dtype=torch.float32)))
-            if paper:
-                # the epochs after the first train on pseudo labels: the curriculum reaches every entry by the last
-                progress = epoch / max(1, settings.epochs - 2)
-                pseudo = torch.from_numpy(curriculum_mask(new, keep.numpy(), progress) if rule.curriculum
-                                          else ~keep.numpy())
+            rule_label_step(state, plain_predictions(), rule, epoch, settings)
         if predictions_e_step and epoch + 1 in settings.e_step_epochs:
-            predictions = predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)
+            predictions = plain_predictions()
             with torch.no_grad():  # any later epochs' composites take their labels from the refined Z
-                z.copy_(torch.from_numpy(e_step(z0.numpy(), predictions, settings.e_weight)))
+                state.z.copy_(torch.from_numpy(e_step(state.z0.numpy(), predictions, settings.e_weight)))
         if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < settings.epochs:
-            checkpointer.save({"position": epoch + 1, "adapter": adapter.state_dict(), "optimizer": opt.state_dict(),
-                               "z": z.detach().clone(), "y_prev": torch.from_numpy(y_prev),
-                               "torch_rng": torch.get_rng_state(), "pseudo": pseudo.clone(), "started": started,
-                               **({} if transfer is None else {"transfer": transfer.state_dict()})})
+            save_em(checkpointer, epoch, state, adapter, opt, transfer)
     adapter.eval()
     if paper and not rule.updates_labels:  # the method's labels of the unknown entries: the trained network's
         with torch.no_grad():
-            z.copy_(torch.from_numpy(predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)))
-    return torch.where(keep, z0, z.detach()).numpy().astype(np.float32)
+            state.z.copy_(torch.from_numpy(plain_predictions()))
+    return state.refined()
