@@ -16,14 +16,36 @@ import yaml
 
 from stages.common import ParamsError
 
+INCLUDE = "include"  # a config's key: the configs it builds on, relative to its folder, merged before its own keys
 
-def read_config(path: Path) -> dict:
+
+def merge(base: dict, top: dict) -> dict:
+    """`base` with `top`'s keys over it, section by section (a list or value of `top` replaces)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_config(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The config's params keys, after the configs it includes (`include: FILE` or a list of them): what
+    every real-photograph config shares is written once (configs/shared/real_images.yaml)."""
+    path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: config not found (the configs are in configs/)")
+    if path.resolve() in _chain:
+        raise ParamsError(f"{path}: includes itself ({' → '.join(str(p) for p in (*_chain, path.resolve()))})")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: must be a mapping of params keys")
-    return data
+    included = data.pop(INCLUDE, [])
+    included = [included] if isinstance(included, str) else included
+    if not isinstance(included, list) or not all(isinstance(name, str) for name in included):
+        raise ParamsError(f"{path}: '{INCLUDE}' must be a config file or a list of them, got {included!r}")
+    merged: dict = {}
+    for name in included:
+        merged = merge(merged, read_config(path.parent / name, (*_chain, path.resolve())))
+    return merge(merged, data)
 
 
 def leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:

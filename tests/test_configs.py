@@ -12,7 +12,7 @@ import yaml
 from benchmarks.project import ROOT, make_project, sh
 from pipeline import clip
 from stages.common import Params, ParamsError
-from stages.configs import leaves
+from stages.configs import leaves, merge, read_config
 from stages.validate import validate
 from tests.test_voc import voc_tree
 
@@ -30,15 +30,38 @@ def applied(path: Path, dest: Path) -> dict:
 
 
 def test_configs_exist_for_each_importer_and_the_paper_mode():
-    formats = {yaml.safe_load(p.read_text()).get("dataset", {}).get("format", DEFAULTS["dataset"]["format"])
+    formats = {read_config(p).get("dataset", {}).get("format", DEFAULTS["dataset"]["format"])
                for p in CONFIGS}
     assert formats == {"voc", "coco", "nuswide", "folder", "embedded"}
     assert (ROOT / "configs" / "paper.yaml") in CONFIGS
 
 
+def test_real_image_configs_share_one_block(tmp_path):
+    """The papers' towers and constants are written once (configs/shared/real_images.yaml) and included by
+    every real-photograph config; a config's own keys win over what it includes; a cycle is an error."""
+    shared = read_config(ROOT / "configs" / "shared" / "real_images.yaml")
+    for name in ("voc2007", "voc2012", "coco2014", "nuswide", "folder"):
+        path = ROOT / "configs" / f"{name}.yaml"
+        own = yaml.safe_load(path.read_text())
+        assert own.pop("include") == "shared/real_images.yaml"
+        assert not set(dict(leaves(own))) & set(dict(leaves(shared)))  # nothing written twice
+        config = read_config(path)
+        assert config == merge(shared, own) and config["teacher"]["model"] == "RN50x64-quickgelu"
+    (tmp_path / "base.yaml").write_text("sew:\n  epochs: 2\n  lr: 0.1\nteacher:\n  model: A\n")
+    (tmp_path / "top.yaml").write_text("include: base.yaml\nsew:\n  epochs: 5\n")
+    assert read_config(tmp_path / "top.yaml") == {"sew": {"epochs": 5, "lr": 0.1}, "teacher": {"model": "A"}}
+    (tmp_path / "a.yaml").write_text("include: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("include: [a.yaml]\n")
+    with pytest.raises(ParamsError, match="includes itself"):
+        read_config(tmp_path / "a.yaml")
+    (tmp_path / "bad.yaml").write_text("include: 3\n")
+    with pytest.raises(ParamsError, match="'include' must be a config file"):
+        read_config(tmp_path / "bad.yaml")
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_holds_only_differences_and_applies_to_valid_params(path: Path, tmp_path):
-    config = dict(leaves(yaml.safe_load(path.read_text())))
+    config = dict(leaves(read_config(path)))
     default = dict(leaves(DEFAULTS))
     assert not {k for k, v in config.items() if default.get(k, object()) == v}, "keys equal to the default"
     merged = applied(path, tmp_path)
