@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ import zarr
 from pipeline import clip
 from pipeline.images import decode_image, resize_u8
 from pipeline.progress import progress_bar
+from pipeline.settings import Settings, setting
 from pipeline.storage import DataError, atomic_path, ids_digest, open_store, read_json
 
 GRID = "grid"
@@ -128,9 +131,20 @@ def read_feature_store(path: str | Path, image_ids: Sequence[str], image_size: i
     return {name: np.asarray(store[name][:]) for name in (GRID, *map(overlay_key, sizes))}
 
 
-def backbone_descriptor(model: str, pretrained: str, trust_checkpoint: bool, teacher_descriptor: str | Path) -> dict:
+@dataclass(frozen=True)
+class BackboneSettings(Settings):
+    """Section `sew.backbone`: the frozen tower the adapter trains on."""
+
+    model: str = setting("teacher")  # `teacher` (the scoring model) or an open_clip config, e.g. RN101-quickgelu
+    pretrained: str = setting("")  # for a model of its own: open_clip tag or local file, resolved offline
+    trust_checkpoint: bool = setting(False)  # an OpenAI TorchScript file may run code: only files you trust
+
+    SECTION: ClassVar[str] = "sew.backbone"
+
+
+def backbone_descriptor(backbone: BackboneSettings, teacher_descriptor: str | Path) -> dict:
     """The frozen tower the adapter trains on: the teacher's (`model: teacher`, the default) or a model of
     its own, as the papers score with RN50x64 and adapt RN101."""
-    if model == "teacher":
+    if backbone.model == "teacher":
         return read_json(teacher_descriptor)
-    return clip.describe(model, pretrained, trust_checkpoint)
+    return clip.describe(backbone.model, backbone.pretrained, backbone.trust_checkpoint)

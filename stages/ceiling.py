@@ -8,7 +8,7 @@ import numpy as np
 from pipeline.adaptation import AdapterRecipe, fit_adapter, needs_host_boxes, read_train_split, tower_inputs
 from pipeline.adapter import AdapterOptions
 from pipeline.correct import NEGATIVE_LOGIT, POSITIVE_LOGIT
-from pipeline.features import backbone_descriptor
+from pipeline.features import BackboneSettings, backbone_descriptor
 from pipeline.models import NoModel, save_checkpoint
 from pipeline.sew import SewSettings
 from pipeline.storage import Table
@@ -20,7 +20,6 @@ from stages.common import (
     SCORES,
     TEACHER_DESCRIPTOR,
     Params,
-    backbone_params,
     clear_work_dir,
     work_dir,
 )
@@ -36,7 +35,7 @@ def run(params: Params) -> None:
     settings = p.build(SewSettings)
     split = read_train_split(MANIFEST, INITIAL, SCORES, needs_host_boxes(settings))
     truth = np.where(manifest.column("labels")[split.rows] > 0, POSITIVE_LOGIT, NEGATIVE_LOGIT).astype(np.float32)
-    descriptor = backbone_descriptor(*backbone_params(p), TEACHER_DESCRIPTOR)
+    descriptor = backbone_descriptor(p.section("backbone").build(BackboneSettings), TEACHER_DESCRIPTOR)
     model, features = tower_inputs(settings, descriptor, split, FEATURES)
     recipe = AdapterRecipe(settings, p.section("adapter").build(AdapterOptions))
     spec, adapter, *_ = fit_adapter(model, descriptor, split, truth, np.ones(truth.shape, bool), recipe,

@@ -249,7 +249,7 @@ class Params:
             if not self._has(key):
                 values[f.name] = f.default
                 continue
-            if f.metadata.get("auto") and self._raw(key) == "auto":
+            if f.metadata.get("auto") and self._raw(key) in ("auto", None):  # `auto` or null: None
                 values[f.name] = None
                 continue
             kinds = types_of[f.name]
@@ -325,9 +325,3 @@ def resolve_weights(p: Params, model: str, pretrained: str) -> None:
         resolve_pretrained(model, pretrained)
     except WeightsNotAvailable as e:
         p.fail("pretrained", f"does not resolve offline: {e}")
-
-
-def backbone_params(p: Params) -> tuple[str, str, bool]:
-    """`sew.backbone`: (model, pretrained, trust_checkpoint) of the frozen tower the adapter trains on."""
-    b = p.section("backbone")
-    return b.get("model", str), b.get("pretrained", str), b.get("trust_checkpoint", bool, default=False)

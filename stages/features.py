@@ -5,23 +5,24 @@ with `sew.composites: features`, so no tower forward is left in their training l
 from __future__ import annotations
 
 from pipeline import clip
-from pipeline.features import backbone_descriptor, encode_images, write_feature_store
+from pipeline.features import BackboneSettings, backbone_descriptor, encode_images, write_feature_store
 from pipeline.sew import SewSettings
 from pipeline.storage import Table, manifest_paths
-from stages.common import FEATURES, MANIFEST, TEACHER_DESCRIPTOR, Params, backbone_params
+from stages.common import FEATURES, MANIFEST, TEACHER_DESCRIPTOR, Params
 
 
-def check(params: Params) -> SewSettings:
-    return params.section("sew").build(SewSettings)
+def check(params: Params) -> tuple[SewSettings, BackboneSettings]:
+    p = params.section("sew")
+    return p.build(SewSettings), p.section("backbone").build(BackboneSettings)
 
 
 def run(params: Params) -> None:
-    settings = check(params)
+    settings, backbone = check(params)
     image_size = settings.image_size
     manifest = Table(MANIFEST)
     train = manifest.column("split") == "train"
     image_ids, paths = list(manifest.column("image_id")[train]), list(manifest_paths(manifest)[train])
-    descriptor = backbone_descriptor(*backbone_params(params.section("sew")), TEACHER_DESCRIPTOR)
+    descriptor = backbone_descriptor(backbone, TEACHER_DESCRIPTOR)
     model = clip.load_described(descriptor)
     arrays = encode_images(model.visual, clip.normalizer_of(model), paths, image_size, settings.overlay_side,
                            settings.max_overlays)

@@ -16,12 +16,12 @@ run, empty for the embedded generator. `dataset.on_bad_input: fail` turns any ex
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 
 import pyarrow.parquet as pq
 
 from pipeline.datasets import (
     FORMATS,
+    READERS,
     ImportedDataset,
     InputChecks,
     Issue,
@@ -30,31 +30,16 @@ from pipeline.datasets import (
     issue_summary,
     issues_table,
     reader_for,
+    settings_keys,
 )
-from pipeline.scenes import SceneConfig
 from pipeline.storage import DataError, atomic_path, write_table
 from stages.common import IMAGES_DIR, MANIFEST, REPORTS, Params
 
 DATA_ISSUES = REPORTS / "data_issues.parquet"
 
-# Each format's reader arguments from the `dataset` section (the readers: pipeline.datasets).
-SETTINGS = {
-    "embedded": lambda p: {"cfg": p.build(SceneConfig), "seed": p.get("seed", int),
-                           "n_train": p.get("n_train", int, lo=1), "n_test": p.get("n_test", int, lo=1)},
-    "folder": lambda p: {"root": p.path("root", "dir"), "table": p.path("labels"), "seed": p.get("seed", int),
-                         "classes": p.get("classes", (list, type(None)), default=None),
-                         "test_fraction": p.get("test_fraction", float, lo=0.0, hi=1.0, default=0.2)},
-    "voc": lambda p: {"root": p.path("root", "dir"), "train_set": p.get("train_set", str, default="trainval"),
-                      "test_set": p.get("test_set", str, default="test"),
-                      "include_difficult": p.get("include_difficult", bool, default=True)},
-    "coco": lambda p: {"root": p.path("root", "dir")},
-    "nuswide": lambda p: {"root": p.path("root", "dir"), "images_dir": p.get("images_dir", str, default="Flickr")},
-}
-assert tuple(SETTINGS) == FORMATS, "every registered dataset format needs its settings here"
-# Every key some format reads, beyond format and the input checks: what validation accepts in `dataset`.
-FORMAT_KEYS = ("seed", "n_train", "n_test", *(f.name for f in fields(SceneConfig)),  # embedded
-               "root", "labels", "classes", "test_fraction", "train_set", "test_set", "include_difficult",
-               "images_dir")
+# Every key some format reads, beyond format and the input checks: what validation accepts in `dataset`
+# (each reader's settings class says its own, pipeline.datasets).
+FORMAT_KEYS = tuple(dict.fromkeys(key for reader in READERS.values() for key in settings_keys(reader.settings)))
 
 
 def input_checks(p: Params) -> InputChecks:
@@ -67,7 +52,10 @@ def check(params: Params) -> tuple[str, dict, InputChecks]:
     fmt = p.get("format", str, choices=FORMATS)
     checks = input_checks(p)
     p.allow(*FORMAT_KEYS)  # one format's keys are not unknown under another (dvc.yaml declares some for all)
-    return fmt, SETTINGS[fmt](p), checks
+    reader = reader_for(fmt)
+    for key, kind in reader.paths:  # a typo'd path fails here, before any compute
+        p.path(key, kind)
+    return fmt, reader.arguments(p.build(reader.settings)), checks
 
 
 def write_issues(issues: Sequence[Issue], source: str) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 
 from pipeline.adaptation import AdapterRecipe, fit_adapter, needs_host_boxes, read_train_split, tower_inputs
 from pipeline.adapter import AdapterOptions
-from pipeline.features import backbone_descriptor
+from pipeline.features import BackboneSettings, backbone_descriptor
 from pipeline.hst import HstSettings
 from pipeline.masking import MaskSettings
 from pipeline.models import save_checkpoint
@@ -27,7 +27,6 @@ from stages.common import (
     TEACHER_DESCRIPTOR,
     Params,
     ParamsError,
-    backbone_params,
     clear_work_dir,
     resolve_weights,
     work_dir,
@@ -47,10 +46,8 @@ def check(params: Params) -> AdapterRecipe:
                           "set ratio > 0, or unknown: pseudo to train on CLIP's pseudo labels")
     recipe = AdapterRecipe(p.build(SewSettings), p.section("adapter").build(AdapterOptions), rule, transfer)
     b = p.section("backbone")
-    pretrained = b.get("pretrained", str)
-    b.get("trust_checkpoint", bool, default=False)
-    if b.get("model", str) != "teacher":
-        resolve_weights(b, b.model_name("model"), pretrained)
+    if b.build(BackboneSettings).model != "teacher":  # a tower of its own: a known model, weights on this machine
+        resolve_weights(b, b.model_name("model"), b.get("pretrained", str))
     return recipe
 
 
@@ -64,7 +61,7 @@ def run(params: Params) -> None:
     known = observed.column("known").astype(bool)[split.rows]
     # in the papers' settings a label distribution spreads over the known positives only, never CLIP's
     positives = np.where(known, targets, -1.0) if rule.paper_setting else targets
-    descriptor = backbone_descriptor(*backbone_params(p), TEACHER_DESCRIPTOR)
+    descriptor = backbone_descriptor(p.section("backbone").build(BackboneSettings), TEACHER_DESCRIPTOR)
     model, features = tower_inputs(settings, descriptor, split, FEATURES)
     spec, adapter, refined, raised, lowered = fit_adapter(
         model, descriptor, split, targets, known, recipe, work_dir("sew"), "sew",

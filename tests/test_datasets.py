@@ -3,7 +3,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from benchmarks.project import make_project, sh
+from benchmarks.project import ROOT, make_project, sh
 from pipeline.datasets import read_folder
 from pipeline.storage import DataError, Table
 
@@ -85,3 +85,34 @@ def test_prepare_and_score_a_folder_dataset(tmp_path):
     r = sh("mlpl prepare", project, check=False)
     assert r.returncode == 2 and "nope.csv" in r.stderr and "Traceback" not in r.stderr
     assert (project / "data" / "prepared" / "manifest.parquet").is_file()  # finished work is kept
+
+
+def test_each_reader_takes_its_settings_as_its_arguments(tmp_path):
+    """A reader's settings class (registered with it) is the one definition of its `dataset` keys: its fields
+    are the reading function's keyword arguments, and prepare builds them from params (`labels` is the
+    folder reader's `table`; `classes: null` means every class in the table; a missing root is named)."""
+    import dataclasses
+    import inspect
+
+    from pipeline.datasets import READERS
+    from stages.common import Params, ParamsError
+    from stages.prepare import check
+
+    for reader in READERS.values():
+        signature = inspect.signature(reader.read).parameters
+        names = {f.name for f in dataclasses.fields(reader.settings)}
+        required = {n for n, p in signature.items() if p.default is inspect.Parameter.empty and n != "out"}
+        assert required <= names <= set(signature), reader.name
+
+    root, table = folder(tmp_path, ["image,labels", "a.png,circle"])
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["dataset"] |= {"format": "folder", "root": str(root), "labels": str(table), "classes": None,
+                          "test_fraction": 0.3}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    fmt, kwargs, _ = check(Params.load(tmp_path / "params.yaml"))
+    assert fmt == "folder" and kwargs == {"root": str(root), "table": str(table), "classes": None,
+                                          "test_fraction": 0.3, "seed": params["dataset"]["seed"]}
+    params["dataset"] |= {"format": "voc", "root": str(tmp_path / "missing")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match="missing: not a directory"):
+        check(Params.load(tmp_path / "params.yaml"))

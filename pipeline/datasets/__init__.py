@@ -42,7 +42,7 @@ from pipeline.datasets.issues import (
     issues_table,
 )
 from pipeline.datasets.nuswide import read_nuswide
-from pipeline.datasets.registry import READERS, Reader, reader_for, register_reader
+from pipeline.datasets.registry import READERS, Reader, reader_for, register_reader, settings_keys
 from pipeline.datasets.voc import VOC_CLASSES, read_voc
 
 FORMATS = tuple(READERS)  # in registration order: the order of the imports above
@@ -75,5 +75,6 @@ __all__ = [
     "read_voc",
     "reader_for",
     "register_reader",
+    "settings_keys",
     "render_scenes",
 ]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from pipeline.datasets.checks import ImportedDataset, Rows
 from pipeline.datasets.issues import Issue
 from pipeline.datasets.registry import register_reader
+from pipeline.settings import Settings, setting
 from pipeline.storage import DataError
 
 
@@ -53,7 +56,16 @@ def _coco_split(rows: Rows, annotations: str, images: str, split: str, classes: 
     return names
 
 
-@register_reader("coco")
+@dataclass(frozen=True)
+class CocoSettings(Settings):
+    """The `dataset` keys of `format: coco`."""
+
+    root: str = setting("")  # annotations/instances_{train,val}2014.json, train2014/, val2014/
+
+    SECTION: ClassVar[str] = "dataset"
+
+
+@register_reader("coco", settings=CocoSettings, paths={"root": "dir"})
 def read_coco(root: str | Path, train_annotations: str = "annotations/instances_train2014.json",
               train_images: str = "train2014", test_annotations: str = "annotations/instances_val2014.json",
               test_images: str = "val2014") -> ImportedDataset:

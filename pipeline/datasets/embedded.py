@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -16,6 +17,7 @@ from PIL import Image
 from pipeline.datasets.registry import register_reader
 from pipeline.progress import progress_bar
 from pipeline.scenes import SceneConfig, render_scene, scene_rng
+from pipeline.settings import Settings, setting
 
 DATASET_STREAM = 0  # the teacher trains on scenes of another stream: never on these
 
@@ -35,7 +37,19 @@ class RenderedScenes:
                 "salient": self.salient}
 
 
-@register_reader("embedded", renders=True)
+@dataclass(frozen=True)
+class EmbeddedSettings(Settings):
+    """The `dataset` keys of `format: embedded`: the scenes (SceneConfig, same section) and how many."""
+
+    cfg: SceneConfig = SceneConfig()
+    seed: int = setting(0)
+    n_train: int = setting(1000, ge=1)
+    n_test: int = setting(500, ge=1)
+
+    SECTION: ClassVar[str] = "dataset"
+
+
+@register_reader("embedded", renders=True, settings=EmbeddedSettings)
 def render_scenes(out: Path, cfg: SceneConfig, seed: int, n_train: int, n_test: int) -> RenderedScenes:
     """Render n_train + n_test scenes as `out/scene-<i>.png`, the first n_train the train split."""
     ids, paths, splits, labels, salient = [], [], [], [], []

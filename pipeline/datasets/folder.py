@@ -6,7 +6,9 @@ for none) and optionally `split` (train/test).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow.csv as pacsv
@@ -14,10 +16,25 @@ import pyarrow.parquet as pq
 
 from pipeline.datasets.checks import ImportedDataset, Rows
 from pipeline.datasets.registry import register_reader
+from pipeline.settings import Settings, setting
 from pipeline.storage import DataError
 
 
-@register_reader("folder")
+@dataclass(frozen=True)
+class FolderSettings(Settings):
+    """The `dataset` keys of `format: folder`."""
+
+    root: str = setting("")  # the image files; the table's paths are relative to it
+    table: str = setting("")  # key `labels`: CSV or Parquet with columns image, labels ("cat;dog"), optional split
+    classes: list | None = setting(None, auto=True)  # null or auto: every label seen in the table, sorted
+    test_fraction: float = setting(0.2, ge=0.0, le=1.0)  # rows without a split go to test with this probability
+    seed: int = setting(0)  # of that draw
+
+    SECTION: ClassVar[str] = "dataset"
+    PARAMS_KEYS: ClassVar[dict[str, str]] = {"table": "labels"}
+
+
+@register_reader("folder", settings=FolderSettings, paths={"root": "dir", "labels": "file"})
 def read_folder(root: str | Path, table: str | Path, classes: list[str] | None, test_fraction: float,
                 seed: int) -> ImportedDataset:
     """Import a folder dataset. Rows without a `split` are assigned by a seeded draw with test_fraction.

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from pipeline.datasets.checks import ImportedDataset, Rows
 from pipeline.datasets.registry import register_reader
+from pipeline.settings import Settings, setting
 from pipeline.storage import DataError
 
 
-@register_reader("nuswide")
+@dataclass(frozen=True)
+class NusWideSettings(Settings):
+    """The `dataset` keys of `format: nuswide`."""
+
+    root: str = setting("")  # ImageList/, Concepts81.txt, TrainTestLabels/
+    images_dir: str = setting("Flickr")  # relative to root
+
+    SECTION: ClassVar[str] = "dataset"
+
+
+@register_reader("nuswide", settings=NusWideSettings, paths={"root": "dir"})
 def read_nuswide(root: str | Path, images_dir: str = "Flickr") -> ImportedDataset:
     """Import NUS-WIDE: ImageList/{Train,Test}Imagelist.txt, Concepts81.txt and
     TrainTestLabels/Labels_<concept>_{Train,Test}.txt (one 0/1 per listed image).

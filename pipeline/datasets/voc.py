@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from pipeline.datasets.checks import ImportedDataset, Rows, inside
 from pipeline.datasets.registry import register_reader
+from pipeline.settings import Settings, setting
 from pipeline.storage import DataError
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -42,7 +45,19 @@ def _voc_labels(xml_path: Path, include_difficult: bool, classes: tuple[str, ...
     return labels, unknown
 
 
-@register_reader("voc")
+@dataclass(frozen=True)
+class VocSettings(Settings):
+    """The `dataset` keys of `format: voc`."""
+
+    root: str = setting("")  # VOCdevkit/VOC20xx: JPEGImages/, Annotations/, ImageSets/Main/
+    train_set: str = setting("trainval")  # the image set of the train split
+    test_set: str = setting("test")
+    include_difficult: bool = setting(True)  # objects marked difficult count as present
+
+    SECTION: ClassVar[str] = "dataset"
+
+
+@register_reader("voc", settings=VocSettings, paths={"root": "dir"})
 def read_voc(root: str | Path, train_set: str = "trainval", test_set: str = "test",
              include_difficult: bool = True) -> ImportedDataset:
     """Import a VOC20xx directory (JPEGImages/, Annotations/, ImageSets/Main/) with its standard image sets.
