@@ -46,7 +46,7 @@ class SmallCNN(nn.Module):
 
 @dataclass(frozen=True)
 class StudentTraining(Settings):
-    """Section `distill.small_cnn` (but image_size, read by the stage)."""
+    """Section `distill.small_cnn`."""
 
     epochs: int = setting(15, ge=1)
     batch_size: int = setting(64, ge=2)
@@ -54,6 +54,7 @@ class StudentTraining(Settings):
     consistency: float = setting(1.0, ge=0.0)  # weight of CDUL's consistency term
     width: int = setting(32, ge=1)
     seed: int = setting(0)
+    image_size: int = setting(64, ge=8)  # the student's input side (px)
 
     SECTION: ClassVar[str] = "distill.small_cnn"
 

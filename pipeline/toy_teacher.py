@@ -122,6 +122,7 @@ class TeacherTraining(Settings):
     """The toy teacher's optimisation: section `teacher.train`."""
 
     steps: int = setting(600, ge=1)
+    scenes: int = setting(4000, ge=1)  # its own scenes, never the dataset's
     batch_size: int = setting(128, ge=2)
     lr: float = setting(2e-3, ge=0.0)
     weight_decay: float = setting(0.05, ge=0.0)

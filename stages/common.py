@@ -308,12 +308,6 @@ class Params:
             return self.fail(name, f"must be an open_clip model name, got {value!r}{hint}", value)
         return value
 
-    def pair(self, name: str, lo: float = 0.0, hi: float = float("inf")) -> tuple[float, float]:
-        value = self.get(name, list)
-        if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value) or not (
-                lo <= value[0] <= value[1] <= hi):
-            return self.fail(name, f"must be [low, high] within [{lo}, {hi}], got {value!r}", (lo, lo))
-        return float(value[0]), float(value[1])
 
 
 def resolve_weights(p: Params, model: str, pretrained: str) -> None:

@@ -31,15 +31,15 @@ from stages.common import (
 )
 
 
-def check(params: Params) -> tuple[str, StudentTraining, int, RuleSettings]:
+def check(params: Params) -> tuple[str, StudentTraining, RuleSettings]:
     p = params.section("distill")
-    c = p.section("small_cnn")
-    return (p.get("student", str, choices=STUDENT_KINDS), c.build(StudentTraining), c.get("image_size", int, lo=8),
+    return (p.get("student", str, choices=STUDENT_KINDS), p.section("small_cnn").build(StudentTraining),
             params.build(RuleSettings))
 
 
 def run(params: Params) -> None:
-    kind, training, size, rule = check(params)
+    kind, training, rule = check(params)
+    size = training.image_size
     if kind == "frozen_tower":
         write_checkpoint(STUDENT, student_of_adapter(ADAPTER))  # the tower and the adapter as one module
     else:

@@ -35,7 +35,7 @@ def check(params: Params) -> tuple[str, str, bool, tuple | None]:
         return name, pretrained, trust, None
     t = p.section("train")
     return name, pretrained, trust, (params.section("dataset").build(SceneConfig), t.build(TeacherTraining),
-                                     t.build(ViewSampling), t.get("scenes", int, lo=1))
+                                     t.build(ViewSampling))
 
 
 def run(params: Params) -> None:
@@ -50,10 +50,9 @@ def run(params: Params) -> None:
     print(f"teacher: {descriptor['model']} ({descriptor['pretrained']}), sha256 {descriptor['sha256'][:12]}…")
 
 
-def train_embedded(name: str, scenes: SceneConfig, training: TeacherTraining, sampling: ViewSampling,
-                   n_scenes: int) -> dict:
+def train_embedded(name: str, scenes: SceneConfig, training: TeacherTraining, sampling: ViewSampling) -> dict:
     started = time.time()
-    model, top1 = train_embedded_teacher(name, scenes, training, sampling, n_scenes, work_dir("teacher"))
+    model, top1 = train_embedded_teacher(name, scenes, training, sampling, training.scenes, work_dir("teacher"))
     print(f"teacher trained in {time.time() - started:.0f}s; held-out salient top-1 {top1:.3f}")
     with atomic_path(TEACHER_DIR) as tmp:
         tmp.mkdir()

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cut import CutSettings
 from stages.common import Params, ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +19,8 @@ def test_errors_name_the_key(tmp_path):
     p = params(tmp_path, "score:\n  crops: many\n  crop_area: [0.3, 0.1]\nratio: 2\n")
     with pytest.raises(ParamsError, match="'score.crops' must be int"):
         p.section("score").get("crops", int)
-    with pytest.raises(ParamsError, match="'score.crop_area' must be"):
-        p.section("score").pair("crop_area", 0, 1)
+    with pytest.raises(ParamsError, match=r"'score.crop_area' must be \[low, high\] within"):
+        params(tmp_path, "score:\n  crop_area: [0.3, 0.1]\n").section("score").build(CutSettings)
     with pytest.raises(ParamsError, match="'ratio' must be in"):
         p.get("ratio", float, lo=0.0, hi=1.0)
     with pytest.raises(ParamsError, match="missing key 'score.grid'"):
