@@ -14,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY_PARAMS = ROOT / "tests" / "tiny_params.yaml"  # the tiny config the end-to-end tests run on
+ANSWERS = "data/answers.parquet"  # an input under data/ (a person's answers, empty as committed), not an output
 
 
 def env() -> dict:
@@ -33,14 +34,14 @@ def stages_run(output: str) -> set[str]:
 
 
 def copy_project(dest: Path, params: Path, shell: Callable[[str, Path], object], config: Path | None = None) -> Path:
-    """Copy the tracked (and untracked, unignored) files, not data, reports or dvc.lock, with `params` as
-    params.yaml (and a config of configs/ applied to it, as `mlpl config --write` does), and commit them
-    in a new repo at `dest`. `shell(cmd, cwd)` runs a shell command (with a git identity in its
+    """Copy the tracked (and untracked, unignored) files, not data (but the answers file), reports or dvc.lock,
+    with `params` as params.yaml (and a config of configs/ applied to it, as `mlpl config --write` does), and
+    commit them in a new repo at `dest`. `shell(cmd, cwd)` runs a shell command (with a git identity in its
     environment)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for rel in files:
-        if (ROOT / rel).is_file() and not rel.startswith(("data/", "reports/", "dvc.lock")):
+        if (ROOT / rel).is_file() and (not rel.startswith(("data/", "reports/", "dvc.lock")) or rel == ANSWERS):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
     shutil.copy2(params, dest / "params.yaml")

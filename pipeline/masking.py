@@ -1,20 +1,48 @@
-"""Which labels are known: the partial-label setting (ratio r of train label entries observed)."""
+"""Which labels are known: the partial-label setting.
+
+Top-level `known` says where the known train entries come from:
+- `random` (the default): each train entry is known with probability `ratio` (seeded by `seed`), its value
+  the manifest's label;
+- `answers`: the entries a person answered (data/answers.parquet, e.g. from a review of the pseudo labels),
+  their value the answer;
+- `answers+random`: both; where an answered entry is also drawn, the answer wins.
+Known entries are known wherever they came from: every partial-label method and the known-label baseline
+use them alike.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.settings import Settings, setting
+from pipeline.storage import DataError
+
+KNOWN_SOURCES = ("random", "answers", "answers+random")
+# data/answers.parquet: one row per answered (image, class) entry; the latest answer of an entry wins
+ANSWERS_SCHEMA = pa.schema([("image_id", pa.string()), ("class", pa.string()), ("label", pa.int8()),
+                            ("answered_at", pa.timestamp("ms", tz="UTC"))])
 
 
 @dataclass(frozen=True)
 class MaskSettings(Settings):
-    """The top-level keys of the known-label draw."""
+    """The top-level keys of the known labels."""
 
-    ratio: float = setting(0.0, ge=0.0, le=1.0)  # fraction of train label entries known
+    ratio: float = setting(0.0, ge=0.0, le=1.0)  # fraction of train label entries drawn as known (random)
     seed: int = setting(0)
+    known: str = setting("random", choices=KNOWN_SOURCES)  # where known entries come from
+
+    @property
+    def draws(self) -> bool:
+        return self.known in ("random", "answers+random")
+
+    @property
+    def reads_answers(self) -> bool:
+        return self.known in ("answers", "answers+random")
 
 
 def observed_mask(n_images: int, n_classes: int, is_train: np.ndarray, ratio: float, seed: int) -> np.ndarray:
@@ -28,3 +56,58 @@ def observed_mask(n_images: int, n_classes: int, is_train: np.ndarray, ratio: fl
     u = np.random.default_rng(np.random.SeedSequence([seed, 2])).random((n_images, n_classes))
     known = (u < ratio) & np.asarray(is_train, dtype=bool)[:, None]
     return known.astype(np.int8)
+
+
+def empty_answers() -> pa.Table:
+    return ANSWERS_SCHEMA.empty_table()
+
+
+def read_answers(path: str | Path, image_ids: list[str], classes: list[str], is_train: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(answered int8 [N, C], label int8 [N, C]) from an answers file. A row naming an image that is not in
+    the manifest or not a train image, a class that is not the dataset's, or a label other than 0 / 1 is an
+    error that names the row (numbered from 1). An entry answered twice takes its latest answer."""
+    table = pq.read_table(path)
+    missing = [c for c in ANSWERS_SCHEMA.names if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: answers need the columns {ANSWERS_SCHEMA.names}, missing {missing}")
+    row_of = {image_id: i for i, image_id in enumerate(image_ids)}
+    class_of = {name: c for c, name in enumerate(classes)}
+    answered = np.zeros((len(image_ids), len(classes)), np.int8)
+    labels = np.zeros_like(answered)
+    when = np.full(answered.shape, np.iinfo(np.int64).min, np.int64)
+    rows = table.select(["image_id", "class", "label"]).to_pylist()
+    # ms since the epoch; an answer without a time is older than any with one
+    stamps = table.column("answered_at").cast(pa.int64()).fill_null(np.iinfo(np.int64).min + 1).to_numpy()
+    train = np.asarray(is_train, bool)
+    for n, (row, stamp) in enumerate(zip(rows, stamps, strict=True), start=1):
+        i, c, label = row_of.get(row["image_id"]), class_of.get(row["class"]), row["label"]
+        if i is None or not train[i]:
+            raise DataError(f"{path}: row {n} names image {row['image_id']!r}, which is not a train image of the "
+                            "manifest")
+        if c is None:
+            raise DataError(f"{path}: row {n} names class {row['class']!r}, which is not one of {classes}")
+        if label not in (0, 1):
+            raise DataError(f"{path}: row {n} has label {label!r}; an answer is 0 or 1")
+        if stamp >= when[i, c]:  # the latest answer wins (a later row wins a tie)
+            when[i, c], labels[i, c], answered[i, c] = stamp, label, 1
+    return answered, labels
+
+
+def known_labels(settings: MaskSettings, truth: np.ndarray | None, is_train: np.ndarray,
+                 answers: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(known int8 [N, C], their labels int8 [N, C], 0 where unknown): the random draw (`ratio`, `seed`,
+    values from `truth`) and/or the answers (answered, label), answers winning where both know an entry."""
+    n, c = (truth.shape if truth is not None else answers[0].shape)
+    known, labels = np.zeros((n, c), np.int8), np.zeros((n, c), np.int8)
+    if settings.draws and settings.ratio > 0:
+        if truth is None:
+            raise DataError(f"ratio {settings.ratio} draws known labels from the ground truth, and this dataset "
+                            "has none; set known: answers (answers by a person) or ratio: 0")
+        known = observed_mask(n, c, is_train, settings.ratio, settings.seed)
+        labels = np.where(known > 0, (truth > 0).astype(np.int8), 0).astype(np.int8)
+    if settings.reads_answers and answers is not None:
+        answered, answer = answers
+        known = np.maximum(known, answered).astype(np.int8)
+        labels = np.where(answered > 0, answer, labels).astype(np.int8)
+    return known, labels

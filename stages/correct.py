@@ -30,7 +30,7 @@ def run(params: Params) -> None:
     initial, observed, manifest = Table(INITIAL), Table(OBSERVED), Table(MANIFEST)
     known = observed.column("known").astype(bool)
     any_known = bool(known.any())
-    labels = manifest.column("labels") if any_known else np.zeros(known.shape, np.int8)
+    labels = observed.column("labels")  # the known entries' values (the manifest's, or a person's answers)
     source, split = initial.column(correction.source), initial.column("split")
     out = correct_with_known(source, known, labels, correction, protos, cooc,
                              embeddings=lambda: scored_embeddings(SCORES), train=split == "train")

@@ -41,9 +41,10 @@ def check(params: Params) -> AdapterRecipe:
                           "time; set hst.modules: none or trm.enabled: false")
     transfer = hst if hst.on else trm if trm.on else None
     rule = params.build(RuleSettings)
-    if rule.paper_setting and params.build(MaskSettings).ratio == 0:
+    mask = params.build(MaskSettings)
+    if rule.paper_setting and mask.known == "random" and mask.ratio == 0:
         raise ParamsError(f"unknown: {rule.unknown} trains on the known labels alone, and ratio: 0 knows none; "
-                          "set ratio > 0, or unknown: pseudo to train on CLIP's pseudo labels")
+                          "set ratio > 0, known: answers, or unknown: pseudo to train on CLIP's pseudo labels")
     recipe = AdapterRecipe(p.build(SewSettings), p.section("adapter").build(AdapterOptions), rule, transfer)
     b = p.section("backbone")
     if b.build(BackboneSettings).model != "teacher":  # a tower of its own: a known model, weights on this machine

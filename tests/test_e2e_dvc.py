@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -155,6 +156,33 @@ def test_the_papers_settings_rerun_nothing_upstream_of_mask(project):
     r = sh("dvc exp run -S ratio=0.5 -S unknown=negative -S rule=large_loss", project)
     # mask and correct come back from the run cache: `unknown` reaches only the training stages
     assert stages_run(r.stdout) == {"validate", "sew", "distill", "evaluate"}, r.stdout
+
+
+def test_answers_are_known_labels_and_rerun_from_mask(project):
+    """known: answers makes a person's answers (data/answers.parquet) the known entries, their values the
+    answers (not the manifest's); only mask and what reads it rerun."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.masking import ANSWERS_SCHEMA
+    from pipeline.storage import Table
+
+    manifest = Table(project / "data" / "prepared" / "manifest.parquet")
+    train = np.flatnonzero(manifest.column("split") == "train")[:3]
+    truth = manifest.column("labels")
+    now = datetime.datetime(2026, 12, 3, tzinfo=datetime.UTC)
+    rows = [{"image_id": manifest.column("image_id")[i], "class": manifest.classes[0], "label": 1 - int(truth[i, 0]),
+             "answered_at": now} for i in train]
+    pq.write_table(pa.Table.from_pylist(rows, schema=ANSWERS_SCHEMA), project / "data" / "answers.parquet")
+    r = sh("dvc exp run -S known=answers", project)
+    assert stages_run(r.stdout) == {"validate", "mask", "correct", "sew", "distill", "evaluate"}, r.stdout
+    observed = Table(project / "data" / "prepared" / "observed.parquet")
+    assert observed.column("known").sum() == 3 and observed.column("known")[train, 0].all()
+    assert observed.column("labels")[train, 0].tolist() == [1 - int(truth[i, 0]) for i in train]  # the answers
+    corrected = Table(project / "data" / "labels" / "corrected.parquet").column("corrected")
+    assert ((corrected[train, 0] > 0) == (observed.column("labels")[train, 0] > 0)).all()  # they win in correct
 
 
 # the partial-label methods and the EM they plug into: none of them is upstream of `correct` or `sew`

@@ -24,3 +24,65 @@ def test_ratio_fraction_seeded_and_nested():
 def test_bad_ratio():
     with pytest.raises(ValueError, match="ratio"):
         observed_mask(3, 2, np.ones(3, bool), 1.5, 0)
+
+
+def _answers(path, rows):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.masking import ANSWERS_SCHEMA
+
+    t0 = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
+    table = pa.Table.from_pylist([{"image_id": i, "class": c, "label": y,
+                                   "answered_at": None if s is None else t0 + datetime.timedelta(seconds=s)}
+                                  for i, c, y, s in rows], schema=ANSWERS_SCHEMA)
+    pq.write_table(table, path)
+    return path
+
+
+def test_answers_are_known_labels_the_latest_winning(tmp_path):
+    """known: answers reads a person's answers as known entries with their values; answers+random adds the
+    seeded draw, the answer winning where both know an entry; the latest answer of an entry wins."""
+    from pipeline.masking import MaskSettings, known_labels, read_answers
+
+    ids, classes, train = ["a", "b", "c", "t"], ["cat", "dog"], np.array([True, True, True, False])
+    truth = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], np.int8)
+    path = _answers(tmp_path / "answers.parquet", [("a", "dog", 1, 10), ("b", "cat", 1, 5), ("b", "cat", 0, 20),
+                                                   ("c", "dog", 0, None), ("c", "dog", 1, 1)])
+    answers = read_answers(path, ids, classes, train)
+    assert answers[0].tolist() == [[0, 1], [1, 0], [0, 1], [0, 0]]
+    assert answers[1].tolist() == [[0, 1], [0, 0], [0, 1], [0, 0]]  # b/cat: 0 answered later; c/dog: timed wins
+    known, labels = known_labels(MaskSettings(known="answers"), truth, train, answers)
+    assert known.tolist() == answers[0].tolist() and labels.tolist() == answers[1].tolist()  # a/dog: 1, not truth
+    both, both_labels = known_labels(MaskSettings(ratio=1.0, known="answers+random"), truth, train, answers)
+    assert both.tolist() == [[1, 1], [1, 1], [1, 1], [0, 0]]  # every train entry, test never
+    assert both_labels.tolist() == [[1, 1], [0, 1], [1, 1], [0, 0]]  # the truth, but where answered
+    random, random_labels = known_labels(MaskSettings(ratio=1.0), truth, train, answers)
+    assert random_labels.tolist() == [[1, 0], [0, 1], [1, 1], [0, 0]]  # known: random ignores the answers
+
+
+@pytest.mark.parametrize("row, message", [
+    (("zz", "cat", 1, 1), "row 2 names image 'zz'"),
+    (("t", "cat", 1, 1), "row 2 names image 't', which is not a train image"),
+    (("a", "cow", 1, 1), "row 2 names class 'cow'"),
+    (("a", "cat", 2, 1), "row 2 has label 2"),
+])
+def test_an_answer_naming_what_is_not_there_is_an_error_naming_its_row(tmp_path, row, message):
+    from pipeline.masking import read_answers
+    from pipeline.storage import DataError
+
+    path = _answers(tmp_path / "answers.parquet", [("a", "dog", 1, 0), row])
+    with pytest.raises(DataError, match=message):
+        read_answers(path, ["a", "t"], ["cat", "dog"], np.array([True, False]))
+
+
+def test_random_known_labels_need_ground_truth():
+    from pipeline.masking import MaskSettings, known_labels
+    from pipeline.storage import DataError
+
+    answers = (np.zeros((2, 2), np.int8), np.zeros((2, 2), np.int8))
+    with pytest.raises(DataError, match="has none; set known: answers"):
+        known_labels(MaskSettings(ratio=0.1), None, np.ones(2, bool), answers)
+    assert known_labels(MaskSettings(known="answers"), None, np.ones(2, bool), answers)[0].sum() == 0
