@@ -111,3 +111,26 @@ def known_labels(settings: MaskSettings, truth: np.ndarray | None, is_train: np.
         known = np.maximum(known, answered).astype(np.int8)
         labels = np.where(answered > 0, answer, labels).astype(np.int8)
     return known, labels
+
+
+def merge_answers(tables: list[pa.Table]) -> tuple[pa.Table, list[dict]]:
+    """Several reviewers' answers as one table: per (image, class) entry the latest answer wins (a later
+    table wins a tie). Returns (the merged table, sorted by image and class; the conflicts: every entry
+    answered differently, as {"image_id", "class", "labels": the answers in table order, "kept"})."""
+    latest: dict[tuple[str, str], tuple[int, int, dict]] = {}
+    seen: dict[tuple[str, str], list[int]] = {}
+    for t, table in enumerate(tables):
+        missing = [c for c in ANSWERS_SCHEMA.names if c not in table.column_names]
+        if missing:
+            raise DataError(f"answers table {t + 1}: needs the columns {ANSWERS_SCHEMA.names}, missing {missing}")
+        table = table.select(ANSWERS_SCHEMA.names).cast(ANSWERS_SCHEMA)
+        stamps = table.column("answered_at").cast(pa.int64()).fill_null(np.iinfo(np.int64).min + 1).to_numpy()
+        for row, stamp in zip(table.to_pylist(), stamps, strict=True):
+            entry = (row["image_id"], row["class"])
+            seen.setdefault(entry, []).append(row["label"])
+            if entry not in latest or (int(stamp), t) >= latest[entry][:2]:
+                latest[entry] = (int(stamp), t, row)
+    rows = [latest[entry][2] for entry in sorted(latest)]
+    conflicts = [{"image_id": i, "class": c, "labels": labels, "kept": latest[(i, c)][2]["label"]}
+                 for (i, c), labels in sorted(seen.items()) if len(set(labels)) > 1]
+    return pa.Table.from_pylist(rows, schema=ANSWERS_SCHEMA), conflicts

@@ -181,6 +181,22 @@ def config(file: Annotated[Path, typer.Argument(metavar="FILE", help="A config o
         raise typer.Exit(2) from None
 
 
+@app.command("merge-answers", cls=_Command)
+def merge_answers(files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Answers files "
+                                                                           "(data/answers.parquet format).")],
+                  out: Annotated[Path, typer.Option("--out", "-o", help="The merged answers file.")] = Path(
+                      "data/answers.parquet")) -> None:
+    """Merge reviewers' answers files: per entry the latest answer wins; conflicting entries are listed."""
+    from pipeline.storage import DataError
+    from stages import answers as answers_stage
+
+    try:
+        answers_stage.run(files, out)
+    except (FileNotFoundError, ValueError, DataError) as e:
+        typer.secho(f"mlpl merge-answers: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command("info")
 def info() -> None:
     """Print the dataset, the teacher and the cached artifacts with their sizes (run from the project root)."""

@@ -86,3 +86,21 @@ def test_random_known_labels_need_ground_truth():
     with pytest.raises(DataError, match="has none; set known: answers"):
         known_labels(MaskSettings(ratio=0.1), None, np.ones(2, bool), answers)
     assert known_labels(MaskSettings(known="answers"), None, np.ones(2, bool), answers)[0].sum() == 0
+
+
+def test_reviewers_answers_merge_the_latest_winning_conflicts_listed(tmp_path):
+    import subprocess
+
+    import pyarrow.parquet as pq
+
+    a = _answers(tmp_path / "a.parquet", [("x", "cat", 1, 10), ("y", "dog", 0, 10), ("z", "cat", 1, 3)])
+    b = _answers(tmp_path / "b.parquet", [("x", "cat", 0, 20), ("y", "dog", 0, 5), ("z", "cat", 0, 3)])
+    out = tmp_path / "merged.parquet"
+    r = subprocess.run(["mlpl", "merge-answers", str(a), str(b), "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    merged = {(row["image_id"], row["class"]): row["label"] for row in pq.read_table(out).to_pylist()}
+    assert merged == {("x", "cat"): 0, ("y", "dog"): 0, ("z", "cat"): 0}  # x: b's is later; z: a tie, b is later
+    assert "conflict: x / cat: answered [1, 0], kept 0" in r.stdout and "conflict: z / cat" in r.stdout
+    assert "y / dog" not in r.stdout and "3 answered entries from 2 files, 2 answered differently" in r.stdout
+    bad = subprocess.run(["mlpl", "merge-answers", str(tmp_path / "none.parquet")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no such answers file" in bad.stderr
