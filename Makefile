@@ -23,9 +23,10 @@ lint: $(STAMP)
 	ruff check pipeline stages tests benchmarks
 
 # Two workers, one test file each: the end-to-end files spend much of their time starting processes,
-# which overlaps well on 2 cores; module fixtures (one tiny project per file) stay in one worker.
+# which overlaps well on 2 cores; module fixtures (one tiny project per file) stay in one worker. The 15
+# slowest tests are listed at the end: where the 12-minute budget goes.
 test: $(STAMP) lint
-	pytest -q -n 2 --dist loadfile
+	pytest -q -n 2 --dist loadfile --durations=15
 
 # Unit tests only: everything not marked `e2e` (the tests that drive the real dvc/mlpl CLI in a temporary
 # project or train for long), in under 2 min on 2 cores.
