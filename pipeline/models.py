@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from pipeline import clip
 from pipeline.adapter import Adapter, AdapterConfig, FrozenTowerClassifier
+from pipeline.settings import Settings, setting
 from pipeline.storage import atomic_path
 from pipeline.student import SmallCNN
 
@@ -138,6 +139,15 @@ class NoModel:
 ModelSpec = AdapterSpec | FrozenTowerSpec | SmallCNNSpec | NoModel
 SPECS: dict[str, type] = {s.kind: s for s in (AdapterSpec, FrozenTowerSpec, SmallCNNSpec, NoModel)}
 STUDENT_KINDS = ("frozen_tower", "small_cnn")  # distill.student
+
+
+@dataclass(frozen=True)
+class DistillSettings(Settings):
+    """Section `distill`: the student the pipeline exports (its small CNN's training: `distill.small_cnn`)."""
+
+    student: str = setting("frozen_tower", choices=STUDENT_KINDS)  # the tower + adapter, or a small CNN
+
+    SECTION: ClassVar[str] = "distill"
 
 
 def create_model(spec: ModelSpec, backbone: nn.Module | None = None) -> nn.Module:

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.images import ResizedImages
-from pipeline.models import STUDENT_KINDS, SmallCNNSpec, save_checkpoint, student_of_adapter, write_checkpoint
+from pipeline.models import DistillSettings, SmallCNNSpec, save_checkpoint, student_of_adapter, write_checkpoint
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
 from pipeline.rules import RuleSettings, rule_weights
@@ -33,7 +33,7 @@ from stages.common import (
 
 def check(params: Params) -> tuple[str, StudentTraining, RuleSettings]:
     p = params.section("distill")
-    return (p.get("student", str, choices=STUDENT_KINDS), p.section("small_cnn").build(StudentTraining),
+    return (p.build(DistillSettings).student, p.section("small_cnn").build(StudentTraining),
             params.build(RuleSettings))
 
 

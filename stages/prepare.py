@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import pyarrow.parquet as pq
 
 from pipeline.datasets import (
-    FORMATS,
     READERS,
+    DatasetFormat,
     ImportedDataset,
     InputChecks,
     Issue,
@@ -49,7 +49,7 @@ def input_checks(p: Params) -> InputChecks:
 def check(params: Params) -> tuple[str, dict, InputChecks]:
     """(format, the reader's keyword arguments, input checks); paths must exist."""
     p = params.section("dataset")
-    fmt = p.get("format", str, choices=FORMATS)
+    fmt = p.build(DatasetFormat).format
     checks = input_checks(p)
     p.allow(*FORMAT_KEYS)  # one format's keys are not unknown under another (dvc.yaml declares some for all)
     reader = reader_for(fmt)

@@ -19,6 +19,9 @@ a label file of the wrong length) raise DataError, naming the file and the key.
 # isort: off
 from pipeline.datasets import embedded, folder, voc, coco, nuswide  # noqa: F401
 # isort: on
+from dataclasses import dataclass
+from typing import ClassVar
+
 from pipeline.datasets.checks import (
     ON_BAD_INPUT,
     CheckedImport,
@@ -44,8 +47,18 @@ from pipeline.datasets.issues import (
 from pipeline.datasets.nuswide import read_nuswide
 from pipeline.datasets.registry import READERS, Reader, reader_for, register_reader, settings_keys
 from pipeline.datasets.voc import VOC_CLASSES, read_voc
+from pipeline.settings import Settings, setting
 
 FORMATS = tuple(READERS)  # in registration order: the order of the imports above
+
+
+@dataclass(frozen=True)
+class DatasetFormat(Settings):
+    """`dataset.format`: which registered reader makes the dataset (its own keys: the reader's settings)."""
+
+    format: str = setting("embedded", choices=FORMATS)
+
+    SECTION: ClassVar[str] = "dataset"
 
 __all__ = [
     "ACTIONS",
@@ -58,6 +71,7 @@ __all__ = [
     "ROW_FAULTS",
     "VOC_CLASSES",
     "CheckedImport",
+    "DatasetFormat",
     "ImportedDataset",
     "InputChecks",
     "Issue",
