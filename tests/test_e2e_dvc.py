@@ -33,9 +33,10 @@ def built(tmp_path_factory):
 def project(built):
     """The built project back at its committed baseline (params.yaml, dvc.lock and the outputs), whatever an earlier
     test left there (an experiment's params and outputs, a deleted store): every test starts from the same state,
-    alone (`pytest -k`) or after the others."""
+    alone (`pytest -k`) or after the others. `reset --hard`, not `checkout -- .`: DVC autostages the dvc.lock a
+    repro writes, and a checkout from the index would keep it."""
     project, _ = built
-    sh("git checkout -q -- . && dvc checkout -q --force", project)
+    sh("git reset -q --hard && dvc checkout -q --force", project)
     return project
 
 
