@@ -81,6 +81,23 @@ def experiment_metrics(project: Path) -> dict[str, dict]:
     return {name: metrics for name, _, metrics in experiment_rows(shown) if metrics}
 
 
+def run_experiments(project: Path, runs: dict[str, list[str]], jobs: int, poll_s: float = 20.0) -> dict[str, dict]:
+    """Queue one `dvc exp run --queue --name NAME FLAGS…` per entry of `runs` in `project`, run the queue with
+    `jobs` workers and return every experiment's flattened metrics; an experiment without metrics is an error
+    that prints its log."""
+    for name, flags in runs.items():
+        sh(["dvc", "exp", "run", "--queue", "--name", name, *flags], project)
+    print(f"queued {len(runs)} experiments in {project}", flush=True)
+    sh(["dvc", "queue", "start", "-j", str(jobs)], project)
+    wait_for_queue(project, poll_s=poll_s)
+    found = experiment_metrics(project)
+    missing = [n for n in runs if n not in found]
+    if missing:
+        logs = "\n".join(sh(["dvc", "queue", "logs", n], project, check=False).stdout[-2000:] for n in missing)
+        raise SystemExit(f"experiments without metrics: {missing}\n{logs}")
+    return found
+
+
 def rung_values(metrics: dict) -> dict[str, float]:
     """The mAP of each rung and model, and the gap closure, from flattened metrics."""
     keys = {f"labels.{r}": f"labels.{r}.map" for r in LABEL_RUNGS} | {f"test.{m}": f"test.{m}.map" for m in TEST_RUNGS}

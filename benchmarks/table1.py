@@ -40,11 +40,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ladder import (  # noqa: E402
     add_queue_options,
-    experiment_metrics,
     project_dir,
+    run_experiments,
     sh,
     summarise,
-    wait_for_queue,
 )
 from benchmarks.partial_labels import METHODS  # noqa: E402
 from benchmarks.project import copy_project  # noqa: E402
@@ -152,6 +151,7 @@ def main() -> None:
     experiments = list(dict.fromkeys(ROWS[name].experiment for name in args.methods))
     project = project_dir(args.keep, "mlpl-table1-")
     runs: dict[tuple[str, int], str] = {}
+    flags_of: dict[str, list[str]] = {}
     try:
         copy_project(project, args.params, lambda cmd, cwd: sh(["bash", "-c", cmd], cwd), args.config)
         extra = [a for kv in args.overrides for a in ("-S", kv)]
@@ -162,16 +162,9 @@ def main() -> None:
                 name = f"{experiment}-seed{seed}".replace("_", "-")
                 runs[(experiment, seed)] = name
                 ratio = args.ratio if ratio is None else ratio
-                sh(["dvc", "exp", "run", "--queue", "--name", name, "-S", f"ratio={ratio}", "-S", seed_flag,
-                    *(a for f in flags for a in ("-S", f)), *extra], project)
-        print(f"queued {len(runs)} experiments in {project}", flush=True)
-        sh(["dvc", "queue", "start", "-j", str(args.jobs)], project)
-        wait_for_queue(project, poll_s=20.0)
-        found = experiment_metrics(project)
-        missing = [n for n in runs.values() if n not in found]
-        if missing:
-            logs = "\n".join(sh(["dvc", "queue", "logs", n], project, check=False).stdout[-2000:] for n in missing)
-            raise SystemExit(f"experiments without metrics: {missing}\n{logs}")
+                flags_of[name] = ["-S", f"ratio={ratio}", "-S", seed_flag, *(a for f in flags for a in ("-S", f)),
+                                  *extra]
+        found = run_experiments(project, flags_of, args.jobs)
     finally:
         if args.keep is None:
             shutil.rmtree(project, ignore_errors=True)

@@ -5,7 +5,7 @@ All methods act on logits z. `sqrt` is the paper's order-persistent g(z) = S⁻�
 that sets confident top-β entries to positive; `none` leaves z unchanged.
 Monotone corrections never reorder entries within an image: only top-β entries rise, and g(z) ≥ z.
 
-`calibrate_per_class` (ours, `correct.calibration: median`) then shifts each class's logits so that its
+`calibrate_per_class` (pipeline.logits; ours, `correct.calibration: median`) then shifts each class's logits so that its
 median sits at −margin. Eq. 7 takes a max over dozens of views, which lifts every entry, negatives too
 (their mean logit reaches +0.6 on the embedded benchmark), and a student trained on such targets puts
 most of its probabilities above 0.5. A class present in fewer than half the images has a negative as its
@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.logits import logit, sigmoid
+from pipeline.logits import calibrate_per_class, logit, sigmoid
 from pipeline.settings import Settings, setting
 from pipeline.transfer import ThresholdRule, apply_transfer, transfer_by_cooccurrence, transfer_by_prototypes
 
@@ -66,14 +66,6 @@ def apply_known_labels(z: np.ndarray, known: np.ndarray, labels: np.ndarray) -> 
     known = np.asarray(known).astype(bool)
     forced = np.where(np.asarray(labels) > 0, POSITIVE_LOGIT, NEGATIVE_LOGIT)
     return np.where(known, forced, z).astype(np.float32)
-
-
-def calibrate_per_class(z: np.ndarray, margin: float, rows: np.ndarray | None = None) -> np.ndarray:
-    """z − median of each column over `rows` (bool [N]; all rows if None) − margin [N, C]: per class, the median
-    entry of those rows lands at −margin. `correct` passes the train rows: no test image shapes a train label."""
-    z = np.asarray(z, dtype=np.float32)
-    ref = z if rows is None else z[np.asarray(rows, bool)]
-    return (z - np.median(ref, axis=0, keepdims=True) - np.float32(margin)).astype(np.float32)
 
 
 @dataclass(frozen=True)

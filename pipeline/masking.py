@@ -5,7 +5,11 @@ Top-level `known` says where the known train entries come from:
   the manifest's label;
 - `answers`: the entries a person answered (data/answers.parquet, e.g. from a review of the pseudo labels),
   their value the answer;
-- `answers+random`: both; where an answered entry is also drawn, the answer wins.
+- `answers+random`: both; where an answered entry is also drawn, the answer wins;
+- `uncertain`: the simulation of a review (issue 27): the `budget` share of train entries a review would
+  show first, the ones the initial estimate is least sure of (`review_order`), answered from the ground
+  truth by an oracle person. It ranks from the `init` stage's labels, upstream of `mask`, so the DAG stays
+  acyclic (a real review ranks the refined labels of a previous run).
 Known entries are known wherever they came from: every partial-label method and the known-label baseline
 use them alike.
 """
@@ -19,10 +23,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.logits import calibrate_per_class
 from pipeline.settings import Settings, setting
 from pipeline.storage import DataError
 
-KNOWN_SOURCES = ("random", "answers", "answers+random")
+KNOWN_SOURCES = ("random", "answers", "answers+random", "uncertain")
+# the per-class shift of `review_order`: a class's median train entry sits at −REVIEW_MARGIN, as the default
+# `correct.margin` puts it in the labels `correct` writes (before their top-β correction)
+REVIEW_MARGIN = 1.0
 # data/answers.parquet: one row per answered (image, class) entry; the latest answer of an entry wins
 ANSWERS_SCHEMA = pa.schema([("image_id", pa.string()), ("class", pa.string()), ("label", pa.int8()),
                             ("answered_at", pa.timestamp("ms", tz="UTC"))])
@@ -35,6 +43,7 @@ class MaskSettings(Settings):
     ratio: float = setting(0.0, ge=0.0, le=1.0)  # fraction of train label entries drawn as known (random)
     seed: int = setting(0)
     known: str = setting("random", choices=KNOWN_SOURCES)  # where known entries come from
+    budget: float = setting(0.0, ge=0.0, le=1.0)  # share of train entries answered (known: uncertain)
 
     @property
     def draws(self) -> bool:
@@ -43,6 +52,33 @@ class MaskSettings(Settings):
     @property
     def reads_answers(self) -> bool:
         return self.known in ("answers", "answers+random")
+
+    @property
+    def reviews(self) -> bool:
+        """The simulated review: the entries the initial estimate is least sure of, answered by an oracle."""
+        return self.known == "uncertain"
+
+
+def review_order(logits: np.ndarray, is_train: np.ndarray) -> np.ndarray:
+    """Train entries (flat indices into [N, C], row-major), the least sure first: what a review shows first.
+
+    Per class the logits are shifted as `correct.calibration: median` shifts them (the class's median train
+    entry at −REVIEW_MARGIN), so a class whose every entry Eq. 7 lifts is not taken for sure; an entry's
+    certainty is then the distance of its shifted logit from 0, the labels' 0.5. Ties keep row-major order."""
+    train = np.asarray(is_train, bool)
+    margin = np.abs(calibrate_per_class(logits, REVIEW_MARGIN, rows=train))
+    flat = np.where(train[:, None], margin, np.inf).ravel()
+    order = np.argsort(flat, kind="stable")
+    return order[: int(train.sum()) * logits.shape[1]]
+
+
+def reviewed_mask(logits: np.ndarray, is_train: np.ndarray, budget: float) -> np.ndarray:
+    """int8 [N, C]: 1 on the round(budget × train entries) entries `review_order` puts first."""
+    train = np.asarray(is_train, bool)
+    n = int(round(budget * int(train.sum()) * logits.shape[1]))
+    known = np.zeros(logits.shape, np.int8)
+    known.ravel()[review_order(logits, train)[:n]] = 1
+    return known
 
 
 def observed_mask(n_images: int, n_classes: int, is_train: np.ndarray, ratio: float, seed: int) -> np.ndarray:
@@ -95,11 +131,20 @@ def read_answers(path: str | Path, image_ids: list[str], classes: list[str], is_
 
 
 def known_labels(settings: MaskSettings, truth: np.ndarray | None, is_train: np.ndarray,
-                 answers: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 answers: tuple[np.ndarray, np.ndarray] | None = None, initial: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """(known int8 [N, C], their labels int8 [N, C], 0 where unknown): the random draw (`ratio`, `seed`,
-    values from `truth`) and/or the answers (answered, label), answers winning where both know an entry."""
+    values from `truth`) and/or the answers (answered, label), answers winning where both know an entry; or,
+    for `known: uncertain`, the `budget` entries `review_order` ranks first over the `initial` logits,
+    valued from `truth`."""
     n, c = (truth.shape if truth is not None else answers[0].shape)
     known, labels = np.zeros((n, c), np.int8), np.zeros((n, c), np.int8)
+    if settings.reviews:
+        if truth is None:
+            raise DataError("known: uncertain answers the reviewed entries from the ground truth, and this "
+                            "dataset has none; review them yourself (known: answers)")
+        known = reviewed_mask(initial, is_train, settings.budget)
+        return known, np.where(known > 0, (truth > 0).astype(np.int8), 0).astype(np.int8)
     if settings.draws and settings.ratio > 0:
         if truth is None:
             raise DataError(f"ratio {settings.ratio} draws known labels from the ground truth, and this dataset "

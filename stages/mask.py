@@ -1,19 +1,27 @@
 """Stage `mask`: which train labels are known, and their values → data/prepared/observed.parquet (top-level
-`known`, `ratio`, `seed`; data/answers.parquet where `known` reads answers)."""
+`known`, `ratio`, `seed`, `budget`; data/answers.parquet where `known` reads answers; the `init` stage's
+initial estimate where `known: uncertain` simulates a review)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from pipeline.masking import MaskSettings, known_labels, read_answers
-from pipeline.storage import Table, write_table
-from stages.common import MANIFEST, OBSERVED, Params
+from pipeline.storage import DataError, Table, write_table
+from stages.common import INITIAL, MANIFEST, OBSERVED, Params, ParamsError
 
 ANSWERS = Path("data") / "answers.parquet"  # a person's answers (git-tracked; empty as committed)
 
 
+REVIEWED = "cut"  # the initial estimate `known: uncertain` ranks (what `correct` reads by default)
+
+
 def check(params: Params) -> MaskSettings:
-    return params.build(MaskSettings)
+    settings = params.build(MaskSettings)
+    if settings.reviews and settings.budget == 0:
+        raise ParamsError("known: uncertain answers the budget share of the train entries, and budget: 0 is none; "
+                          "set budget > 0 (0.02: 2 % of the entries)")
+    return settings
 
 
 def run(params: Params) -> None:
@@ -23,9 +31,17 @@ def run(params: Params) -> None:
     truth = manifest.column("labels") if manifest.has("labels") else None
     answers = (read_answers(ANSWERS, list(manifest.column("image_id")), list(manifest.classes), train)
                if settings.reads_answers else None)
-    known, labels = known_labels(settings, truth, train, answers)
+    initial = None
+    if settings.reviews:
+        table = Table(INITIAL)
+        if list(table.column("image_id")) != list(manifest.column("image_id")):
+            raise DataError(f"{INITIAL} is not of the images of {MANIFEST}: run `dvc repro init` first")
+        initial = table.column(REVIEWED)
+    known, labels = known_labels(settings, truth, train, answers, initial)
     write_table(OBSERVED, {"image_id": manifest.column("image_id"), "known": known, "labels": labels},
                 manifest.classes)
     answered = "" if answers is None else f", {int(answers[0].sum())} of them answered in {ANSWERS}"
+    if settings.reviews:
+        answered = f", the budget {settings.budget} the initial '{REVIEWED}' is least sure of, answered from the truth"
     print(f"known={settings.known}, ratio={settings.ratio}: {int(known.sum())} of "
           f"{int(train.sum()) * known.shape[1]} train label entries known{answered} → {OBSERVED}")

@@ -49,7 +49,7 @@ def test_known_labels_override():
 
 
 def test_median_calibration_moves_each_class_not_its_ranking():
-    from pipeline.correct import calibrate_per_class
+    from pipeline.logits import calibrate_per_class
     from pipeline.metrics import mean_ap
 
     z = np.array([[3.0, 0.5], [1.0, 0.2], [2.0, 0.4], [0.5, 2.5]], np.float32)

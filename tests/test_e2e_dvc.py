@@ -186,6 +186,24 @@ def test_answers_are_known_labels_and_rerun_from_mask(project):
     assert ((corrected[train, 0] > 0) == (observed.column("labels")[train, 0] > 0)).all()  # they win in correct
 
 
+def test_a_simulated_review_knows_the_least_sure_entries(project):
+    """known: uncertain answers the budget share of train entries the initial estimate ranks least sure, from
+    the ground truth; the initial labels come from the cache (mask reads them, nothing upstream reruns)."""
+    from pipeline.masking import review_order
+    from pipeline.storage import Table
+
+    r = sh("dvc exp run -S known=uncertain -S budget=0.05", project)
+    assert stages_run(r.stdout) == {"validate", "mask", "correct", "sew", "distill", "evaluate"}, r.stdout
+    manifest = Table(project / "data" / "prepared" / "manifest.parquet")
+    train, truth = manifest.column("split") == "train", manifest.column("labels")
+    observed = Table(project / "data" / "prepared" / "observed.parquet")
+    known = observed.column("known").astype(bool)
+    n = round(0.05 * train.sum() * truth.shape[1])
+    first = review_order(Table(project / "data" / "labels" / "initial.parquet").column("cut"), train)[:n]
+    assert known.sum() == n and known.ravel()[first].all() and not known[~train].any()
+    assert (observed.column("labels")[known] == (truth[known] > 0)).all()
+
+
 # the partial-label methods and the EM they plug into: none of them is upstream of `correct` or `sew`
 METHOD_MODULES = ("hst", "trm", "rules", "online_transfer", "em", "adaptation")
 
@@ -249,6 +267,8 @@ def test_invalid_params_fail_before_anything_is_touched(project):
     # the papers' settings train on known labels alone: at ratio 0 there are none
     out = _refused_repro(project, lambda params: params.update(unknown="ignore"))
     assert "unknown: ignore trains on the known labels alone, and ratio: 0 knows none" in out
+    out = _refused_repro(project, lambda params: params.update(known="uncertain"))
+    assert "known: uncertain answers the budget share of the train entries, and budget: 0 is none" in out
     assert snapshot() == before
     assert stages_run(sh("dvc repro", project).stdout) == set()
 

@@ -104,3 +104,28 @@ def test_reviewers_answers_merge_the_latest_winning_conflicts_listed(tmp_path):
     assert "y / dog" not in r.stdout and "3 answered entries from 2 files, 2 answered differently" in r.stdout
     bad = subprocess.run(["mlpl", "merge-answers", str(tmp_path / "none.parquet")], capture_output=True, text=True)
     assert bad.returncode == 2 and "no such answers file" in bad.stderr
+
+
+def test_a_simulated_review_answers_the_least_sure_train_entries_from_the_truth():
+    """known: uncertain: per class the logits are shifted so the median train entry sits at −1; the budget goes
+    to the entries nearest 0 there, whatever a class's overall level, never to a test row; values from truth."""
+    from pipeline.masking import MaskSettings, known_labels, review_order
+    from pipeline.storage import DataError
+
+    train = np.array([True] * 5 + [False])
+    # class 0 lifted by +10 throughout (as Eq. 7 lifts every entry): its sure and unsure entries are the
+    # same as class 1's, so a raw |logit| would pick class 1 alone
+    z1 = np.array([-1.0, 0.5, -3.0, 5.0, 1.25, 0.0])  # train median 0.5 → shifted: −2.5, −1, −4.5, 3.5, −0.25
+    logits = np.stack([z1 + 10.0, z1], axis=1).astype(np.float32)
+    logits[5] = [11.5, 1.5]  # the test row sits at the boundary of both classes: never reviewed
+    order = review_order(logits, train)
+    assert len(order) == 10 and not {10, 11} & set(order)  # row 5's flat indices
+    rows, cols = np.unravel_index(order, logits.shape)
+    assert list(zip(rows[:6], cols[:6], strict=True)) == [(4, 0), (4, 1), (1, 0), (1, 1), (0, 0), (0, 1)]
+    truth = np.array([[1, 0], [0, 1], [0, 0], [1, 1], [1, 0], [1, 1]], np.int8)
+    known, labels = known_labels(MaskSettings(known="uncertain", budget=0.4), truth, train, initial=logits)
+    assert known.sum() == 4 and known[[1, 4]].all()  # round(0.4 × 10) entries: rows 4 and 1
+    assert (labels == np.where(known > 0, truth, 0)).all()
+    with pytest.raises(DataError, match="has none"):  # an oracle needs the ground truth
+        known_labels(MaskSettings(known="uncertain", budget=0.4), None, train,
+                     answers=(np.zeros((6, 2), np.int8),) * 2, initial=logits)
