@@ -197,6 +197,21 @@ def merge_answers(files: Annotated[list[Path], typer.Argument(metavar="FILE...",
         raise typer.Exit(2) from None
 
 
+@app.command("review", cls=_Command)
+def review(port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8765,
+           answers: Annotated[Path, typer.Option("--answers", help="The answers file it writes (what `known: "
+                                                                   "answers` reads).")] = Path("data/answers.parquet"),
+           ) -> None:
+    """Review the pseudo labels in the browser (least sure first); answers are saved at once. Ctrl-C stops."""
+    from stages import review as review_stage
+
+    try:
+        review_stage.run(port, answers)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        typer.secho(f"mlpl review: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command("info")
 def info() -> None:
     """Print the dataset, the teacher and the cached artifacts with their sizes (run from the project root)."""

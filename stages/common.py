@@ -23,6 +23,7 @@ PREPARED = DATA / "prepared"
 IMAGES_DIR = PREPARED / "images"
 MANIFEST = PREPARED / "manifest.parquet"
 OBSERVED = PREPARED / "observed.parquet"
+ANSWERS = DATA / "answers.parquet"  # a person's answers (git-tracked; empty as committed; `mlpl review` writes it)
 TEACHER_DIR = DATA / "teacher"
 TEACHER_DESCRIPTOR = TEACHER_DIR / "descriptor.json"
 SCORES = DATA / "scores.zarr"

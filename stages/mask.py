@@ -4,14 +4,9 @@ initial estimate where `known: uncertain` simulates a review)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pipeline.masking import MaskSettings, known_labels, read_answers
 from pipeline.storage import DataError, Table, write_table
-from stages.common import INITIAL, MANIFEST, OBSERVED, Params, ParamsError
-
-ANSWERS = Path("data") / "answers.parquet"  # a person's answers (git-tracked; empty as committed)
-
+from stages.common import ANSWERS, INITIAL, MANIFEST, OBSERVED, Params, ParamsError
 
 REVIEWED = "cut"  # the initial estimate `known: uncertain` ranks (what `correct` reads by default)
 

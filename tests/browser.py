@@ -13,19 +13,39 @@ NAMES = ("chromium", "chromium-browser", "google-chrome")
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND"
 
 
-def chromium() -> str:
-    """The browser's path, installing Debian's `chromium` with apt-get if needed; skips if impossible."""
-    found = next((p for p in map(shutil.which, NAMES) if p), None)
+def _installed(names: tuple[str, ...], package: str) -> str:
+    """The path of the first of `names` on PATH, installing Debian's `package` with apt-get if needed; skips
+    the test if impossible."""
+    found = next((p for p in map(shutil.which, names) if p), None)
     if found:
         return found
     if shutil.which("apt-get") and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True, env=env,
+        subprocess.run(f"apt-get update -qq && apt-get install -y -qq {package}", shell=True, env=env,
                        capture_output=True, timeout=900)
-        found = next((p for p in map(shutil.which, NAMES) if p), None)
+        found = next((p for p in map(shutil.which, names) if p), None)
         if found:
             return found
-    pytest.skip("headless Chromium is not installed and cannot be installed here (apt-get as root)")
+    pytest.skip(f"{package} is not installed and cannot be installed here (apt-get as root)")
+
+
+def chromium() -> str:
+    """The browser's path (Debian's `chromium`)."""
+    return _installed(NAMES, "chromium")
+
+
+def webdriver_chromium(width: int = 1100, height: int = 900):
+    """A Selenium WebDriver on headless Chromium through Debian's `chromium-driver` (given by path, so that
+    Selenium never tries to download a driver)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(_installed(("chromedriver",), "chromium-driver")), options=options)
 
 
 def _run(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:

@@ -1,0 +1,85 @@
+"""The review page's speed in a real headless Chromium: time to first paint and until its cards (up to 1,000
+images with their labels) are in the page, and how long an answer takes to be on disk.
+
+    python benchmarks/review_page.py [--project .] [--answers FILE]
+
+Runs in a built project (`dvc repro` done: the refined labels and the manifest's images). Starts `mlpl
+review` on a free port with a scratch answers file (the project's data/answers.parquet is not touched
+unless --answers names it), opens the page through Selenium, answers 20 cards with the `c` key and reads
+the file after each. Ends with one JSON line: {"cards", "first_paint_s", "cards_ready_s", "answer_on_disk_s":
+{"mean", "max"}, "answers_on_disk"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.browser import webdriver_chromium  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--project", type=Path, default=Path("."), help="a built project")
+    ap.add_argument("--answers", type=Path, help="answers file the server writes (default: a scratch file)")
+    args = ap.parse_args()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    answers = args.answers or Path(tempfile.mkdtemp(prefix="mlpl-review-")) / "answers.parquet"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlpl"), "review", "--port", str(port), "--answers",
+                               str(answers.resolve())], cwd=args.project, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    driver = None
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queue?limit=1", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        driver = webdriver_chromium()
+        start = time.perf_counter()
+        driver.get(f"http://127.0.0.1:{port}/")
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+        ready = time.perf_counter() - start
+        paint = driver.execute_script("return performance.getEntriesByName('first-contentful-paint')[0].startTime")
+        cards = driver.find_elements(By.CSS_SELECTOR, ".card")
+        body = driver.find_element(By.TAG_NAME, "body")
+        waits = []
+        for k in range(min(20, len(cards) - 1)):
+            t = time.perf_counter()
+            body.send_keys("c")
+            WebDriverWait(driver, 10, poll_frequency=0.005).until(
+                lambda d, k=k: "current" in cards[k + 1].get_attribute("class"))
+            waits.append(time.perf_counter() - t)  # the page moves on only once the server has written it
+            assert pq.read_table(answers).num_rows == k + 1
+        print(json.dumps({"cards": len(cards), "first_paint_s": round(paint / 1000, 3),
+                          "cards_ready_s": round(ready, 3),
+                          "answer_on_disk_s": {"mean": round(statistics.fmean(waits), 4), "max": round(max(waits), 4)},
+                          "answers_on_disk": pq.read_table(answers).num_rows}))
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()

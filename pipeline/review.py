@@ -1,0 +1,88 @@
+"""The review of the pseudo labels by a person (issue 27): which train entries to show first, and a person's
+answers kept on disk as they come.
+
+The order is `masking.review_order`, the one definition of "least sure" that `known: uncertain` simulates:
+per class the logits are shifted so the class's median train entry sits at −1, and the entries whose
+shifted logit is nearest 0 (the labels' 0.5) come first. An answered entry leaves the queue. The page shows
+the refined labels of the last run (`data/labels/refined.parquet`); the answers file is the one `mask` reads
+with `known: answers` (columns in docs/outputs.md), so a fix flows back into the DAG through `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.logits import sigmoid
+from pipeline.masking import ANSWERS_SCHEMA, empty_answers, review_order
+from pipeline.storage import DataError, atomic_path
+
+
+def review_queue(logits: np.ndarray, answered: np.ndarray, class_index: int | None = None) -> list[tuple[int, int]]:
+    """(row, class) of every unanswered entry, the least sure first (`review_order` over every row of
+    `logits`, [N, C]); only class `class_index` if given. `answered` bool [N, C]."""
+    rows, cols = np.unravel_index(review_order(logits, np.ones(len(logits), bool)), logits.shape)
+    keep = ~np.asarray(answered, bool)[rows, cols]
+    if class_index is not None:
+        keep &= cols == class_index
+    return list(zip(rows[keep].tolist(), cols[keep].tolist(), strict=True))
+
+
+class AnswerBook:
+    """A person's answers (the answers file), kept in memory and on disk: `add` returns only once the answer
+    is on disk. Each write replaces the file atomically (a temporary sibling, fsync'd, then renamed over it),
+    so a crash or a kill at any moment leaves the answers before it, never a torn file."""
+
+    def __init__(self, path: str | Path, image_ids: list[str], classes: list[str]):
+        self.path = Path(path)
+        self.row_of = {image_id: i for i, image_id in enumerate(image_ids)}
+        self.class_of = {name: c for c, name in enumerate(classes)}
+        self.table = pq.read_table(self.path).select(ANSWERS_SCHEMA.names).cast(ANSWERS_SCHEMA) \
+            if self.path.exists() else empty_answers()
+
+    def latest(self) -> dict[tuple[str, str], int]:
+        """{(image_id, class): label}: each entry's latest answer (a later row wins a tie)."""
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        stamps = self.table.column("answered_at").cast(pa.int64()).fill_null(np.iinfo(np.int64).min).to_pylist()
+        for row, stamp in zip(self.table.select(["image_id", "class", "label"]).to_pylist(), stamps, strict=True):
+            entry = (row["image_id"], row["class"])
+            if entry not in out or stamp >= out[entry][0]:
+                out[entry] = (stamp, row["label"])
+        return {entry: label for entry, (_, label) in out.items()}
+
+    def answered(self) -> np.ndarray:
+        """bool [N, C] over the book's images and classes: entries with an answer."""
+        mask = np.zeros((len(self.row_of), len(self.class_of)), bool)
+        for (image_id, name) in self.latest():
+            if image_id in self.row_of and name in self.class_of:
+                mask[self.row_of[image_id], self.class_of[name]] = True
+        return mask
+
+    def add(self, image_id: str, name: str, label: int, now: datetime.datetime | None = None) -> int:
+        """Record one answer and write the file; returns the number of answered entries."""
+        if image_id not in self.row_of:
+            raise DataError(f"image {image_id!r} is not a train image of the review")
+        if name not in self.class_of:
+            raise DataError(f"class {name!r} is not one of {list(self.class_of)}")
+        if label not in (0, 1):
+            raise DataError(f"label {label!r}: an answer is 0 or 1")
+        now = now or datetime.datetime.now(datetime.UTC)
+        row = pa.Table.from_pylist([{"image_id": image_id, "class": name, "label": label, "answered_at": now}],
+                                   schema=ANSWERS_SCHEMA)
+        table = pa.concat_tables([self.table, row])
+        with atomic_path(self.path) as tmp:
+            pq.write_table(table, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        self.table = table
+        return len(self.latest())
+
+
+def confidences(logits: np.ndarray) -> np.ndarray:
+    """P(positive) of each entry, the page's confidence."""
+    return sigmoid(logits).astype(np.float32)

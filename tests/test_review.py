@@ -1,0 +1,186 @@
+"""The review page (issue 27): the queue's order, answers on disk at once (a killed server loses none), the
+Flask routes, and the page driven in a real headless Chromium."""
+
+import datetime
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from json import dumps, loads
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.masking import MaskSettings, known_labels, read_answers, review_order
+from pipeline.review import AnswerBook, review_queue
+from pipeline.storage import DataError, write_table
+
+CLASSES = ["square", "disc", "cross"]
+IDS = [f"img{i:03d}" for i in range(12)]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder with what the review reads: the manifest (images on disk) and the refined labels."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "data" / "prepared" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "labels").mkdir(parents=True)
+    for i, image_id in enumerate(IDS):
+        Image.fromarray(np.full((16, 16, 3), 20 * i, np.uint8)).save(tmp_path / f"data/prepared/images/{image_id}.png")
+    truth = (rng.random((len(IDS), 3)) < 0.4).astype(np.int8)
+    write_table(tmp_path / "data/prepared/manifest.parquet",
+                {"image_id": IDS, "split": ["train"] * len(IDS), "path": [f"images/{i}.png" for i in IDS],
+                 "labels": truth}, CLASSES, extra_metadata={"root": str(tmp_path / "data/prepared")})
+    logits = rng.normal(0, 2, (len(IDS), 3)).astype(np.float32)
+    write_table(tmp_path / "data/labels/refined.parquet", {"image_id": IDS, "split": ["train"] * len(IDS),
+                                                           "refined": logits}, CLASSES)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path, logits
+
+
+def test_the_queue_is_the_review_order_less_what_was_answered():
+    logits = np.random.default_rng(1).normal(0, 2, (10, 3)).astype(np.float32)
+    order = [tuple(int(x) for x in np.unravel_index(k, logits.shape)) for k in review_order(logits, np.ones(10, bool))]
+    answered = np.zeros((10, 3), bool)
+    assert review_queue(logits, answered) == order
+    answered[order[0]] = answered[order[3]] = True
+    rest = [e for k, e in enumerate(order) if k not in (0, 3)]
+    assert review_queue(logits, answered) == rest
+    assert review_queue(logits, answered, class_index=2) == [e for e in rest if e[1] == 2]
+
+
+def test_an_answer_is_on_disk_when_add_returns_and_mask_reads_it(tmp_path):
+    path = tmp_path / "answers.parquet"
+    book = AnswerBook(path, IDS, CLASSES)
+    t0 = datetime.datetime(2026, 12, 4, tzinfo=datetime.UTC)
+    assert book.add("img003", "disc", 1, now=t0) == 1
+    assert pq.read_table(path).num_rows == 1  # on disk, not only in memory
+    assert book.add("img003", "disc", 0, now=t0 + datetime.timedelta(seconds=1)) == 1  # changed mind: latest wins
+    assert book.add("img005", "cross", 1, now=t0) == 2
+    assert AnswerBook(path, IDS, CLASSES).latest() == {("img003", "disc"): 0, ("img005", "cross"): 1}  # a restart
+    for bad, match in ((("nope", "disc", 1), "not a train image"), (("img001", "hexagon", 1), "not one of"),
+                       (("img001", "disc", 2), "an answer is 0 or 1")):
+        with pytest.raises(DataError, match=match):
+            book.add(*bad)
+    # what `mask` makes of them with known: answers
+    answered, labels = read_answers(path, IDS, CLASSES, np.ones(len(IDS), bool))
+    known, values = known_labels(MaskSettings(known="answers"), None, np.ones(len(IDS), bool), (answered, labels))
+    assert known.sum() == 2 and values[3, 1] == 0 and values[5, 2] == 1
+
+
+def test_the_routes_rank_filter_save_and_serve(project):
+    from stages.review import create_app
+
+    root, logits = project
+    client = create_app(root / "data" / "answers.parquet").test_client()
+    assert b"Review the pseudo labels" in client.get("/").data
+    body = client.get("/api/queue").get_json()
+    first = review_queue(logits, np.zeros_like(logits, bool))
+    assert [(IDS.index(it["image_id"]), CLASSES.index(it["class"])) for it in body["items"]] == first
+    assert body["remaining"] == logits.size and "least sure first" in body["ranking"]
+    top = body["items"][0]
+    assert top["label"] == int(top["p"] >= 0.5)
+    r = client.post("/api/answer", json={"image_id": top["image_id"], "class": top["class"], "label": 1 - top["label"]})
+    assert r.get_json() == {"answered": 1}
+    after = client.get("/api/queue?class=" + top["class"]).get_json()
+    assert {it["class"] for it in after["items"]} == {top["class"]} and after["answered"] == 1
+    assert (top["image_id"], top["class"]) not in {(it["image_id"], it["class"]) for it in after["items"]}
+    assert client.post("/api/answer", json={"image_id": "x", "class": "disc", "label": 1}).status_code == 400
+    assert client.get("/api/queue?class=hexagon").status_code == 400
+    assert client.get(f"/image/{IDS[2]}").data[:4] == b"\x89PNG" and client.get("/image/none").status_code == 404
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(root: Path, port: int) -> subprocess.Popen:
+    log = open(root / f"review-{port}.log", "ab")  # noqa: SIM115 (the server's, closed with the process)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlpl"), "review", "--port", str(port)], cwd=root,
+                            stdout=log, stderr=log)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queue?limit=1", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"the review server did not come up:\n{(root / f'review-{port}.log').read_text()[-2000:]}")
+
+
+def _post(port: int, body: dict) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/answer", data=dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return loads(urllib.request.urlopen(req, timeout=10).read())
+
+
+def test_a_killed_server_loses_no_answer(project):
+    """Answers posted to a real server, which is then killed (SIGKILL) mid-session: every answer it
+    acknowledged is in the answers file, and a restarted server takes up the queue after them."""
+    root, _ = project
+    port = _free_port()
+    proc = _serve(root, port)
+    try:
+        items = loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queue").read())["items"]
+        for it in items[:5]:
+            _post(port, {"image_id": it["image_id"], "class": it["class"], "label": it["label"]})
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    table = pq.read_table(root / "data" / "answers.parquet").to_pylist()
+    assert [(r["image_id"], r["class"], r["label"]) for r in table] == [
+        (it["image_id"], it["class"], it["label"]) for it in items[:5]]
+    proc = _serve(root, port)
+    try:
+        again = loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queue").read())
+        assert again["answered"] == 5 and again["items"] == items[5:]
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.mark.e2e
+def test_the_page_in_a_real_browser(project):
+    """Headless Chromium (WebDriver) clicks `confirm` on the first card, presses `f` on the second, reloads:
+    both answers are in the file, and the page's queue starts after them."""
+    from tests.browser import webdriver_chromium
+
+    root, _ = project
+    port = _free_port()
+    proc = _serve(root, port)
+    driver = webdriver_chromium()
+    try:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        def ready():
+            WebDriverWait(driver, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+            return driver.find_elements(By.CSS_SELECTOR, ".card")
+
+        driver.get(f"http://127.0.0.1:{port}/")
+        cards = ready()
+        entries = [(c.get_attribute("data-image-id"), c.get_attribute("data-class")) for c in cards[:3]]
+        labels = [int("yes" in c.find_element(By.CLASS_NAME, "label").text) for c in cards[:2]]
+        cards[0].find_element(By.CLASS_NAME, "confirm").click()
+        WebDriverWait(driver, 10).until(lambda d: "current" in cards[1].get_attribute("class"))
+        driver.find_element(By.TAG_NAME, "body").send_keys("f")
+        WebDriverWait(driver, 10).until(lambda d: "current" in cards[2].get_attribute("class"))
+        rows = pq.read_table(root / "data" / "answers.parquet").to_pylist()
+        assert [(r["image_id"], r["class"], r["label"]) for r in rows] == [
+            (*entries[0], labels[0]), (*entries[1], 1 - labels[1])]
+        driver.refresh()
+        first = ready()[0]
+        assert (first.get_attribute("data-image-id"), first.get_attribute("data-class")) == entries[2]
+        driver.save_screenshot(str(root / "review.png"))
+    finally:
+        driver.quit()
+        proc.terminate()
+        proc.wait()
