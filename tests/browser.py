@@ -1,6 +1,7 @@
 """A real headless Chromium for the page checks: the Debian package, installed on first use where
 missing (CI machines are fresh); tests that need it skip, with the reason, only if it cannot be had."""
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 NAMES = ("chromium", "chromium-browser", "google-chrome")
+PACKAGES = ("chromium", "chromium-driver")  # Debian's browser and its WebDriver, installed together
 # no network: a page that tries to load anything from outside fails to render, as it would offline
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND"
 
@@ -21,8 +23,14 @@ def _installed(names: tuple[str, ...], package: str) -> str:
         return found
     if shutil.which("apt-get") and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(f"apt-get update -qq && apt-get install -y -qq {package}", shell=True, env=env,
-                       capture_output=True, timeout=900)
+        # both packages at once, one test worker at a time (two xdist workers may both need them); apt waits
+        # for a dpkg lock held by anything else
+        with open(Path("/tmp") / "mlpl-browser-install.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not next((p for p in map(shutil.which, names) if p), None):
+                subprocess.run("apt-get -o DPkg::Lock::Timeout=600 update -qq && apt-get -o DPkg::Lock::Timeout=600 "
+                               f"install -y -qq {' '.join(PACKAGES)}", shell=True, env=env, capture_output=True,
+                               timeout=900)
         found = next((p for p in map(shutil.which, names) if p), None)
         if found:
             return found
