@@ -133,6 +133,17 @@ def checks(rungs: dict[str, dict], per_seed: dict[int, dict[str, float]]) -> dic
     return out
 
 
+def add_project_options(ap: argparse.ArgumentParser) -> None:
+    """--params and --config: what the project copy of every queue benchmark is built from."""
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file of the project copy")
+    ap.add_argument("--config", type=Path, help="a config of configs/ applied on top (configs/contexts.yaml)")
+
+
+def mean_sd(fig: dict | None) -> str:
+    """A summarised figure as `mean ± sd` (4 decimals), or — where it is missing."""
+    return f"{fig['mean']:.4f} ± {fig['sd']:.4f}" if fig else "—"
+
+
 def add_queue_options(ap: argparse.ArgumentParser) -> None:
     """--set, --jobs and --keep: the options of every benchmark that runs a queue of experiments."""
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -150,8 +161,7 @@ def project_dir(keep: Path | None, prefix: str) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file of the project copy")
-    ap.add_argument("--config", type=Path, help="a config of configs/ applied on top of the params file")
+    add_project_options(ap)
     ap.add_argument("--seeds", type=int, nargs="+", default=list(HELD_OUT_SEEDS),
                     help=f"dataset.seed values (default: the held-out {list(HELD_OUT_SEEDS)}; the defaults were "
                          f"chosen on {list(TUNING_SEEDS)})")

@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ladder import (  # noqa: E402
+    add_project_options,
     add_queue_options,
     experiment_metrics,
+    mean_sd,
     project_dir,
     sh,
     summarise,
@@ -112,7 +114,7 @@ def checks(methods: dict[str, dict], sweep: dict[float, dict]) -> dict[str, bool
 def row(name: str, figs: dict[str, dict]) -> str:
     def cell(key: str) -> str:
         f = figs.get(key)
-        return f"{f['mean']:.4f} ± {f['sd']:.4f}" if f else "—"
+        return mean_sd(f)
 
     return f"| {name} | " + " | ".join(cell(k) for k in ("corrected", "refined", "student", "raised_right",
                                                           "lowered_right")) + " |"
@@ -120,8 +122,7 @@ def row(name: str, figs: dict[str, dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file of the project copy")
-    ap.add_argument("--config", type=Path, help="a config of configs/ applied on top (configs/contexts.yaml)")
+    add_project_options(ap)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the known-label draw")
     ap.add_argument("--ratio", type=float, default=0.1, help="the known ratio the methods run at")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS), help="methods to run")
@@ -172,7 +173,7 @@ def main() -> None:
         print("\n| ratio | corrected | refined | student | ceiling |\n|---|---|---|---|---|")
         for r, figs in sweep.items():
             print(f"| {r:g} | " + " | ".join(
-                f"{figs[k]['mean']:.4f} ± {figs[k]['sd']:.4f}" if k in figs else "—"
+                mean_sd(figs.get(k))
                 for k in ("corrected", "refined", "student", "ceiling")) + " |")
     result = {"params": str(args.params), "config": str(args.config or ""), "overrides": args.overrides,
               "seeds": args.seeds, "ratio": args.ratio, "methods": methods,

@@ -27,7 +27,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ladder import add_queue_options, project_dir, run_experiments, sh, summarise  # noqa: E402
+from benchmarks.ladder import (  # noqa: E402
+    add_project_options,
+    add_queue_options,
+    mean_sd,
+    project_dir,
+    run_experiments,
+    sh,
+    summarise,
+)
 from benchmarks.project import copy_project  # noqa: E402
 from benchmarks.table1 import beats, row_figures  # noqa: E402
 
@@ -53,15 +61,14 @@ def table(rows: dict[str, dict], budget: float, reference: float) -> str:
             "reference": f"{reference:g} of the entries, at random"}
     lines = ["| row | known | mAP (test) | CF1 | OF1 |", "|---|---|---|---|---|"]
     for name, figs in rows.items():
-        cells = [f"{figs[k]['mean']:.4f} ± {figs[k]['sd']:.4f}" for k in ("student", "cf1", "of1")]
+        cells = [mean_sd(figs[k]) for k in ("student", "cf1", "of1")]
         lines.append(f"| `{name}` | {what[name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file of the project copy")
-    ap.add_argument("--config", type=Path, help="a config of configs/ applied on top (configs/contexts.yaml)")
+    add_project_options(ap)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="dataset seeds (and draw seeds)")
     ap.add_argument("--budget", type=float, default=0.02, help="share of train entries answered")
     ap.add_argument("--reference", type=float, default=0.1, help="share of train entries known at random to match")

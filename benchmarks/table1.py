@@ -39,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ladder import (  # noqa: E402
+    add_project_options,
     add_queue_options,
+    mean_sd,
     project_dir,
     run_experiments,
     sh,
@@ -132,15 +134,14 @@ def table(rows: dict[str, dict]) -> str:
     """The markdown table: one row per result, grouped as TailorCLIP's Table 1."""
     lines = ["| group | row | what | mAP (test) | CF1 | OF1 |", "|---|---|---|---|---|---|"]
     for name, figs in rows.items():
-        cells = [f"{figs[k]['mean']:.4f} ± {figs[k]['sd']:.4f}" if k in figs else "—" for k in FIGURES]
+        cells = [mean_sd(figs.get(k)) for k in FIGURES]
         lines.append(f"| {ROWS[name].group} | `{name}` | {ROWS[name].paper} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file of the project copy")
-    ap.add_argument("--config", type=Path, help="a config of configs/ applied on top (configs/contexts.yaml)")
+    add_project_options(ap)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                     help="seeds of the known-label draw (dataset seeds for the every-label-known rows)")
     ap.add_argument("--ratio", type=float, default=0.1, help="the known ratio of the weakly supervised rows")
