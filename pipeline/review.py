@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.logits import sigmoid
-from pipeline.masking import ANSWERS_SCHEMA, empty_answers, review_order
+from pipeline.masking import ANSWERS_SCHEMA, empty_answers, merge_answers, review_order
 from pipeline.storage import DataError, atomic_path
 
 
@@ -46,14 +46,10 @@ class AnswerBook:
             if self.path.exists() else empty_answers()
 
     def latest(self) -> dict[tuple[str, str], int]:
-        """{(image_id, class): label}: each entry's latest answer (a later row wins a tie)."""
-        out: dict[tuple[str, str], tuple[int, int]] = {}
-        stamps = self.table.column("answered_at").cast(pa.int64()).fill_null(np.iinfo(np.int64).min).to_pylist()
-        for row, stamp in zip(self.table.select(["image_id", "class", "label"]).to_pylist(), stamps, strict=True):
-            entry = (row["image_id"], row["class"])
-            if entry not in out or stamp >= out[entry][0]:
-                out[entry] = (stamp, row["label"])
-        return {entry: label for entry, (_, label) in out.items()}
+        """{(image_id, class): label}: each entry's latest answer, by `merge_answers`' rule (a later row wins a
+        tie)."""
+        merged, _ = merge_answers([self.table])
+        return {(row["image_id"], row["class"]): row["label"] for row in merged.to_pylist()}
 
     def answered(self) -> np.ndarray:
         """bool [N, C] over the book's images and classes: entries with an answer."""
