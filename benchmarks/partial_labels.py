@@ -42,32 +42,32 @@ from benchmarks.project import copy_project  # noqa: E402
 # name → the -S overrides that select it (the README's partial-label table names the papers)
 METHODS: dict[str, list[str]] = {
     "baseline": [],
-    "prototypes_ema": ["prototypes.threshold=ema"],  # TRM-ML
-    "prototypes_dtl": ["prototypes.threshold=dtl"],  # HST cross-image
-    "cooccurrence_ema": ["cooccurrence.threshold=ema"],
-    "cooccurrence_dtl": ["cooccurrence.threshold=dtl"],  # HST intra-image
-    "plmcl": ["rule=plmcl"],
-    "g2netpl": ["rule=g2netpl"],
-    "large_loss": ["rule=large_loss"],  # LL-R
-    "label_distribution": ["rule=label_distribution"],  # MulSupConLD
-    "hst_ist": ["hst.modules=ist"],  # HST (pipeline/hst.py): learnt per-image co-occurrence
-    "hst_cst": ["hst.modules=cst"],  # HST: prototypes of the adapter's class features
-    "hst": ["hst.modules=both"],
-    "hst_ist_loss_only": ["hst.modules=ist", "hst.start_epoch=1000"],  # IST's loss, no pseudo label ever
-    "trm": ["trm.enabled=true"],  # TRM-ML (pipeline/trm.py): text-region matching, bank, EMA thresholds
-    "trm_loss_only": ["trm.enabled=true", "trm.start_epoch=1000"],  # its losses, no pseudo label ever
+    "prototypes_ema": ["method=prototypes", "prototypes.threshold=ema"],  # TRM-ML
+    "prototypes_dtl": ["method=prototypes", "prototypes.threshold=dtl"],  # HST cross-image
+    "cooccurrence_ema": ["method=cooccurrence", "cooccurrence.threshold=ema"],
+    "cooccurrence_dtl": ["method=cooccurrence", "cooccurrence.threshold=dtl"],  # HST intra-image
+    "plmcl": ["method=plmcl"],
+    "g2netpl": ["method=g2netpl"],
+    "large_loss": ["method=large_loss"],  # LL-R
+    "label_distribution": ["method=label_distribution"],  # MulSupConLD
+    "hst_ist": ["method=hst", "hst.modules=ist"],  # HST (pipeline/hst.py): learnt per-image co-occurrence
+    "hst_cst": ["method=hst", "hst.modules=cst"],  # HST: prototypes of the adapter's class features
+    "hst": ["method=hst", "hst.modules=both"],
+    "hst_ist_loss_only": ["method=hst", "hst.modules=ist", "hst.start_epoch=1000"],  # IST's loss, no pseudo label ever
+    "trm": ["method=trm"],  # TRM-ML (pipeline/trm.py): text-region matching, bank, EMA thresholds
+    "trm_loss_only": ["method=trm", "trm.start_epoch=1000"],  # its losses, no pseudo label ever
     # its region head's classification loss alone: the head the adapter predicts with, nothing else of TRM-ML
-    "trm_region_only": ["trm.enabled=true", "trm.start_epoch=1000", "trm.kd_weight=0", "trm.nce_weight=0"],
+    "trm_region_only": ["method=trm", "trm.start_epoch=1000", "trm.kd_weight=0", "trm.nce_weight=0"],
     # the papers' own settings (top-level `unknown`): no CLIP label anywhere, plain images, no EM; the unknown
     # entries carry no loss (partial BCE) or are assumed negative (AN), and each method acts on that
     "pbce": ["unknown=ignore"],
     "an": ["unknown=negative"],
-    "large_loss_an": ["unknown=negative", "rule=large_loss"],  # LL-R as its paper: rejection on AN
-    "plmcl_paper": ["unknown=ignore", "rule=plmcl"],  # ŷ(0) from the network, τ(t) curriculum
-    "g2netpl_paper": ["unknown=ignore", "rule=g2netpl"],
-    "hst_paper": ["unknown=ignore", "hst.modules=both"],
-    "hst_ist_paper": ["unknown=ignore", "hst.modules=ist"],
-    "trm_paper": ["unknown=ignore", "trm.enabled=true", "sew.adapter.heads=1"],  # §4.1: one attention head
+    "large_loss_an": ["unknown=negative", "method=large_loss"],  # LL-R as its paper: rejection on AN
+    "plmcl_paper": ["unknown=ignore", "method=plmcl"],  # ŷ(0) from the network, τ(t) curriculum
+    "g2netpl_paper": ["unknown=ignore", "method=g2netpl"],
+    "hst_paper": ["unknown=ignore", "method=hst", "hst.modules=both"],
+    "hst_ist_paper": ["unknown=ignore", "method=hst", "hst.modules=ist"],
+    "trm_paper": ["unknown=ignore", "method=trm", "sew.adapter.heads=1"],  # §4.1: one attention head
 }
 # each method in its paper's setting against that setting's baseline
 PAPER_BASELINES = {"large_loss_an": "an", "plmcl_paper": "pbce", "g2netpl_paper": "pbce", "hst_paper": "pbce",

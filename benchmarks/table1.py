@@ -62,7 +62,7 @@ class Row:
 # experiment → (ratio: None = --ratio, the -S flags, whether its seeds are dataset seeds)
 EXPERIMENTS: dict[str, tuple[float | None, list[str], bool]] = {
     "ours": (0.0, [], False),
-    "mulsupconld": (1.0, ["rule=label_distribution"], True),
+    "mulsupconld": (1.0, ["method=label_distribution"], True),
     **{name: (None, METHODS[name], False) for name in
        ("pbce", "an", "large_loss_an", "plmcl_paper", "g2netpl_paper", "hst_paper", "trm_paper")},
     "ours_known": (None, [], False),

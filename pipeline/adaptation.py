@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,17 +20,15 @@ from pipeline.adapter import Adapter, AdapterOptions, adapter_for, adapter_for_g
 from pipeline.cut import best_view_boxes
 from pipeline.em import map_hosts, train_adapter_em
 from pipeline.features import GRID, read_feature_store
-from pipeline.hst import Hst, HstSettings
 from pipeline.logits import sigmoid
 from pipeline.models import AdapterSpec
 from pipeline.online_transfer import OnlineTransfer, adapter_pass, known_sign_of
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
-from pipeline.rules import NO_RULE, RuleSettings
+from pipeline.rules import NO_RULE, Rule
 from pipeline.sew import FeatureSewDataset, SewDataset, SewSettings, overlay_pool, overlay_pool_pairs
 from pipeline.storage import Table, manifest_paths, open_store
 from pipeline.transfer import apply_transfer
-from pipeline.trm import Trm, TrmSettings
 
 
 @dataclass(frozen=True)
@@ -63,12 +62,13 @@ def read_train_split(manifest: str | Path, initial: str | Path, scores: str | Pa
 @dataclass(frozen=True)
 class AdapterRecipe:
     """How an adapter trains: the `sew` section (composites, EM, the tower's input side), the adapter's
-    shape, the partial-label rule and the known-label transfer that trains with it (HST, TRM-ML, or None)."""
+    shape, the partial-label rule (pipeline.rules) and the `online` method that trains with it (pipeline.hst's
+    or pipeline.trm's settings, or None)."""
 
     settings: SewSettings
     options: AdapterOptions
-    rule: RuleSettings = NO_RULE
-    transfer: HstSettings | TrmSettings | None = None
+    rule: Rule = NO_RULE
+    transfer: Any = None
 
 
 def tower_inputs(settings: SewSettings, descriptor: dict, split: TrainSplit,
@@ -86,14 +86,15 @@ def needs_host_boxes(settings: SewSettings) -> bool:
     return settings.placement_tries > 1 or settings.cover_limit < 1
 
 
-def transfer_on(settings: HstSettings | TrmSettings | None, frozen: np.ndarray) -> bool:
-    """Whether a known-label transfer trains with the adapter: its settings turn it on and something is known."""
-    return settings is not None and settings.on and bool(np.asarray(frozen).any())
+def transfer_on(settings: Any, frozen: np.ndarray) -> bool:
+    """Whether an `online` method trains with the adapter: one is chosen and something is known."""
+    return settings is not None and bool(np.asarray(frozen).any())
 
 
-def adapter_prediction(settings: HstSettings | TrmSettings | None, frozen: np.ndarray) -> str:
-    """The head the adapter predicts with: TRM-ML's text-region matching where TRM-ML trains (its §3.6)."""
-    return "region" if isinstance(settings, TrmSettings) and transfer_on(settings, frozen) else "query"
+def adapter_prediction(settings: Any, frozen: np.ndarray) -> str:
+    """The head the adapter predicts with: the `online` method's (TRM-ML: text-region matching, its §3.6) where
+    it trains, else the per-query head."""
+    return settings.PREDICTION if transfer_on(settings, frozen) else "query"
 
 
 def region_head_start(model: nn.Module, descriptor: dict, classes: list[str], templates: list[str]) -> tuple:
@@ -104,14 +105,9 @@ def region_head_start(model: nn.Module, descriptor: dict, classes: list[str], te
     return weight, bias, norm, text, clip.logit_scale_of(model)
 
 
-def online_transfer(settings: HstSettings | TrmSettings | None, adapter: Adapter, frozen: np.ndarray
-                    ) -> OnlineTransfer | None:
-    """The known-label transfer that trains with `adapter` (HST or TRM-ML), or None where it is off."""
-    if not transfer_on(settings, frozen):
-        return None
-    if isinstance(settings, HstSettings):
-        return Hst(settings, adapter.cfg.n_classes, adapter.cfg.hidden)
-    return Trm(settings, adapter)
+def online_transfer(settings: Any, adapter: Adapter, frozen: np.ndarray) -> OnlineTransfer | None:
+    """The known-label transfer that trains with `adapter` (the `online` method's), or None where it is off."""
+    return settings.transfer(adapter) if transfer_on(settings, frozen) else None
 
 
 def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, targets: np.ndarray,

@@ -14,7 +14,7 @@ median, so the shift puts typical negatives at σ(−margin). It changes no clas
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.logits import calibrate_per_class, logit, sigmoid
 from pipeline.settings import Settings, setting
-from pipeline.transfer import ThresholdRule, apply_transfer, transfer_by_cooccurrence, transfer_by_prototypes
+from pipeline.transfer import apply_transfer
 
 METHODS = ("sqrt", "linear", "hard", "none")
 CALIBRATIONS = ("median", "none")
@@ -82,30 +82,6 @@ class Correction(Settings):
     SECTION: ClassVar[str] = "correct"
 
 
-@dataclass(frozen=True)
-class PrototypeTransfer(Settings):
-    """Section `prototypes` (its threshold keys: `rule`): known labels → unknown entries through class
-    prototypes; on unless `threshold: none`."""
-
-    rule: ThresholdRule = ThresholdRule()
-    k: int = setting(10, ge=1)
-    bank: int = setting(50, ge=1)
-    raise_logit: float = setting(2.0, ge=0.0)
-
-    SECTION: ClassVar[str] = "prototypes"
-
-
-@dataclass(frozen=True)
-class CooccurrenceTransfer(Settings):
-    """Section `cooccurrence` (its threshold keys: `rule`): known labels → unknown entries through P(i | j);
-    on unless `threshold: none`."""
-
-    rule: ThresholdRule = ThresholdRule()
-    raise_logit: float = setting(2.0, ge=0.0)
-
-    SECTION: ClassVar[str] = "cooccurrence"
-
-
 @dataclass
 class Corrected:
     target: np.ndarray  # [N, C] corrected logits, known entries written over
@@ -115,16 +91,17 @@ class Corrected:
 
 
 def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarray, correction: Correction,
-                       prototypes: PrototypeTransfer | None = None, cooccurrence: CooccurrenceTransfer | None = None,
+                       transfers: Sequence = (),
                        embeddings: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
                        train: np.ndarray | None = None) -> Corrected:
     """Correct `initial` [N, C], transfer the known labels (ratio > 0) to unknown entries, then write the
     known entries over everything, so they always win.
 
-    known [N, C] bool, labels [N, C] the true labels (read only where known); `embeddings()` returns the
-    (image, text) embeddings the prototype transfer needs, read only when it runs. `train` (bool [N]; all
-    rows if None): the rows whose statistics shape the labels, the calibration's medians and the prototype
-    bank's top-up candidates; the other rows (test) are corrected with them but never shape them.
+    known [N, C] bool, labels [N, C] the true labels (read only where known). `transfers`: the `correct`-role
+    methods (pipeline.prototypes, pipeline.cooccurrence), applied in turn, each on the labels the previous left;
+    `embeddings()` returns the (image, text) embeddings a transfer may need, read only when one asks. `train`
+    (bool [N]; all rows if None): the rows whose statistics shape the labels, the calibration's medians and the
+    prototype bank's top-up candidates; the other rows (test) are corrected with them but never shape them.
     """
     c = correction
     target = correct_labels(initial, c.beta, c.method, c.hard_threshold)
@@ -135,16 +112,11 @@ def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarra
     raised = np.zeros(known.shape, bool)
     lowered = raised.copy()
     store: dict = {}
-    if any_known and prototypes is not None:
-        emb, text = embeddings()
-        raised, lowered, bank, sims = transfer_by_prototypes(emb, text, target, known, labels, prototypes.rule,
-                                                             prototypes.k, prototypes.bank, train)
-        store = {"visual": bank.visual, "counts": bank.counts, "text": bank.text, **sims}
-        target = apply_transfer(target, raised, lowered, prototypes.raise_logit)
-    if any_known and cooccurrence is not None:
-        up, store["cooccurrence"] = transfer_by_cooccurrence(known, labels, cooccurrence.rule)
-        target = apply_transfer(target, up, np.zeros_like(up), cooccurrence.raise_logit)
-        raised |= up
+    for transfer in transfers if any_known else ():
+        moved = transfer.apply(target, known, labels, embeddings, train)
+        target = apply_transfer(target, moved.raised, moved.lowered, transfer.raise_logit)
+        raised, lowered = raised | moved.raised, lowered | moved.lowered
+        store.update(moved.store)
     if any_known:  # partial labels: what is known is never guessed
         target = apply_known_labels(target, known, labels)
     return Corrected(target, raised, lowered, store)

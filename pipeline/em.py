@@ -30,7 +30,7 @@ from pipeline.resume import Checkpointer
 from pipeline.rules import (
     EPS,
     NO_RULE,
-    RuleSettings,
+    Rule,
     curriculum_mask,
     rule_loss,
     unknown_targets,
@@ -154,7 +154,7 @@ def save_em(checkpointer: Checkpointer, epoch: int, state: EmState, adapter: tor
 
 
 def composite_targets(state: EmState, sources: torch.Tensor, classes: torch.Tensor, hidden: torch.Tensor | None,
-                      w_all: torch.Tensor | None, rule: RuleSettings
+                      w_all: torch.Tensor | None, rule: Rule
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """A batch's labels from Z (eq. 13, 18): (zs, the logits of the composite labels with 0 where no
     source labels an entry; targets σ(zs); labelled, the entries with a target; the entries' loss weights
@@ -176,7 +176,7 @@ def composite_targets(state: EmState, sources: torch.Tensor, classes: torch.Tens
     return zs, targets, labelled, w
 
 
-def rule_label_step(state: EmState, predictions: np.ndarray, rule: RuleSettings, epoch: int,
+def rule_label_step(state: EmState, predictions: np.ndarray, rule: Rule, epoch: int,
                     settings: SewSettings) -> None:
     """The epoch-end label step of `plmcl` / `g2netpl` on the network's logits on the plain images: Z follows
     the rule's ŷ. In the papers' settings ŷ(0) is the network's sigmoid outputs after its first epoch
@@ -195,14 +195,14 @@ def rule_label_step(state: EmState, predictions: np.ndarray, rule: RuleSettings,
     if rule.paper_setting:
         # the epochs after the first train on pseudo labels: the curriculum reaches every entry by the last
         progress = epoch / max(1, settings.epochs - 2)
-        state.pseudo = torch.from_numpy(curriculum_mask(new, keep, progress) if rule.curriculum else ~keep)
+        state.pseudo = torch.from_numpy(curriculum_mask(new, keep, progress) if rule.uses_curriculum else ~keep)
 
 
 def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor],
                      adapter: torch.nn.Module, dataset: SewDataset, z_init: np.ndarray, frozen: np.ndarray,
                      settings: SewSettings, num_workers: int = 0,
                      on_step: Callable[[int, int, float], None] | None = None,
-                     rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
+                     rule: Rule = NO_RULE, weights: np.ndarray | None = None,
                      checkpointer: Checkpointer | None = None, transfer: OnlineTransfer | None = None
                      ) -> np.ndarray:
     """Train `adapter` on composites and the estimator Z jointly (Algorithm 1); returns refined Z.
@@ -223,8 +223,8 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     paper = rule.paper_setting
     state = EmState.initial(z_init, frozen, paper)
     w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
-    backprop = settings.e_step == "backprop" and not rule.updates_labels and not paper
-    predictions_e_step = (settings.e_step == "predictions" and settings.e_weight > 0 and not rule.updates_labels
+    backprop = settings.e_step == "backprop" and not rule.UPDATES_LABELS and not paper
+    predictions_e_step = (settings.e_step == "predictions" and settings.e_weight > 0 and not rule.UPDATES_LABELS
                           and not paper)
     opt, scheduled = em_optimizer(adapter, state.z, settings, transfer)
     host_sign = None if transfer is None else known_sign_of(state.z0, state.keep)
@@ -273,7 +273,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
             opt.step()
             if on_step is not None:
                 on_step(epoch, step, m_loss.item())
-        if rule.updates_labels:
+        if rule.UPDATES_LABELS:
             rule_label_step(state, plain_predictions(), rule, epoch, settings)
         if predictions_e_step and epoch + 1 in settings.e_step_epochs:
             predictions = plain_predictions()
@@ -282,7 +282,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
         if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < settings.epochs:
             save_em(checkpointer, epoch, state, adapter, opt, transfer)
     adapter.eval()
-    if paper and not rule.updates_labels:  # the method's labels of the unknown entries: the trained network's
+    if paper and not rule.UPDATES_LABELS:  # the method's labels of the unknown entries: the trained network's
         with torch.no_grad():
             state.z.copy_(torch.from_numpy(plain_predictions()))
     return state.refined()

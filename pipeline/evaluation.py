@@ -118,7 +118,7 @@ def run_summary(params: Mapping, score_attrs: Mapping, manifest_metadata: Mappin
                              f"calibration {p['correct'].get('calibration', 'none')}",
                "sewing": f"L={s.get('max_overlays')}, p={s.get('overlay_prob')}, q={s.get('overlay_side')}, "
                          f"E-step {s.get('e_step')}",
-               "partial-label rule": p.get("rule"), "student": p["distill"]["student"]}
+               "partial-label method": p.get("method", "none"), "student": p["distill"]["student"]}
     a = score_attrs
     provenance = {"mlpl": mlpl_version, "teacher": f"{a.get('model')} ({a.get('pretrained')})",
                   "teacher weights sha256": str(a.get("weights_sha256", ""))[:16] + "…",

@@ -41,18 +41,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.method_registry import register_method
 from pipeline.online_transfer import AdapterPass, OnlineTransfer, TransferStep
 from pipeline.settings import Settings, setting
 from pipeline.transfer import spherical_kmeans
 
-MODULES = ("none", "ist", "cst", "both")
+MODULES = ("ist", "cst", "both")
 
 
+@register_method
 @dataclass(frozen=True)
 class HstSettings(Settings):
-    """Section `hst`: HST's intra- and cross-image transfer (paper 003), trained with the adapter in `sew`."""
+    """Method `hst`, section `hst`: HST's intra- and cross-image transfer (paper 003), trained with the adapter
+    in `sew`."""
 
-    modules: str = setting("none", choices=MODULES)  # none | ist | cst | both
+    modules: str = setting("both", choices=MODULES)  # ist | cst | both
     start_epoch: int = setting(4, ge=0)  # pseudo labels and thresholds from this epoch (authors: 5 of 20)
     prototypes: int = setting(10, ge=1)  # K per class
     prototype_every: int = setting(4, ge=1)  # epochs between prototype updates (authors: 5)
@@ -66,11 +69,13 @@ class HstSettings(Settings):
     seed: int = setting(0)
 
     SECTION: ClassVar[str] = "hst"
+    NAME: ClassVar[str] = "hst"
+    ROLE: ClassVar[str] = "online"
+    PREDICTION: ClassVar[str] = "query"  # the adapter head it trains and predicts with
 
-    @property
-    def on(self) -> bool:
-        """Whether HST trains with the adapter (given known labels)."""
-        return self.modules != "none"
+    def transfer(self, adapter: nn.Module) -> Hst:
+        """HST for this adapter: φ_intra and the prototypes sized by its classes and decoder width."""
+        return Hst(self, adapter.cfg.n_classes, adapter.cfg.hidden)
 
     @property
     def ist(self) -> bool:

@@ -1,43 +1,25 @@
-"""Training rules for partial labels, shared by the sew adapter (EM) and the small-CNN student.
+"""Training rules for partial labels, shared by the sew adapter (EM) and the small-CNN student: what the
+training loops call (`rule_loss`, `update_pseudo_labels`, `curriculum_mask`, `unknown_targets`) and the base
+class `Rule` of every rule method, itself the method `none` (pipeline.method_registry).
 
-What an unknown train entry is, top-level `unknown` (`RuleSettings.unknown`):
-- `pseudo` (ours): the corrected CLIP pseudo label; the rules below start from it (ŷ(0) = the corrected label).
+What an unknown train entry is, top-level `unknown` (`Rule.unknown`):
+- `pseudo` (ours): the corrected CLIP pseudo label; the rules start from it (ŷ(0) = the corrected label).
 - `ignore` and `negative`: the partial-label papers' own settings, in which no CLIP label exists. The adapter
   trains on the plain images (no composites, no EM: both read CLIP's labels) and an unknown entry carries no
   loss (partial BCE, Durand et al. 2019: each image's BCE over its known entries, normalised by their number,
   i.e. g(p_y) = 1/p_y) or is absent (assume negative, AN, Cole et al. 2021), until a rule gives it a label.
   The refined labels of the unknown entries are then the trained network's outputs (or the rule's ŷ).
 
-Each rule is a named option; known labels are never changed by any of them and always supervise.
-- `none`: pseudo labels as given (TailorCLIP's EM moves them in `sew`).
-- `plmcl` (PLMCL, docs/references.md#plmcl; the summary paper 000 §III.A is our specification): soft pseudo
-  labels follow the network with momentum and velocity damping, once per epoch:
-  ŷ(t+1) = clip(ŷ(t) + η(p(t) − ŷ(t)) + (α − β)·v(t)), v(t) = ŷ(t) − ŷ(t−1).
-  The paper's update has only the momentum and velocity terms (both on v, so it never moves from
-  rest); the pull η(p − ŷ) is its "alignment with network predictions" made explicit. In the papers'
-  settings ŷ(0) = p = σ(f(x)), the network's outputs after its first epoch (§III.A). The loss
-  L_sne(p, y ⊙ ŷ) + λ·L_ae(ŷ) is the BCE over the known entries plus λ (`plmcl.weight`) times the BCE of the
-  pseudo-labelled ones. The confidence-aware curriculum τ(t) (`plmcl.curriculum`, papers' settings only) is
-  garbled in the summary ("a per-class threshold based on the expected prediction margin"); ours is
-  `curriculum_mask`: an entry trains once its margin |2ŷ − 1| reaches (1 − t)·the class's mean margin.
-- `g2netpl` (G2NetPL, docs/references.md#g2netpl; 000 §III.B): the pseudo-label player descends
-  Φ(ŷ) = H(ŷ) + η·KL(ŷ ‖ p) + η₁·|ŷ − p| after each epoch. The summary's Ψ writes Σ ŷ log ŷ + (1 − ŷ) log(1 − ŷ),
-  i.e. −H, whose descent would blur the labels while its text says the player "steers pseudo-labels toward
-  binary decisions"; we descend +H, keep the minimax objective's KL term (η = `g2netpl.eta`) and add Ψ's L1
-  term (η₁ = `g2netpl.l1`). dΦ/dŷ = −S⁻¹(ŷ) + η(S⁻¹(ŷ) − S⁻¹(p)) + η₁·sign(ŷ − p). ŷ(0) and the
-  confidence scheduler (`g2netpl.curriculum`) are PLMCL's.
-- `large_loss` (LL-R, docs/references.md#large-loss, eq. 5 and the authors' code): in every batch the unknown entries
-  with the largest losses are rejected (weight 0): k = ⌈rate · B · C⌉ of them, counted over the whole
-  batch as the reference code does, with rate = `delta` % per epoch from 0 (the reference's `delta_rel`
-  is in percent and divided by 100), capped at `max_rate`. Its paper's setting is `unknown: negative`.
-- `label_distribution` (MulSupConLD, docs/references.md#mulsupconld): each image's positives get weights from a label
-  distribution recovered with an RBF kernel on the cosine distance between the image embedding and the
-  class text embeddings, scaled so an image's positive weights average 1; negatives keep weight 1.
+The rules, each in its own module with its paper's section and equations: pipeline.plmcl (PLMCL),
+pipeline.g2netpl (G2NetPL), pipeline.large_loss (LL-R), pipeline.label_distribution (MulSupConLD). A rule
+changes the training through the hooks of `Rule`: an epoch-end label step (`update`), entries left out of
+the loss (`keep`), per-entry loss weights (`entry_weights`), the weight of pseudo-labelled entries
+(`pseudo_weight`) and the curriculum (`uses_curriculum`). Known labels are never changed by any rule and
+always supervise.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -46,12 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.logits import logit
+from pipeline.method_registry import register_method
 from pipeline.settings import Settings, setting
-from pipeline.storage import scored_embeddings
-from pipeline.transfer import unit_rows
 
-RULES = ("none", "plmcl", "g2netpl", "large_loss", "label_distribution")
 # What an unknown train entry is to the M-step (top-level `unknown`): `pseudo` the corrected CLIP label (ours);
 # the partial-label papers' own settings, with no CLIP label anywhere: `ignore` (no loss: partial BCE,
 # Durand et al. 2019, each image's loss normalised by its known entries) and `negative` (assume negative, AN:
@@ -60,37 +39,20 @@ UNKNOWN = ("pseudo", "ignore", "negative")
 EPS = 1e-4  # soft labels stay inside (0, 1) so that their logits are finite
 
 
+@register_method
 @dataclass(frozen=True)
-class RuleSettings(Settings):
-    """The partial-label training rule: top-level `rule`, with the constants of the rule's own section."""
+class Rule(Settings):
+    """`method: none`: the M-step as it is (TailorCLIP's EM moves the pseudo labels in `sew`), and the base
+    class of every training rule. Built from the top level of the params: `unknown` there, a rule's own
+    constants under its section (each subclass's PARAMS_KEYS, e.g. `plmcl.eta`)."""
 
-    name: str = setting("none", choices=RULES)
-    plmcl_eta: float = setting(0.5, ge=0.0, le=1.0)  # pull towards the prediction
-    plmcl_alpha: float = setting(0.9, ge=0.0, le=1.0)  # momentum
-    plmcl_beta: float = setting(0.5, ge=0.0, le=1.0)  # velocity damping
-    g2netpl_eta: float = setting(2.0, ge=0.0)  # KL penalty weight (> 1 sharpens, ≤ 1 lets entropy win)
-    g2netpl_lr: float = setting(0.05, ge=0.0)
-    g2netpl_steps: int = setting(10, ge=0)
-    ll_delta: float = setting(0.1, ge=0.0, le=100.0)  # % of the batch's entries rejected more per epoch
-    ll_max_rate: float = setting(0.5, ge=0.0, le=1.0)
-    ld_sigma: float = setting(0.1, ge=1e-6)  # RBF width on cosine distance
     unknown: str = setting("pseudo", choices=UNKNOWN)
-    plmcl_weight: float = setting(1.0, ge=0.0)  # λ: weight of the pseudo-labelled entries' BCE
-    plmcl_curriculum: bool = setting(True)  # τ(t): confident pseudo labels first (ignore / negative only)
-    g2netpl_l1: float = setting(0.5, ge=0.0)  # η of Ψ's L1 term |ŷ − p|
-    g2netpl_curriculum: bool = setting(True)  # the confidence scheduler (ignore / negative only)
 
-    # read from several sections: field → params key
-    PARAMS_KEYS: ClassVar[dict[str, str]] = {
-        "name": "rule", "plmcl_eta": "plmcl.eta", "plmcl_alpha": "plmcl.alpha", "plmcl_beta": "plmcl.beta",
-        "g2netpl_eta": "g2netpl.eta", "g2netpl_lr": "g2netpl.lr", "g2netpl_steps": "g2netpl.steps",
-        "ll_delta": "large_loss.delta", "ll_max_rate": "large_loss.max_rate", "ld_sigma": "label_distribution.sigma",
-        "unknown": "unknown", "plmcl_weight": "plmcl.weight", "plmcl_curriculum": "plmcl.curriculum",
-        "g2netpl_l1": "g2netpl.l1", "g2netpl_curriculum": "g2netpl.curriculum"}
-
-    @property
-    def updates_labels(self) -> bool:
-        return self.name in ("plmcl", "g2netpl")
+    NAME: ClassVar[str] = "none"
+    ROLE: ClassVar[str] = "rule"
+    PARAMS_KEYS: ClassVar[dict[str, str]] = {"unknown": "unknown"}
+    UPDATES_LABELS: ClassVar[bool] = False  # an epoch-end label step (`update`) replaces the E-step
+    ENTRY_LOSS: ClassVar[bool] = False  # weighs the loss entry by entry even where nothing else does
 
     @property
     def paper_setting(self) -> bool:
@@ -98,37 +60,30 @@ class RuleSettings(Settings):
         return self.unknown != "pseudo"
 
     @property
-    def curriculum(self) -> bool:
-        """PLMCL's confidence-aware curriculum τ(t) / G2NetPL's confidence scheduler, where they apply: in the
-        papers' settings, once the pseudo labels have started from the network's outputs."""
-        on = {"plmcl": self.plmcl_curriculum, "g2netpl": self.g2netpl_curriculum}.get(self.name, False)
-        return on and self.paper_setting
+    def uses_curriculum(self) -> bool:
+        """Whether the pseudo-labelled entries enter the loss by a curriculum (PLMCL's τ(t), G2NetPL's scheduler)."""
+        return False
 
     @property
     def pseudo_weight(self) -> float:
-        """The loss weight of an unknown entry trained on its pseudo label (PLMCL's λ; 1 for every other rule)."""
-        return self.plmcl_weight if self.name == "plmcl" else 1.0
+        """The loss weight of an unknown entry trained on its pseudo label (PLMCL's λ)."""
+        return 1.0
+
+    def update(self, y: np.ndarray, y_prev: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """The epoch-end label step on probabilities [N, C] (UPDATES_LABELS rules): the new ŷ from ŷ(t), ŷ(t − 1)
+        and the network's predictions p; known entries are put back by the caller."""
+        return y
+
+    def keep(self, loss: torch.Tensor, unknown: torch.Tensor, epoch: int) -> torch.Tensor | None:
+        """bool like `loss`: the entries that stay in this batch's loss, or None (all)."""
+        return None
+
+    def entry_weights(self, targets_logit: np.ndarray, scores: str | Path, rows: np.ndarray) -> np.ndarray | None:
+        """Per-entry loss weights [len(rows), C] of the train images at the score store's `rows`, or None."""
+        return None
 
 
-NO_RULE = RuleSettings()
-
-
-def plmcl_update(y: np.ndarray, y_prev: np.ndarray, p: np.ndarray, eta: float, alpha: float,
-                 beta: float) -> np.ndarray:
-    """One PLMCL pseudo-label step on probabilities: pull towards p plus damped momentum."""
-    v = y - y_prev
-    return np.clip(y + eta * (p - y) + (alpha - beta) * v, EPS, 1 - EPS)
-
-
-def g2netpl_update(y: np.ndarray, p: np.ndarray, eta: float, lr: float, steps: int, l1: float = 0.0) -> np.ndarray:
-    """`steps` gradient steps of the pseudo-label player on Φ(ŷ) = H(ŷ) + η·KL(ŷ ‖ p) + η₁·|ŷ − p|
-    (η₁ = `l1`, Ψ's L1 term; its subgradient is η₁·sign(ŷ − p))."""
-    zp = logit(p, EPS)
-    for _ in range(steps):
-        zy = logit(y, EPS)
-        grad = -zy + eta * (zy - zp) + l1 * np.sign(y - p)
-        y = np.clip(y - lr * grad, EPS, 1 - EPS)
-    return y
+NO_RULE = Rule()
 
 
 def curriculum_mask(y: np.ndarray, known: np.ndarray, progress: float) -> np.ndarray:
@@ -160,63 +115,24 @@ def unknown_targets(targets: torch.Tensor, labelled: torch.Tensor, known: torch.
     return torch.where(free, torch.full_like(targets, 0.5), targets), labelled & ~free
 
 
-def rejection_rate(epoch: int, delta_percent: float, max_rate: float) -> float:
-    """LL-R schedule: nothing rejected in the first epoch, then `delta_percent` % more per epoch."""
-    return float(min(max_rate, delta_percent / 100.0 * epoch))
-
-
-def large_loss_keep(loss: torch.Tensor, unknown: torch.Tensor, rate: float) -> torch.Tensor:
-    """bool mask: False for the ⌈rate × B·C⌉ unknown entries with the largest loss (at most all unknown)."""
-    keep = torch.ones_like(loss, dtype=torch.bool)
-    n_unknown = int(unknown.sum())
-    k = min(n_unknown, math.ceil(rate * loss.numel() - 1e-9))
-    if k <= 0:
-        return keep
-    masked = torch.where(unknown, loss.detach(), torch.full_like(loss, -float("inf")))
-    worst = torch.topk(masked.flatten(), k).indices
-    keep.view(-1)[worst] = False
-    return keep
-
-
-def label_distribution_weights(emb: np.ndarray, text: np.ndarray, positive: np.ndarray,
-                               sigma: float) -> np.ndarray:
-    """Weights [N, C]: positives by an RBF label distribution (mean 1 over an image's positives), else 1."""
-    dist = 1.0 - unit_rows(emb) @ unit_rows(text).T  # cosine distance, [N, C]
-    affinity = np.where(positive, np.exp(-(dist - dist.min(1, keepdims=True)) / sigma), 0.0)
-    total = affinity.sum(1, keepdims=True)
-    n_pos = positive.sum(1, keepdims=True)
-    weights = np.divide(affinity * n_pos, total, out=np.ones_like(affinity), where=total > 0)
-    return np.where(positive, weights, 1.0).astype(np.float32)
-
-
-def rule_weights(rule: RuleSettings, targets_logit: np.ndarray, scores: str | Path,
-                 rows: np.ndarray) -> np.ndarray | None:
-    """label_distribution weights [len(rows), C] from the embeddings of the score store's `rows`;
-    None for every other rule (nothing is read)."""
-    if rule.name != "label_distribution":
-        return None
-    emb, text = scored_embeddings(scores)
-    return label_distribution_weights(emb[rows], text, targets_logit > 0, rule.ld_sigma)
-
-
-def rule_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, rule: RuleSettings,
+def rule_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, rule: Rule,
               epoch: int, weights: torch.Tensor | None = None,
               labelled: torch.Tensor | None = None) -> torch.Tensor:
     """Partial BCE of logits against soft targets (probabilities) under the rule's weighting.
 
     `labelled` (bool, like logits): entries without a target (a composite's hidden host labels, unknown entries
     under `unknown: ignore`) carry no loss. `weights` (like logits) weight the entries (label distributions,
-    PLMCL's λ). Under `unknown: ignore` each image's loss is normalised by its labelled weight and images with
-    none are left out (partial BCE, Durand et al. 2019 with g(p_y) = 1/p_y); else by the batch's.
+    PLMCL's λ); `rule.keep` leaves entries out (LL-R). Under `unknown: ignore` each image's loss is normalised
+    by its labelled weight and images with none are left out (partial BCE, Durand et al. 2019 with
+    g(p_y) = 1/p_y); else by the batch's.
     """
-    if rule.name not in ("large_loss", "label_distribution") and (labelled is None or bool(labelled.all())) \
-            and weights is None:
+    if not rule.ENTRY_LOSS and (labelled is None or bool(labelled.all())) and weights is None:
         return F.binary_cross_entropy_with_logits(logits, targets)  # plain mean, bit for bit the rule-free loss
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     w = torch.ones_like(loss) if labelled is None else labelled.float()
-    if rule.name == "large_loss":
-        rate = rejection_rate(epoch, rule.ll_delta, rule.ll_max_rate)
-        w = w * large_loss_keep(loss, ~known, rate)
+    keep = rule.keep(loss, ~known, epoch)
+    if keep is not None:
+        w = w * keep
     if weights is not None:
         w = w * weights
     if rule.unknown == "ignore":
@@ -227,12 +143,8 @@ def rule_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, 
 
 
 def update_pseudo_labels(y: np.ndarray, y_prev: np.ndarray, predictions: np.ndarray, known: np.ndarray,
-                         rule: RuleSettings) -> np.ndarray:
-    """The epoch-end label step of `plmcl` / `g2netpl` on probabilities [N, C]; known entries unchanged."""
-    if rule.name == "plmcl":
-        new = plmcl_update(y, y_prev, predictions, rule.plmcl_eta, rule.plmcl_alpha, rule.plmcl_beta)
-    elif rule.name == "g2netpl":
-        new = g2netpl_update(y, predictions, rule.g2netpl_eta, rule.g2netpl_lr, rule.g2netpl_steps, rule.g2netpl_l1)
-    else:
+                         rule: Rule) -> np.ndarray:
+    """The rule's epoch-end label step (`Rule.update`) on probabilities [N, C]; known entries unchanged."""
+    if not rule.UPDATES_LABELS:
         return y
-    return np.where(known, y, new)
+    return np.where(known, y, rule.update(y, y_prev, predictions))

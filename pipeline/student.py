@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.adapter import SharedTowerClassifiers, same_tower
 from pipeline.images import ImageDecodeError, ResizedOrFaulty
 from pipeline.resume import Checkpointer
-from pipeline.rules import NO_RULE, RuleSettings, rule_loss, update_pseudo_labels
+from pipeline.rules import NO_RULE, Rule, rule_loss, update_pseudo_labels
 from pipeline.settings import Settings, setting
 
 
@@ -85,7 +85,7 @@ class _Indexed(Dataset):
 
 def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int, training: StudentTraining,
                     on_step: Callable[[int, float], None] | None = None, known: np.ndarray | None = None,
-                    rule: RuleSettings = NO_RULE, weights: np.ndarray | None = None,
+                    rule: Rule = NO_RULE, weights: np.ndarray | None = None,
                     checkpointer: Checkpointer | None = None) -> SmallCNN:
     """BCE to σ(refined labels) + λ · MSE between σ(f(x)) and σ(f(aug(x))) (CDUL consistency).
 
@@ -114,7 +114,7 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
         start, step = state["position"], state["step"]
     for epoch in range(start, training.epochs):
         model.train()
-        seen = np.zeros((n, n_cls)) if rule.updates_labels else None
+        seen = np.zeros((n, n_cls)) if rule.UPDATES_LABELS else None
         for x, idx in DataLoader(_Indexed(images), batch_size=training.batch_size, shuffle=True, generator=gen):
             logits = model(augment(x, gen))
             loss = rule_loss(logits, targets[idx], known_t[idx], rule, epoch, None if w_all is None else w_all[idx])
@@ -129,7 +129,7 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
             if on_step is not None:
                 on_step(step, loss.item())
             step += 1
-        if rule.updates_labels:
+        if rule.UPDATES_LABELS:
             y = targets.numpy().astype(np.float64)
             new = update_pseudo_labels(y, y_prev, seen, known_t.numpy(), rule)
             y_prev = y

@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.logits import sigmoid
 from pipeline.settings import Settings, setting
 
-THRESHOLDS = ("none", "ema", "dtl")
+THRESHOLDS = ("ema", "dtl")
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -163,9 +163,9 @@ def dtl_thresholds(s: np.ndarray, known: np.ndarray, labels: np.ndarray, tempera
 
 @dataclass(frozen=True)
 class ThresholdRule(Settings):
-    """The threshold keys of sections `prototypes` and `cooccurrence`; method `none`: transfer off."""
+    """The threshold keys of sections `prototypes` and `cooccurrence`: how the thresholds are learnt."""
 
-    method: str = setting("none", choices=THRESHOLDS)  # none | ema | dtl
+    method: str = setting("ema", choices=THRESHOLDS)  # ema | dtl
     momentum: float = setting(0.9, ge=0.0, le=1.0)  # ema: η
     batch_size: int = setting(64, ge=1)  # ema: rows per minibatch
     temperature: float = setting(0.05, ge=1e-6)  # dtl: τ
@@ -179,8 +179,8 @@ class ThresholdRule(Settings):
 def decide(s: np.ndarray, known: np.ndarray, labels: np.ndarray, rule: ThresholdRule,
            lower: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(raise, lower) bool [N, C] for the unknown entries of s, thresholds learnt on the known ones."""
-    if rule.method not in THRESHOLDS[1:]:
-        raise ValueError(f"threshold method must be one of {THRESHOLDS[1:]}, got {rule.method!r}")
+    if rule.method not in THRESHOLDS:
+        raise ValueError(f"threshold method must be one of {THRESHOLDS}, got {rule.method!r}")
     if rule.method == "ema":
         pos, neg = ema_thresholds(s, known, labels, rule.momentum, rule.batch_size, rule.seed)
     else:
@@ -217,6 +217,15 @@ def transfer_by_cooccurrence(known: np.ndarray, labels: np.ndarray, rule: Thresh
     up, _ = decide(s.reshape(-1, 1), flat_known, labels.reshape(-1, 1), rule, lower=False)
     up = up.reshape(s.shape) & ~known & (s > 0)
     return up, p
+
+
+@dataclass(frozen=True)
+class LabelTransfer:
+    """What a transfer of the `correct` stage (a `correct`-role method) decides for the unknown entries."""
+
+    raised: np.ndarray  # bool [N, C]: unknown entries labelled present
+    lowered: np.ndarray  # bool [N, C]: unknown entries labelled absent
+    store: dict  # what it keeps in data/prototypes.zarr (prototypes, similarities, P(i | j))
 
 
 def apply_transfer(target: np.ndarray, up: np.ndarray, down: np.ndarray, logit: float) -> np.ndarray:

@@ -45,15 +45,17 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.adapter import Adapter, region_features
+from pipeline.method_registry import register_method
 from pipeline.online_transfer import AdapterPass, OnlineTransfer, TransferStep
 from pipeline.settings import Settings, setting
 
 
+@register_method
 @dataclass(frozen=True)
 class TrmSettings(Settings):
-    """Section `trm`: TRM-ML's text-region matching and multimodal prototypes (paper 001), trained in `sew`."""
+    """Method `trm`, section `trm`: TRM-ML's text-region matching and multimodal prototypes (paper 001), trained
+    with the adapter in `sew`."""
 
-    enabled: bool = setting(False)
     start_epoch: int = setting(4, ge=0)  # pseudo labels from this epoch (the banks fill before)
     bank: int = setting(64, ge=1)  # ℓ: cell features per class queue
     top_k: int = setting(4, ge=1)  # k: cells a known positive pushes per image (eq. 7)
@@ -65,11 +67,12 @@ class TrmSettings(Settings):
     raise_logit: float = setting(4.0, ge=0.0)  # labelled entries' targets: at least σ(this) / at most σ(−this)
 
     SECTION: ClassVar[str] = "trm"
+    NAME: ClassVar[str] = "trm"
+    ROLE: ClassVar[str] = "online"
+    PREDICTION: ClassVar[str] = "region"  # its §3.6: the text-region matching score is the prediction
 
-    @property
-    def on(self) -> bool:
-        """Whether TRM-ML trains with the adapter (given known labels)."""
-        return self.enabled
+    def transfer(self, adapter: Adapter) -> Trm:
+        return Trm(self, adapter)
 
 
 def bernoulli_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:

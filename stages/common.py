@@ -68,6 +68,14 @@ class ParamsError(ValueError):
     pass
 
 
+def deprecated(notice: str) -> None:
+    """Say `notice` (a deprecated key, and what to write instead) once per process, however many checks read
+    the key; the command line prints it as one line (stages.cli)."""
+    if notice not in _DEPRECATION_NOTICES:
+        _DEPRECATION_NOTICES.add(notice)
+        warnings.warn(notice, FutureWarning, stacklevel=3)
+
+
 S = TypeVar("S", bound=Settings)
 
 
@@ -137,6 +145,20 @@ class Params:
         import copy
 
         return copy.deepcopy(self._data)
+
+    def without(self, *names: str) -> Params:
+        """The same view less the keys `names` (dotted, relative to it), sharing its audit."""
+        import copy
+
+        data = copy.deepcopy(self._data)
+        for name in names:
+            *parents, leaf = name.split(".")
+            node = data
+            for part in parents:
+                node = node.get(part, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+        return Params(data, self._source, self._prefix, self._audit)
 
     def section(self, name: str) -> Params:
         sub = self._node(name)
@@ -238,10 +260,7 @@ class Params:
                                                f.default)
                     bad = True
                     continue
-                notice = f"{self._source}: '{self._key(old)}' is deprecated, write '{self._key(key)}'"
-                if notice not in _DEPRECATION_NOTICES:  # once per process, however many checks read the key
-                    _DEPRECATION_NOTICES.add(notice)
-                    warnings.warn(notice, FutureWarning, stacklevel=2)
+                deprecated(f"{self._source}: '{self._key(old)}' is deprecated, write '{self._key(key)}'")
                 key = old
             nested = types_of[f.name][0]
             if isinstance(nested, type) and issubclass(nested, Settings):

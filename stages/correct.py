@@ -1,42 +1,39 @@
 """Stage `correct`: initial labels (+ known labels) → data/labels/corrected.parquet (column `corrected`)
 and data/prototypes.zarr.
 
-With known labels (ratio > 0) the `prototypes` and `cooccurrence` sections transfer them to unknown
-entries (pipeline.transfer); known entries are then written over everything, so they always win.
+With known labels (ratio > 0) the `correct`-role methods (`method: prototypes`, `cooccurrence`) transfer them
+to unknown entries (pipeline.transfer); known entries are then written over everything, so they always win.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.correct import CooccurrenceTransfer, Correction, PrototypeTransfer, correct_with_known
+from pipeline.correct import Correction, correct_with_known
+from pipeline.methods import METHODS
 from pipeline.metrics import inversions
 from pipeline.storage import Table, scored_embeddings, write_small_store, write_table
 from stages.common import CORRECTED, INITIAL, MANIFEST, OBSERVED, PROTOTYPES, SCORES, Params
+from stages.method_params import build_methods
 
 
-def check(params: Params) -> tuple[Correction, PrototypeTransfer | None, CooccurrenceTransfer | None]:
-    """The correction, and each transfer unless its `threshold: none`."""
-    correction = params.section("correct").build(Correction)
-    # both sections are checked even when off, so switching one on never meets a bad key late
-    protos = params.section("prototypes").build(PrototypeTransfer)
-    cooc = params.section("cooccurrence").build(CooccurrenceTransfer)
-    return (correction, None if protos.rule.method == "none" else protos,
-            None if cooc.rule.method == "none" else cooc)
+def check(params: Params) -> tuple[Correction, list]:
+    """The correction, and the transfers of the chosen `correct`-role methods."""
+    return params.section("correct").build(Correction), build_methods(params, ("correct",)).corrections
 
 
 def run(params: Params) -> None:
-    correction, protos, cooc = check(params)
+    correction, transfers = check(params)
     initial, observed, manifest = Table(INITIAL), Table(OBSERVED), Table(MANIFEST)
     known = observed.column("known").astype(bool)
     any_known = bool(known.any())
     labels = observed.column("labels")  # the known entries' values (the manifest's, or a person's answers)
     source, split = initial.column(correction.source), initial.column("split")
-    out = correct_with_known(source, known, labels, correction, protos, cooc,
+    out = correct_with_known(source, known, labels, correction, transfers,
                              embeddings=lambda: scored_embeddings(SCORES), train=split == "train")
-    write_small_store(PROTOTYPES, out.store, {"prototypes": protos is not None and any_known,
-                                              "cooccurrence": cooc is not None and any_known,
-                                              "classes": initial.classes})
+    ran = {t.NAME for t in transfers} if any_known else set()  # each correct-role method: did it transfer
+    write_small_store(PROTOTYPES, out.store, {**{name: name in ran for name, cls in METHODS.items()
+                                                 if cls.ROLE == "correct"}, "classes": initial.classes})
     write_table(CORRECTED, {"image_id": initial.column("image_id"), "split": split, "corrected": out.target,
                             "raised": out.raised.astype(np.int8), "lowered": out.lowered.astype(np.int8)},
                 initial.classes)

@@ -15,7 +15,7 @@ from pipeline.images import ResizedImages
 from pipeline.models import DistillSettings, SmallCNNSpec, save_checkpoint, student_of_adapter, write_checkpoint
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
-from pipeline.rules import RuleSettings, rule_weights
+from pipeline.rules import Rule
 from pipeline.storage import Table, manifest_paths
 from pipeline.student import StudentTraining, train_small_cnn
 from stages.common import (
@@ -29,12 +29,14 @@ from stages.common import (
     clear_work_dir,
     work_dir,
 )
+from stages.method_params import build_methods
 
 
-def check(params: Params) -> tuple[str, StudentTraining, RuleSettings]:
+def check(params: Params) -> tuple[str, StudentTraining, Rule]:
+    """The student, its training, and the chosen training rule (pipeline.rules; `none` where no rule method is)."""
     p = params.section("distill")
     return (p.build(DistillSettings).student, p.section("small_cnn").build(StudentTraining),
-            params.build(RuleSettings))
+            build_methods(params, ("rule",)).rule)
 
 
 def run(params: Params) -> None:
@@ -54,7 +56,7 @@ def run(params: Params) -> None:
             module = train_small_cnn(ResizedImages(paths, size), refined.column("refined"), size, training,
                                      on_step=lambda s, loss: bar.update(1),
                                      known=observed.column("known")[rows].astype(bool), rule=rule,
-                                     weights=rule_weights(rule, refined.column("refined"), SCORES, rows),
+                                     weights=rule.entry_weights(refined.column("refined"), SCORES, rows),
                                      checkpointer=Checkpointer(work_dir("distill"), run_id, log=tqdm.write))
         save_checkpoint(STUDENT, SmallCNNSpec(len(refined.classes), training.width, size, refined.classes), module)
     clear_work_dir("distill")

@@ -8,13 +8,10 @@ import numpy as np
 from pipeline.adaptation import AdapterRecipe, fit_adapter, needs_host_boxes, read_train_split, tower_inputs
 from pipeline.adapter import AdapterOptions
 from pipeline.features import BackboneSettings, backbone_descriptor
-from pipeline.hst import HstSettings
 from pipeline.masking import MaskSettings
 from pipeline.models import save_checkpoint
-from pipeline.rules import RuleSettings, rule_weights
 from pipeline.sew import SewSettings
 from pipeline.storage import Table, write_table
-from pipeline.trm import TrmSettings
 from stages.common import (
     ADAPTER,
     CORRECTED,
@@ -31,21 +28,19 @@ from stages.common import (
     resolve_weights,
     work_dir,
 )
+from stages.method_params import build_methods
 
 
 def check(params: Params) -> AdapterRecipe:
     p = params.section("sew")
-    hst, trm = params.section("hst").build(HstSettings), params.section("trm").build(TrmSettings)
-    if hst.on and trm.on:
-        raise ParamsError("hst.modules and trm.enabled: one known-label transfer trains with the adapter at a "
-                          "time; set hst.modules: none or trm.enabled: false")
-    transfer = hst if hst.on else trm if trm.on else None
-    rule = params.build(RuleSettings)
+    methods = build_methods(params, ("rule", "online"))
+    rule = methods.rule
     mask = params.build(MaskSettings)
     if rule.paper_setting and mask.known == "random" and mask.ratio == 0:
         raise ParamsError(f"unknown: {rule.unknown} trains on the known labels alone, and ratio: 0 knows none; "
                           "set ratio > 0, known: answers, or unknown: pseudo to train on CLIP's pseudo labels")
-    recipe = AdapterRecipe(p.build(SewSettings), p.section("adapter").build(AdapterOptions), rule, transfer)
+    recipe = AdapterRecipe(p.build(SewSettings), p.section("adapter").build(AdapterOptions), rule,
+                           methods.online)
     b = p.section("backbone")
     if b.build(BackboneSettings).model != "teacher":  # a tower of its own: a known model, weights on this machine
         resolve_weights(b, b.model_name("model"), b.get("pretrained", str))
@@ -66,7 +61,7 @@ def run(params: Params) -> None:
     model, features = tower_inputs(settings, descriptor, split, FEATURES)
     spec, adapter, refined, raised, lowered = fit_adapter(
         model, descriptor, split, targets, known, recipe, work_dir("sew"), "sew",
-        rule_weights(rule, positives, SCORES, split.rows), features)
+        rule.entry_weights(positives, SCORES, split.rows), features)
     save_checkpoint(ADAPTER, spec, adapter)
     write_table(REFINED, {"image_id": corrected.column("image_id")[split.rows],
                           "split": corrected.column("split")[split.rows], "refined": refined,
@@ -74,5 +69,4 @@ def run(params: Params) -> None:
     clear_work_dir("sew")
     print(f"adapter → {ADAPTER}; EM-refined labels of {len(split.rows)} train images → {REFINED}")
     if transfer is not None:
-        name = f"HST ({transfer.modules})" if isinstance(transfer, HstSettings) else "TRM-ML"
-        print(f"{name} raised {int(raised.sum())} unknown entries, lowered {int(lowered.sum())}")
+        print(f"{transfer.NAME} raised {int(raised.sum())} unknown entries, lowered {int(lowered.sum())}")

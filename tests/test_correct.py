@@ -64,7 +64,9 @@ def test_median_calibration_moves_each_class_not_its_ranking():
 def test_test_rows_never_shape_the_train_labels():
     """The calibration's medians and the prototype bank's top-up come from the train rows: changing the test
     rows' scores and embeddings leaves every train row's corrected label as it was."""
-    from pipeline.correct import CooccurrenceTransfer, Correction, PrototypeTransfer, correct_with_known
+    from pipeline.cooccurrence import CooccurrenceTransfer
+    from pipeline.correct import Correction, correct_with_known
+    from pipeline.prototypes import PrototypeTransfer
     from pipeline.transfer import ThresholdRule
 
     rng = np.random.default_rng(0)
@@ -79,7 +81,7 @@ def test_test_rows_never_shape_the_train_labels():
     other_emb[~train] = rng.normal(size=(int((~train).sum()), d)) * 10
     correction = Correction(method="sqrt", calibration="median")
     protos = PrototypeTransfer(ThresholdRule("ema", batch_size=16), k=2, bank=30)
-    outs = [correct_with_known(z, known, labels, correction, protos, CooccurrenceTransfer(ThresholdRule("dtl")),
+    outs = [correct_with_known(z, known, labels, correction, [protos, CooccurrenceTransfer(ThresholdRule("dtl"))],
                                embeddings=lambda e=e: (e, text), train=train)
             for z, e in ((initial, emb), (other_initial, other_emb))]
     assert np.array_equal(outs[0].target[train], outs[1].target[train])

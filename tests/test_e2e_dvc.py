@@ -77,8 +77,9 @@ def test_ratio_ablation_never_recomputes_scores(project):
     ("sew.lr=0.002", {"validate", "sew", "ceiling", "distill", "evaluate"}),  # training only: features reused
     ("sew.composites=pixels", {"validate", "sew", "ceiling", "distill", "evaluate"}),  # the paper's, through the tower
     # g2netpl moves the pseudo labels after every epoch, so even the one-epoch tiny run changes the refined
-    # table and evaluate must rerun (label_distribution is a no-op there: no image has two positives).
-    ("rule=g2netpl", {"validate", "sew", "distill", "evaluate"}),
+    # table and evaluate must rerun (label_distribution is a no-op there: no image has two positives). `correct`
+    # reads `method` too (its transfers are methods) and writes the same bytes.
+    ("method=g2netpl", {"validate", "correct", "sew", "distill", "evaluate"}),
     ("dataset.scenes=contexts", ALL_STAGES),  # another world: every stage, the teacher's too
 ])
 def test_method_ablations_reuse_cached_scores(project, change, expected):
@@ -93,10 +94,11 @@ def test_method_ablations_reuse_cached_scores(project, change, expected):
 
 
 def test_partial_label_methods_together(project):
-    r = sh("dvc exp run -S ratio=0.5 -S seed=1 -S prototypes.threshold=ema -S cooccurrence.threshold=dtl -S rule=plmcl "
-           "-S hst.modules=both -S hst.start_epoch=0 -S distill.student=small_cnn", project)
+    r = sh("dvc exp run -S ratio=0.5 -S seed=1 -S 'method=[cooccurrence,plmcl,prototypes,hst]' "
+           "-S prototypes.threshold=ema -S cooccurrence.threshold=dtl -S hst.modules=both -S hst.start_epoch=0 "
+           "-S distill.student=small_cnn", project)
     assert stages_run(r.stdout) == {"validate", "mask", "correct", "sew", "distill", "evaluate"}, r.stdout
-    assert "unknown entries raised" in r.stdout and "HST (both) raised" in r.stdout
+    assert "unknown entries raised" in r.stdout and "hst raised" in r.stdout
     import json
 
     import numpy as np
@@ -153,8 +155,8 @@ def test_export_names_what_it_exported(project):
 
 
 def test_the_papers_settings_rerun_nothing_upstream_of_mask(project):
-    sh("dvc exp run -S ratio=0.5", project)
-    r = sh("dvc exp run -S ratio=0.5 -S unknown=negative -S rule=large_loss", project)
+    sh("dvc exp run -S ratio=0.5 -S method=large_loss", project)
+    r = sh("dvc exp run -S ratio=0.5 -S method=large_loss -S unknown=negative", project)
     # mask and correct come back from the run cache: `unknown` reaches only the training stages
     assert stages_run(r.stdout) == {"validate", "sew", "distill", "evaluate"}, r.stdout
 
@@ -205,7 +207,8 @@ def test_a_simulated_review_knows_the_least_sure_entries(project):
 
 
 # the partial-label methods and the EM they plug into: none of them is upstream of `correct` or `sew`
-METHOD_MODULES = ("hst", "trm", "rules", "online_transfer", "em", "adaptation")
+METHOD_MODULES = ("hst", "trm", "rules", "plmcl", "g2netpl", "large_loss", "label_distribution", "prototypes",
+                  "cooccurrence", "transfer", "method_registry", "methods", "online_transfer", "em", "adaptation")
 
 
 def test_a_method_edit_never_reencodes_an_image(project):

@@ -145,7 +145,7 @@ def test_stages_validate_once_per_params_content(tmp_path, monkeypatch):
 
 
 def test_build_reads_a_settings_dataclass_as_the_one_definition(tmp_path):
-    from pipeline.rules import RuleSettings
+    from pipeline.plmcl import Plmcl
     from pipeline.sew import SewSettings
 
     p = params(tmp_path, "sew:\n  overlay_prob: 0.25\n  pool_k: auto\n  epochs: 3\n").section("sew")
@@ -154,15 +154,14 @@ def test_build_reads_a_settings_dataclass_as_the_one_definition(tmp_path):
     assert s.max_overlays == SewSettings().max_overlays  # an absent key takes the field's default
     # every bad key at once, with the dataclass's own bounds (p < 1 is exclusive) and choices
     audited = params(tmp_path, "sew:\n  overlay_prob: 1.0\n  paste: fether\n  epochs: two\n"
-                     "rule: plmc\nplmcl:\n  eta: 2.0\n").audited()
+                     "unknown: ignre\nplmcl:\n  eta: 2.0\n").audited()
     assert audited.section("sew").build(SewSettings) == SewSettings()  # stand-ins while auditing
-    audited.build(RuleSettings)
+    audited.build(Plmcl)
     assert [e.split(": ", 1)[1] for e in audited.audit.errors] == [
         "'sew.overlay_prob' must be in [0.0, 1.0), got 1.0",
         "'sew.paste' must be one of ['feather', 'rectangle'], got 'fether' (did you mean 'feather'?)",
         "'sew.epochs' must be int, got 'two'",
-        "'rule' must be one of ['none', 'plmcl', 'g2netpl', 'large_loss', 'label_distribution'], got 'plmc' "
-        "(did you mean 'plmcl'?)",
+        "'unknown' must be one of ['pseudo', 'ignore', 'negative'], got 'ignre' (did you mean 'ignore'?)",
         "'plmcl.eta' must be in [0.0, 1.0], got 2.0"]
     with pytest.raises(ParamsError, match=r"sew.e_rounds must be in \[1, min\(sew.em_epochs, sew.epochs\)\] = \[1, 2"):
         params(tmp_path, "sew:\n  epochs: 2\n  e_rounds: 3\n").section("sew").build(SewSettings)
@@ -226,5 +225,5 @@ def test_the_library_defaults_are_the_dags():
             differ[cls.__name__] = {f.name: (getattr(built, f.name), getattr(default, f.name))
                                     for f in dataclasses.fields(cls)
                                     if getattr(built, f.name) != getattr(default, f.name)}
-    assert {"SewSettings", "RuleSettings", "Correction", "InitSettings", "TeacherTraining"} <= set(checked)
+    assert {"SewSettings", "Plmcl", "HstSettings", "Correction", "InitSettings", "TeacherTraining"} <= set(checked)
     assert not differ, f"params.yaml (left) and the class defaults (right) differ: {differ}"

@@ -11,12 +11,11 @@ from pipeline.em import train_adapter_em
 from pipeline.hst import Hst, HstSettings
 from pipeline.images import ResizedImages
 from pipeline.resume import Checkpointer, fingerprint
-from pipeline.rules import RuleSettings
 from pipeline.scenes import SceneConfig
 from pipeline.sew import SewDataset, SewSettings
 from pipeline.student import StudentTraining, train_small_cnn
 from pipeline.toy_teacher import TeacherTraining, ViewSampling, make_scene_pool, train_toy_teacher
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, make_rule
 
 
 class Preempted(Exception):
@@ -87,7 +86,7 @@ def test_sew_em_resumes_exactly(tmp_path, image_paths, rule, hst):
         ds = SewDataset(image_paths, 32, np.arange(10), s)
         transfer = None if hst == "none" else Hst(HstSettings(hst, start_epoch=1, prototype_every=1, hidden=8), 3, 16)
         return adapter, train_adapter_em(model.visual, clip.normalizer_of(model), adapter, ds, z, frozen, s,
-                                         rule=RuleSettings(rule), checkpointer=checkpointer, transfer=transfer)
+                                         rule=make_rule(rule), checkpointer=checkpointer, transfer=transfer)
 
     ref_adapter, ref = run(None)
     with pytest.raises(Preempted):
@@ -99,7 +98,7 @@ def test_sew_em_resumes_exactly(tmp_path, image_paths, rule, hst):
 def test_small_cnn_resumes_exactly(tmp_path, image_paths):
     targets = np.random.default_rng(2).normal(size=(10, 2)).astype(np.float32)
     training = StudentTraining(epochs=3, batch_size=4, width=4)
-    kwargs = dict(known=np.eye(10, 2, dtype=bool), rule=RuleSettings("g2netpl"))
+    kwargs = dict(known=np.eye(10, 2, dtype=bool), rule=make_rule("g2netpl"))
     ref = train_small_cnn(ResizedImages(image_paths, 16), targets, 16, training, **kwargs)
     with pytest.raises(Preempted):
         train_small_cnn(ResizedImages(image_paths, 16), targets, 16, training, **kwargs,

@@ -4,26 +4,30 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import rules as R
-from pipeline.rules import NO_RULE, RuleSettings
+from pipeline.g2netpl import G2netpl, g2netpl_update
+from pipeline.label_distribution import label_distribution_weights
+from pipeline.large_loss import LargeLoss, large_loss_keep, rejection_rate
+from pipeline.plmcl import Plmcl, plmcl_update
+from pipeline.rules import NO_RULE, Rule
 
 
 def test_plmcl_update_by_hand():
     y, y_prev, p = np.array([0.5]), np.array([0.4]), np.array([0.9])
     # ŷ + η(p − ŷ) + (α − β)(ŷ − ŷ_prev) = 0.5 + 0.5·0.4 + 0.4·0.1
-    assert R.plmcl_update(y, y_prev, p, eta=0.5, alpha=0.9, beta=0.5)[0] == pytest.approx(0.74)
+    assert plmcl_update(y, y_prev, p, eta=0.5, alpha=0.9, beta=0.5)[0] == pytest.approx(0.74)
     # from rest, momentum alone does not move it; damping beta = alpha cancels momentum
-    assert R.plmcl_update(y, y, p, 0.0, 0.9, 0.5)[0] == pytest.approx(0.5)
-    assert R.plmcl_update(y, y_prev, p, 0.0, 0.5, 0.5)[0] == pytest.approx(0.5)
-    assert R.plmcl_update(np.array([0.99]), np.array([0.5]), np.array([1.0]), 0.5, 0.9, 0.0)[0] == 1 - R.EPS
+    assert plmcl_update(y, y, p, 0.0, 0.9, 0.5)[0] == pytest.approx(0.5)
+    assert plmcl_update(y, y_prev, p, 0.0, 0.5, 0.5)[0] == pytest.approx(0.5)
+    assert plmcl_update(np.array([0.99]), np.array([0.5]), np.array([1.0]), 0.5, 0.9, 0.0)[0] == 1 - R.EPS
 
 
 def test_g2netpl_step_by_hand_and_fixed_point():
     y, p = np.array([0.6]), np.array([0.7])
     zy, zp = np.log(0.6 / 0.4), np.log(0.7 / 0.3)
     grad = -zy + 2.0 * (zy - zp)
-    assert R.g2netpl_update(y, p, eta=2.0, lr=0.1, steps=1)[0] == pytest.approx(0.6 - 0.1 * grad)
+    assert g2netpl_update(y, p, eta=2.0, lr=0.1, steps=1)[0] == pytest.approx(0.6 - 0.1 * grad)
     # many steps reach the sharpened fixed point S⁻¹(ŷ) = η/(η − 1)·S⁻¹(p)
-    out = R.g2netpl_update(np.array([0.5, 0.5]), np.array([0.7, 0.2]), eta=3.0, lr=0.02, steps=3000)
+    out = g2netpl_update(np.array([0.5, 0.5]), np.array([0.7, 0.2]), eta=3.0, lr=0.02, steps=3000)
     target = 1 / (1 + np.exp(-1.5 * np.log(np.array([0.7, 0.2]) / np.array([0.3, 0.8]))))
     assert np.allclose(out, target, atol=1e-3)
     assert out[0] > 0.7 and out[1] < 0.2  # pushed towards 0/1
@@ -31,20 +35,20 @@ def test_g2netpl_step_by_hand_and_fixed_point():
 
 def test_large_loss_schedule_and_rejection():
     # delta in percent, as the reference code's delta_rel: 10 % more per epoch, capped at 25 %
-    assert [R.rejection_rate(e, 10.0, 0.25) for e in range(4)] == pytest.approx([0.0, 0.1, 0.2, 0.25])
-    assert R.rejection_rate(7, 0.1, 0.5) == pytest.approx(0.007)  # the default: 0.7 % by epoch 7, not 70 %
+    assert [rejection_rate(e, 10.0, 0.25) for e in range(4)] == pytest.approx([0.0, 0.1, 0.2, 0.25])
+    assert rejection_rate(7, 0.1, 0.5) == pytest.approx(0.007)  # the default: 0.7 % by epoch 7, not 70 %
     loss = torch.tensor([[5.0, 1.0, 9.0, 2.0], [8.0, 0.5, 3.0, 7.0]])
     unknown = torch.tensor([[True, True, False, True], [True, True, True, False]])
-    keep = R.large_loss_keep(loss, unknown, rate=2 / 8)  # ⌈2/8 · 8 entries⌉ = 2: the 2 largest unknown, 8 and 5
+    keep = large_loss_keep(loss, unknown, rate=2 / 8)  # ⌈2/8 · 8 entries⌉ = 2: the 2 largest unknown, 8 and 5
     assert keep.tolist() == [[False, True, True, True], [False, True, True, True]]
-    assert R.large_loss_keep(loss, unknown, rate=0.0).all()
+    assert large_loss_keep(loss, unknown, rate=0.0).all()
 
 
 def test_rule_loss_large_loss_ignores_rejected_entries():
     logits = torch.tensor([[3.0, -3.0, 0.0]])
     targets = torch.tensor([[0.0, 1.0, 1.0]])  # entries 0 and 1 are confidently wrong: large losses
     known = torch.tensor([[False, False, True]])
-    rule = RuleSettings("large_loss", ll_delta=30.0, ll_max_rate=1.0)  # 30 % more per epoch
+    rule = LargeLoss(delta=30.0, max_rate=1.0)  # 30 % more per epoch
     per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")[0]
     assert R.rule_loss(logits, targets, known, rule, epoch=0).item() == pytest.approx(per.mean().item())
     # epoch 1: rate 0.3 → ⌈0.3 · 3⌉ = 1 entry: the larger of entries 0, 1 (equal losses → one of them) rejected
@@ -61,7 +65,7 @@ def test_label_distribution_weights():
     emb = np.array([[1.0, 0.0], [0.0, 1.0]])
     text = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
     positive = np.array([[True, True, False], [False, False, False]])
-    w = R.label_distribution_weights(emb, text, positive, sigma=0.1)
+    w = label_distribution_weights(emb, text, positive, sigma=0.1)
     a = np.exp(-np.array([0.0, 0.4]) / 0.1)  # distances 0 and 0.4 → RBF affinities
     assert w[0, :2] == pytest.approx(2 * a / a.sum()) and w[0, 2] == 1.0
     assert w[0, :2].mean() == pytest.approx(1.0) and (w[1] == 1).all()
@@ -71,11 +75,10 @@ def test_known_labels_never_overwritten_by_updates():
     y = np.array([[0.9, 0.2], [0.4, 0.6]])
     known = np.array([[True, False], [False, True]])
     p = np.array([[0.1, 0.9], [0.9, 0.1]])
-    for name in ("plmcl", "g2netpl"):
-        new = R.update_pseudo_labels(y, y, p, known, RuleSettings(name))
+    for rule in (Plmcl(), G2netpl()):
+        new = R.update_pseudo_labels(y, y, p, known, rule)
         assert new[0, 0] == 0.9 and new[1, 1] == 0.6 and new[0, 1] != 0.2 and new[1, 0] != 0.4
-    with pytest.raises(ValueError, match="rule must be one of"):
-        RuleSettings("nope")
+    assert R.update_pseudo_labels(y, y, p, known, NO_RULE) is y  # no label step without such a rule
 
 
 def test_unknown_targets_of_the_papers_settings():
@@ -94,13 +97,13 @@ def test_partial_bce_normalises_each_image_by_its_known_entries():
     targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
     labelled = torch.tensor([[True, True, False], [False, False, True], [False, False, False]])
     per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    got = R.rule_loss(logits, targets, labelled, RuleSettings(unknown="ignore"), 0, labelled=labelled)
+    got = R.rule_loss(logits, targets, labelled, Rule(unknown="ignore"), 0, labelled=labelled)
     # image 0: mean of its two known entries, image 1: its one, image 2 (nothing known) left out
     assert got.item() == pytest.approx(((per[0, 0] + per[0, 1]) / 2 + per[1, 2]).item() / 2)
-    batch = R.rule_loss(logits, targets, labelled, RuleSettings(unknown="negative"), 0, labelled=labelled)
+    batch = R.rule_loss(logits, targets, labelled, Rule(unknown="negative"), 0, labelled=labelled)
     assert batch.item() == pytest.approx((per[0, 0] + per[0, 1] + per[1, 2]).item() / 3)
     nothing = torch.zeros_like(labelled)
-    assert R.rule_loss(logits, targets, nothing, RuleSettings(unknown="ignore"), 0, labelled=nothing).item() == 0.0
+    assert R.rule_loss(logits, targets, nothing, Rule(unknown="ignore"), 0, labelled=nothing).item() == 0.0
 
 
 def test_curriculum_takes_confident_pseudo_labels_first_and_every_one_last():
@@ -118,13 +121,16 @@ def test_g2netpl_l1_term_by_hand():
     y, p = np.array([0.6, 0.4]), np.array([0.7, 0.3])
     zy, zp = np.log(y / (1 - y)), np.log(p / (1 - p))
     grad = -zy + 2.0 * (zy - zp) + 0.5 * np.sign(y - p)
-    assert R.g2netpl_update(y, p, eta=2.0, lr=0.1, steps=1, l1=0.5) == pytest.approx(y - 0.1 * grad)
+    assert g2netpl_update(y, p, eta=2.0, lr=0.1, steps=1, l1=0.5) == pytest.approx(y - 0.1 * grad)
 
 
 def test_curriculum_and_lambda_apply_where_the_papers_do():
-    assert not RuleSettings("plmcl").curriculum  # with CLIP's labels as ŷ(0) every entry trains
-    assert RuleSettings("plmcl", unknown="ignore").curriculum and RuleSettings("g2netpl", unknown="negative").curriculum
-    assert not RuleSettings("plmcl", unknown="ignore", plmcl_curriculum=False).curriculum
-    assert RuleSettings("plmcl", plmcl_weight=0.3).pseudo_weight == 0.3 and RuleSettings("g2netpl").pseudo_weight == 1
+    assert not Plmcl().uses_curriculum  # with CLIP's labels as ŷ(0) every entry trains
+    assert Plmcl(unknown="ignore").uses_curriculum and G2netpl(unknown="negative").uses_curriculum
+    assert not Plmcl(unknown="ignore", curriculum=False).uses_curriculum
+    assert not LargeLoss(unknown="ignore").uses_curriculum
+    assert Plmcl(weight=0.3).pseudo_weight == 0.3 and G2netpl().pseudo_weight == 1
     with pytest.raises(ValueError, match="unknown must be one of"):
-        RuleSettings(unknown="maybe")
+        Rule(unknown="maybe")
+    with pytest.raises(ValueError, match=r"plmcl.eta must be in \[0.0, 1.0\]"):  # a rule's keys name its section
+        Plmcl(eta=2.0)

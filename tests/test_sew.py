@@ -6,7 +6,7 @@ from PIL import Image
 from pipeline import clip
 from pipeline.adapter import adapter_for
 from pipeline.em import e_step, predict_hosts, train_adapter_em
-from pipeline.rules import RULES, RuleSettings
+from pipeline.methods import RULES
 from pipeline.sew import (
     SewDataset,
     SewSettings,
@@ -19,6 +19,7 @@ from pipeline.sew import (
     paste_size,
     sew,
 )
+from tests.conftest import make_rule
 
 
 def test_overlay_pool_top_k_per_class_deduplicated():
@@ -248,7 +249,7 @@ def test_every_rule_keeps_known_labels_and_trains(tiny_model, image_paths, rule)
     ds = SewDataset(image_paths, 32, np.arange(10), s)
     weights = np.full_like(z, 2.0) if rule == "label_distribution" else None
     refined = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen, s,
-                               rule=RuleSettings(rule, ll_delta=50.0), weights=weights)
+                               rule=make_rule(rule), weights=weights)
     assert np.array_equal(refined[frozen], z[frozen]) and not np.allclose(refined[~frozen], z[~frozen])
     assert np.isfinite(refined).all()
 
@@ -286,7 +287,7 @@ def test_the_papers_settings_never_read_the_pseudo_labels(tiny_model, image_path
         for name, labels in (("z", z), ("other", other)):
             torch.manual_seed(0)
             adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
-            r = RuleSettings(rule, unknown=mode, ll_delta=50.0)
+            r = make_rule(rule, mode)
             refined = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, labels,
                                        frozen, s, rule=r)
             runs[mode, name] = refined, predict_hosts(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, 4)
@@ -310,6 +311,6 @@ def test_ignore_and_negative_train_differently(tiny_model, image_paths):
         torch.manual_seed(0)
         adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
         out[unknown] = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen,
-                                        s, rule=RuleSettings(unknown=unknown))
+                                        s, rule=make_rule("none", unknown))
     # assume-negative pulls every unknown entry down; ignoring them leaves classes 1 and 2 (never known) untrained
     assert out["negative"][:, 1:].mean() < out["ignore"][:, 1:].mean() - 0.05

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from pipeline.adapter import Adapter, AdapterConfig, FrozenTowerClassifier, adapter_for
 from pipeline.clip import cell_projection
 from pipeline.images import ResizedImages
+from pipeline.methods import RULES
 from pipeline.models import (
     AdapterSpec,
     FrozenTowerSpec,
@@ -17,10 +18,9 @@ from pipeline.models import (
     save_checkpoint,
 )
 from pipeline.report import render_report
-from pipeline.rules import RULES, RuleSettings
 from pipeline.student import StudentTraining, augment, predict_paths, train_small_cnn
 from stages.cli import app
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, make_rule
 
 
 def test_adapter_shapes_and_per_query_diagonal(tiny_model):
@@ -140,7 +140,7 @@ def test_small_cnn_under_each_rule_is_seeded(tmp_path, rule):
     targets = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
     known = np.zeros((8, 2), bool)
     known[:4, 0] = True
-    kwargs = dict(known=known, rule=RuleSettings(rule, ll_delta=50.0), weights=np.full((8, 2), 2.0, np.float32))
+    kwargs = dict(known=known, rule=make_rule(rule), weights=np.full((8, 2), 2.0, np.float32))
     training = StudentTraining(epochs=2, batch_size=4, width=4)
     a = train_small_cnn(ResizedImages(paths, 16), targets, 16, training, **kwargs)
     b = train_small_cnn(ResizedImages(paths, 16), targets, 16, training, **kwargs)

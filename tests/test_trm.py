@@ -75,7 +75,7 @@ def test_bernoulli_kl_is_zero_only_at_agreement():
 
 
 def test_bank_keeps_the_top_energy_cells_of_known_positives_first_in_first_out():
-    trm = Trm(TrmSettings(enabled=True, bank=3, top_k=2), _adapter())
+    trm = Trm(TrmSettings(bank=3, top_k=2), _adapter())
     tokens = torch.arange(12, dtype=torch.float32).reshape(1, 3, 4)  # 3 cells of 4 dims
     energies = torch.tensor([[[0.1, 0.9, 0.5], [0.9, 0.1, 0.2]]])
     trm.push(tokens, energies, torch.tensor([[1, 0]], dtype=torch.int8))  # only class 0 known present
@@ -87,7 +87,7 @@ def test_bank_keeps_the_top_energy_cells_of_known_positives_first_in_first_out()
 
 
 def test_both_modalities_must_agree_and_known_entries_never_move():
-    trm = Trm(TrmSettings(enabled=True), _adapter())
+    trm = Trm(TrmSettings(), _adapter())
     trm.filled.fill_(1)
     trm.theta[:, 0] = 0.5  # θ⁺ of both modalities
     trm.theta[:, 1] = 0.0  # θ⁻
@@ -108,7 +108,7 @@ def test_trm_trains_with_the_adapter_deterministically():
     frozen = np.zeros_like(truth)
     frozen[::2] = True
     z = np.where(frozen, np.where(truth, 9.2, -9.2), np.where(truth, 0.2, -0.2)).astype(np.float32)
-    settings = TrmSettings(enabled=True, start_epoch=1, bank=8, top_k=1)
+    settings = TrmSettings(start_epoch=1, bank=8, top_k=1)
 
     def run():
         torch.manual_seed(0)
@@ -149,7 +149,7 @@ def test_region_head_matches_joint_space_regions_with_the_text_representations()
     cells = grid.flatten(2).transpose(1, 2)
     assert torch.allclose(adapter.joint_cells(grid), cells @ adapter.cell_weight.T + adapter.cell_bias)
     with pytest.raises(ValueError, match="region head"):  # TRM-ML needs an adapter that predicts with it
-        Trm(TrmSettings(enabled=True), Adapter(AdapterConfig(in_dim=8, n_classes=2, grid=(2, 2), hidden=4, heads=2)))
+        Trm(TrmSettings(), Adapter(AdapterConfig(in_dim=8, n_classes=2, grid=(2, 2), hidden=4, heads=2)))
 
 
 def test_fit_adapter_predicts_with_the_region_head_only_where_trm_trains():
@@ -157,9 +157,8 @@ def test_fit_adapter_predicts_with_the_region_head_only_where_trm_trains():
     from pipeline.hst import HstSettings
 
     known, none = np.array([[True, False]]), np.zeros((1, 2), bool)
-    assert adapter_prediction(TrmSettings(enabled=True), known) == "region"
-    assert adapter_prediction(TrmSettings(enabled=True), none) == "query"  # nothing known: TRM-ML is off
-    assert adapter_prediction(TrmSettings(enabled=False), known) == "query"
+    assert adapter_prediction(TrmSettings(), known) == "region"
+    assert adapter_prediction(TrmSettings(), none) == "query"  # nothing known: TRM-ML is off
     assert adapter_prediction(HstSettings(modules="ist"), known) == "query"
     assert adapter_prediction(None, known) == "query"
 
@@ -169,10 +168,9 @@ def test_one_online_transfer_at_a_time(tmp_path):
     from stages import sew
 
     config = yaml.safe_load((ROOT / "tests" / "tiny_params.yaml").read_text())
-    config["hst"]["modules"] = "ist"
-    config["trm"]["enabled"] = True
+    config["method"] = ["trm", "hst"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(ParamsError, match="one known-label transfer"):
+    with pytest.raises(ParamsError, match="'method' names trm and hst, both online methods"):
         sew.check(Params.load(tmp_path / "params.yaml"))
 
 
@@ -211,7 +209,7 @@ def test_fit_adapter_starts_the_region_head_from_clip_and_exports_it(tmp_path, t
                                  s.max_overlays)
         model = None
     recipe = AdapterRecipe(s, AdapterOptions(hidden=16, heads=2),
-                           transfer=TrmSettings(enabled=True, start_epoch=0, bank=4))
+                           transfer=TrmSettings(start_epoch=0, bank=4))
     spec, adapter, refined, _, _ = fit_adapter(model, descriptor, split, z, frozen, recipe, tmp_path / "work", "sew",
                                                features=features)
     assert spec.adapter.prediction == "region" and spec.adapter.embed == adapter.cell_weight.shape[0]

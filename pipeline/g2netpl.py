@@ -1,0 +1,58 @@
+"""G2NetPL (a two-player game for partial labels; docs/references.md#g2netpl), a training rule (method
+`g2netpl`) of the adapter in `sew` and the small-CNN student in `distill`. The original paper is not available
+offline; the summary paper 000 §III.B is our specification.
+
+After each epoch the pseudo-label player descends Φ(ŷ) = H(ŷ) + η·KL(ŷ ‖ p) + η₁·|ŷ − p| on the unknown entries,
+p the network's predictions. The summary's Ψ writes Σ ŷ log ŷ + (1 − ŷ) log(1 − ŷ), i.e. −H, whose descent would
+blur the labels while its text says the player "steers pseudo-labels toward binary decisions"; we descend +H,
+keep the minimax objective's KL term (η = `eta`) and add Ψ's L1 term (η₁ = `l1`).
+dΦ/dŷ = −S⁻¹(ŷ) + η(S⁻¹(ŷ) − S⁻¹(p)) + η₁·sign(ŷ − p). With η > 1 a fixed point sharpens:
+S⁻¹(ŷ) = η/(η − 1)·S⁻¹(p). ŷ(0) and the confidence scheduler (`curriculum`) are PLMCL's (pipeline.plmcl).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from pipeline.logits import logit
+from pipeline.method_registry import register_method
+from pipeline.rules import EPS, Rule
+from pipeline.settings import setting
+
+
+def g2netpl_update(y: np.ndarray, p: np.ndarray, eta: float, lr: float, steps: int, l1: float = 0.0) -> np.ndarray:
+    """`steps` gradient steps of the pseudo-label player on Φ(ŷ) = H(ŷ) + η·KL(ŷ ‖ p) + η₁·|ŷ − p|
+    (η₁ = `l1`, Ψ's L1 term; its subgradient is η₁·sign(ŷ − p))."""
+    zp = logit(p, EPS)
+    for _ in range(steps):
+        zy = logit(y, EPS)
+        grad = -zy + eta * (zy - zp) + l1 * np.sign(y - p)
+        y = np.clip(y - lr * grad, EPS, 1 - EPS)
+    return y
+
+
+@register_method
+@dataclass(frozen=True)
+class G2netpl(Rule):
+    """Method `g2netpl`, constants in section `g2netpl`."""
+
+    eta: float = setting(2.0, ge=0.0)  # KL penalty weight (> 1 sharpens, ≤ 1 lets entropy win)
+    l1: float = setting(0.5, ge=0.0)  # η₁ of Ψ's L1 term |ŷ − p|
+    lr: float = setting(0.05, ge=0.0)
+    steps: int = setting(10, ge=0)
+    curriculum: bool = setting(True)  # the confidence scheduler (ignore / negative only)
+
+    NAME: ClassVar[str] = "g2netpl"
+    PARAMS_KEYS: ClassVar[dict[str, str]] = {
+        "unknown": "unknown", **{k: f"g2netpl.{k}" for k in ("eta", "l1", "lr", "steps", "curriculum")}}
+    UPDATES_LABELS: ClassVar[bool] = True
+
+    @property
+    def uses_curriculum(self) -> bool:
+        return self.curriculum and self.paper_setting
+
+    def update(self, y: np.ndarray, y_prev: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return g2netpl_update(y, p, self.eta, self.lr, self.steps, self.l1)

@@ -1,0 +1,55 @@
+"""LL-R (large loss rejection, Kim et al. CVPR 2022, eq. 5 and the authors' code; docs/references.md#large-loss),
+a training rule (method `large_loss`) of the adapter in `sew` and the small-CNN student in `distill`.
+
+In every batch the unknown entries with the largest losses are rejected (weight 0): k = ⌈rate · B · C⌉ of them,
+counted over the whole batch as the reference code does, with rate = `delta` % per epoch from 0 (the
+reference's `delta_rel` is in percent and divided by 100), capped at `max_rate`. Its paper's setting is
+`unknown: negative` (assume negative), where the rejected entries are the likeliest false negatives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from pipeline.method_registry import register_method
+from pipeline.rules import Rule
+from pipeline.settings import setting
+
+
+def rejection_rate(epoch: int, delta_percent: float, max_rate: float) -> float:
+    """LL-R schedule: nothing rejected in the first epoch, then `delta_percent` % more per epoch."""
+    return float(min(max_rate, delta_percent / 100.0 * epoch))
+
+
+def large_loss_keep(loss: torch.Tensor, unknown: torch.Tensor, rate: float) -> torch.Tensor:
+    """bool mask: False for the ⌈rate × B·C⌉ unknown entries with the largest loss (at most all unknown)."""
+    keep = torch.ones_like(loss, dtype=torch.bool)
+    n_unknown = int(unknown.sum())
+    k = min(n_unknown, math.ceil(rate * loss.numel() - 1e-9))
+    if k <= 0:
+        return keep
+    masked = torch.where(unknown, loss.detach(), torch.full_like(loss, -float("inf")))
+    worst = torch.topk(masked.flatten(), k).indices
+    keep.view(-1)[worst] = False
+    return keep
+
+
+@register_method
+@dataclass(frozen=True)
+class LargeLoss(Rule):
+    """Method `large_loss`, constants in section `large_loss`."""
+
+    delta: float = setting(0.1, ge=0.0, le=100.0)  # % of the batch's entries rejected more per epoch
+    max_rate: float = setting(0.5, ge=0.0, le=1.0)
+
+    NAME: ClassVar[str] = "large_loss"
+    PARAMS_KEYS: ClassVar[dict[str, str]] = {"unknown": "unknown", "delta": "large_loss.delta",
+                                             "max_rate": "large_loss.max_rate"}
+    ENTRY_LOSS: ClassVar[bool] = True
+
+    def keep(self, loss: torch.Tensor, unknown: torch.Tensor, epoch: int) -> torch.Tensor:
+        return large_loss_keep(loss, unknown, rejection_rate(epoch, self.delta, self.max_rate))

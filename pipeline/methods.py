@@ -1,0 +1,23 @@
+"""Every partial-label method, registered in the order `method` lists them (pipeline.method_registry says what
+a method is). Importing this module registers them all; a new method adds its module here.
+
+- `none` (pipeline.rules.Rule): no method, the known labels over the corrected CLIP labels;
+- `hst` (pipeline.hst, paper 003) and `trm` (pipeline.trm, paper 001): trained with the adapter in `sew`;
+- `plmcl`, `g2netpl` (summary paper 000 §III.A–B), `large_loss` (LL-R), `label_distribution` (MulSupConLD,
+  summary 004): training rules of `sew` and `distill`;
+- `prototypes`, `cooccurrence` (pipeline.transfer: HST's and TRM-ML's transfers before training): in `correct`.
+"""
+
+# The methods register in import order, the order of METHOD_NAMES (and of the errors naming them).
+# isort: off
+from pipeline import rules, hst, trm, plmcl, g2netpl, large_loss, label_distribution, prototypes  # noqa: F401
+from pipeline import cooccurrence  # noqa: F401
+# isort: on
+from pipeline.method_registry import ROLES, MethodSet, register_method, registered, selection_errors
+
+METHODS = registered()
+METHOD_NAMES = tuple(METHODS)
+RULES = tuple(name for name, cls in METHODS.items() if cls.ROLE == "rule")  # `none` first
+
+__all__ = ["METHODS", "METHOD_NAMES", "ROLES", "RULES", "MethodSet", "register_method", "registered",
+           "selection_errors"]

@@ -1,0 +1,44 @@
+"""Method `prototypes`: known labels → unknown entries through class prototypes, in the `correct` stage, before
+any training (cross-image transfer: HST §3.3 CST, TRM-ML §3.4 multimodal prototypes; the mechanics and the
+threshold rules `ema` (TRM-ML eq. 9–11) and `dtl` (HST eq. 12–16) are in pipeline.transfer). Visual
+prototypes are K-means centres of the known positives' image embeddings, topped up to `bank` members by the
+train images the pseudo labels rank highest; an entry is raised (lowered, `ema` only) when both its visual
+and its text similarity pass the class's thresholds learnt on the known entries (TRM-ML eq. 12).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from pipeline.method_registry import register_method
+from pipeline.settings import Settings, setting
+from pipeline.transfer import LabelTransfer, ThresholdRule, transfer_by_prototypes
+
+
+@register_method
+@dataclass(frozen=True)
+class PrototypeTransfer(Settings):
+    """Section `prototypes` (its threshold keys: `rule`)."""
+
+    rule: ThresholdRule = ThresholdRule()
+    k: int = setting(10, ge=1)
+    bank: int = setting(50, ge=1)
+    raise_logit: float = setting(2.0, ge=0.0)
+
+    SECTION: ClassVar[str] = "prototypes"
+    NAME: ClassVar[str] = "prototypes"
+    ROLE: ClassVar[str] = "correct"
+
+    def apply(self, target: np.ndarray, known: np.ndarray, labels: np.ndarray,
+              embeddings: Callable[[], tuple[np.ndarray, np.ndarray]], train: np.ndarray | None) -> LabelTransfer:
+        """target [N, C]: the corrected logits (the bank's top-up ranks by them); `embeddings()`: (image, text)
+        embeddings; `train`: the rows that may top up the bank (all if None)."""
+        emb, text = embeddings()
+        raised, lowered, bank, sims = transfer_by_prototypes(emb, text, target, known, labels, self.rule, self.k,
+                                                             self.bank, train)
+        return LabelTransfer(raised, lowered, {"visual": bank.visual, "counts": bank.counts, "text": bank.text,
+                                               **sims})
