@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -28,7 +25,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.browser import webdriver_chromium  # noqa: E402
+from tests.browser import free_port, serve_review, webdriver_chromium  # noqa: E402
 
 
 def main() -> None:
@@ -40,20 +37,10 @@ def main() -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     answers = args.answers or Path(tempfile.mkdtemp(prefix="mlpl-review-")) / "answers.parquet"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlpl"), "review", "--port", str(port), "--answers",
-                               str(answers.resolve())], cwd=args.project, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    port = free_port()
+    server = serve_review(args.project, port, answers, logs=answers.parent)
     driver = None
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queue?limit=1", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.1)
         driver = webdriver_chromium()
         start = time.perf_counter()
         driver.get(f"http://127.0.0.1:{port}/")

@@ -109,14 +109,8 @@ def read_answers(path: str | Path, image_ids: list[str], classes: list[str], is_
         raise DataError(f"{path}: answers need the columns {ANSWERS_SCHEMA.names}, missing {missing}")
     row_of = {image_id: i for i, image_id in enumerate(image_ids)}
     class_of = {name: c for c, name in enumerate(classes)}
-    answered = np.zeros((len(image_ids), len(classes)), np.int8)
-    labels = np.zeros_like(answered)
-    when = np.full(answered.shape, np.iinfo(np.int64).min, np.int64)
-    rows = table.select(["image_id", "class", "label"]).to_pylist()
-    # ms since the epoch; an answer without a time is older than any with one
-    stamps = table.column("answered_at").cast(pa.int64()).fill_null(np.iinfo(np.int64).min + 1).to_numpy()
     train = np.asarray(is_train, bool)
-    for n, (row, stamp) in enumerate(zip(rows, stamps, strict=True), start=1):
+    for n, row in enumerate(table.select(["image_id", "class", "label"]).to_pylist(), start=1):
         i, c, label = row_of.get(row["image_id"]), class_of.get(row["class"]), row["label"]
         if i is None or not train[i]:
             raise DataError(f"{path}: row {n} names image {row['image_id']!r}, which is not a train image of the "
@@ -125,8 +119,12 @@ def read_answers(path: str | Path, image_ids: list[str], classes: list[str], is_
             raise DataError(f"{path}: row {n} names class {row['class']!r}, which is not one of {classes}")
         if label not in (0, 1):
             raise DataError(f"{path}: row {n} has label {label!r}; an answer is 0 or 1")
-        if stamp >= when[i, c]:  # the latest answer wins (a later row wins a tie)
-            when[i, c], labels[i, c], answered[i, c] = stamp, label, 1
+    answered = np.zeros((len(image_ids), len(classes)), np.int8)
+    labels = np.zeros_like(answered)
+    latest, _ = merge_answers([table])  # one answer per entry, by the one latest-answer-wins rule
+    for row in latest.select(["image_id", "class", "label"]).to_pylist():
+        i, c = row_of[row["image_id"]], class_of[row["class"]]
+        answered[i, c], labels[i, c] = 1, row["label"]
     return answered, labels
 
 

@@ -4,7 +4,11 @@ missing (CI machines are fresh); tests that need it skip, with the reason, only 
 import fcntl
 import os
 import shutil
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -72,3 +76,29 @@ def screenshot(page: Path, out: Path, width: int = 1100, height: int = 1800) -> 
     r = _run(["--virtual-time-budget=15000", "--hide-scrollbars", f"--window-size={width},{height}",
               f"--screenshot={out.resolve()}", page.resolve().as_uri()])
     assert r.returncode == 0 and out.is_file(), r.stderr[-2000:]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_review(root: Path, port: int, answers: Path | None = None, logs: Path | None = None) -> subprocess.Popen:
+    """`mlpl review --port port [--answers answers]` in the built project `root`, once it answers; its output
+    goes to review-<port>.log in `logs` (default: root)."""
+    log_path = Path(logs or root) / f"review-{port}.log"
+    log = open(log_path, "ab")  # noqa: SIM115 (the server's, closed with the process)
+    extra = ["--answers", str(Path(answers).resolve())] if answers is not None else []
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlpl"), "review", "--port", str(port), *extra],
+                            cwd=root, stdout=log, stderr=log)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queue?limit=1", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    tail = log_path.read_text()[-2000:]
+    raise AssertionError(f"the review server did not come up:\n{tail}")

@@ -3,13 +3,8 @@ Flask routes, and the page driven in a real headless Chromium."""
 
 import datetime
 import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from json import dumps, loads
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,6 +14,7 @@ from PIL import Image
 from pipeline.masking import MaskSettings, known_labels, read_answers, review_order
 from pipeline.review import AnswerBook, review_queue
 from pipeline.storage import DataError, write_table
+from tests.browser import free_port, serve_review
 
 CLASSES = ["square", "disc", "cross"]
 IDS = [f"img{i:03d}" for i in range(12)]
@@ -95,27 +91,6 @@ def test_the_routes_rank_filter_save_and_serve(project):
     assert client.get(f"/image/{IDS[2]}").data[:4] == b"\x89PNG" and client.get("/image/none").status_code == 404
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(root: Path, port: int) -> subprocess.Popen:
-    log = open(root / f"review-{port}.log", "ab")  # noqa: SIM115 (the server's, closed with the process)
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlpl"), "review", "--port", str(port)], cwd=root,
-                            stdout=log, stderr=log)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queue?limit=1", timeout=2)
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"the review server did not come up:\n{(root / f'review-{port}.log').read_text()[-2000:]}")
-
-
 def _post(port: int, body: dict) -> dict:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/answer", data=dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -126,8 +101,8 @@ def test_a_killed_server_loses_no_answer(project):
     """Answers posted to a real server, which is then killed (SIGKILL) mid-session: every answer it
     acknowledged is in the answers file, and a restarted server takes up the queue after them."""
     root, _ = project
-    port = _free_port()
-    proc = _serve(root, port)
+    port = free_port()
+    proc = serve_review(root, port)
     try:
         items = loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queue").read())["items"]
         for it in items[:5]:
@@ -138,7 +113,7 @@ def test_a_killed_server_loses_no_answer(project):
     table = pq.read_table(root / "data" / "answers.parquet").to_pylist()
     assert [(r["image_id"], r["class"], r["label"]) for r in table] == [
         (it["image_id"], it["class"], it["label"]) for it in items[:5]]
-    proc = _serve(root, port)
+    proc = serve_review(root, port)
     try:
         again = loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queue").read())
         assert again["answered"] == 5 and again["items"] == items[5:]
@@ -154,8 +129,8 @@ def test_the_page_in_a_real_browser(project):
     from tests.browser import webdriver_chromium
 
     root, _ = project
-    port = _free_port()
-    proc = _serve(root, port)
+    port = free_port()
+    proc = serve_review(root, port)
     driver = webdriver_chromium()
     try:
         from selenium.webdriver.common.by import By
