@@ -7,7 +7,8 @@ p the network's predictions. The summary's Ψ writes Σ ŷ log ŷ + (1 − ŷ) l
 blur the labels while its text says the player "steers pseudo-labels toward binary decisions"; we descend +H,
 keep the minimax objective's KL term (η = `eta`) and add Ψ's L1 term (η₁ = `l1`).
 dΦ/dŷ = −S⁻¹(ŷ) + η(S⁻¹(ŷ) − S⁻¹(p)) + η₁·sign(ŷ − p). With η > 1 a fixed point sharpens:
-S⁻¹(ŷ) = η/(η − 1)·S⁻¹(p). ŷ(0) and the confidence scheduler (`curriculum`) are PLMCL's (pipeline.plmcl).
+S⁻¹(ŷ) = η/(η − 1)·S⁻¹(p). ŷ(0), the confidence scheduler (`curriculum`) and, with `unknown: pseudo`, ŷ as the
+E-step's prediction are PLMCL's (pipeline.plmcl).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ Soft pseudo labels of the unknown entries follow the network with momentum and v
 epoch: ŷ(t+1) = clip(ŷ(t) + η(p(t) − ŷ(t)) + (α − β)·v(t)), v(t) = ŷ(t) − ŷ(t−1). The summary's update has only
 the momentum and velocity terms (both on v, so it never moves from rest); the pull η(p − ŷ) is its "alignment
 with network predictions" made explicit. In the papers' settings (`unknown: ignore | negative`) ŷ(0) = p = σ(f(x)),
-the network's outputs after its first epoch (§III.A); with `unknown: pseudo` ŷ(0) is the corrected CLIP label.
+the network's outputs after its first epoch (§III.A), and the network trains on ŷ. With `unknown: pseudo` (ours,
+a setting the summary does not test) ŷ(0) is the corrected CLIP label and ŷ is the prediction of TailorCLIP's
+E-step (pipeline.em.rule_prediction_step): trained on every epoch, it cost the student 0.08 there.
 The loss L_sne(p, y ⊙ ŷ) + λ·L_ae(ŷ) is the BCE over the known entries plus λ (`weight`) times the BCE of the
 pseudo-labelled ones. The confidence-aware curriculum τ(t) (`curriculum`, papers' settings only) is garbled in
 the summary ("a per-class threshold based on the expected prediction margin"); ours is

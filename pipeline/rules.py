@@ -3,7 +3,9 @@ training loops call (`rule_loss`, `update_pseudo_labels`, `curriculum_mask`, `un
 class `Rule` of every rule method, itself the method `none` (pipeline.method_registry).
 
 What an unknown train entry is, top-level `unknown` (`Rule.unknown`):
-- `pseudo` (ours): the corrected CLIP pseudo label; the rules start from it (ŷ(0) = the corrected label).
+- `pseudo` (ours): the corrected CLIP pseudo label; the rules start from it (ŷ(0) = the corrected label), and
+  a rule's ŷ is the prediction TailorCLIP's E-step refines the labels towards (pipeline.em), not a target the
+  adapter retrains on every epoch.
 - `ignore` and `negative`: the partial-label papers' own settings, in which no CLIP label exists. The adapter
   trains on the plain images (no composites, no EM: both read CLIP's labels) and an unknown entry carries no
   loss (partial BCE, Durand et al. 2019: each image's BCE over its known entries, normalised by their number,

@@ -314,3 +314,26 @@ def test_ignore_and_negative_train_differently(tiny_model, image_paths):
                                         s, rule=make_rule("none", unknown))
     # assume-negative pulls every unknown entry down; ignoring them leaves classes 1 and 2 (never known) untrained
     assert out["negative"][:, 1:].mean() < out["ignore"][:, 1:].mean() - 0.05
+
+
+def test_with_pseudo_labels_a_rule_feeds_the_e_step(tiny_model, image_paths):
+    """`unknown: pseudo`: PLMCL's ŷ (from the corrected labels) is the E-step's prediction, not the adapter's
+    target every epoch. With η = 1 and no momentum ŷ is the last predictions themselves, so the refined labels
+    are those of no rule; the default PLMCL smooths them into other labels."""
+    from pipeline.plmcl import Plmcl
+
+    z = np.random.default_rng(1).normal(size=(10, 3)).astype(np.float32)
+    frozen = np.zeros_like(z, bool)
+    frozen[::2, 0] = True
+    s = SewSettings(epochs=3, em_epochs=2, batch_size=4, max_overlays=1)
+    ds = SewDataset(image_paths, 32, np.arange(10), s)
+    out = {}
+    for name, rule in (("none", make_rule("none")), ("copy", Plmcl(eta=1.0, alpha=0.5, beta=0.5)),
+                       ("plmcl", Plmcl())):
+        torch.manual_seed(0)
+        adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
+        out[name] = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen, s,
+                                     rule=rule)
+    assert np.allclose(out["copy"], out["none"], atol=1e-3)
+    assert not np.allclose(out["plmcl"], out["none"], atol=1e-2)
+    assert np.array_equal(out["plmcl"][frozen], z[frozen])
