@@ -14,21 +14,16 @@ from typing import ClassVar
 import numpy as np
 
 from pipeline.method_registry import register_method
-from pipeline.settings import Settings, setting
-from pipeline.transfer import LabelTransfer, ThresholdRule, transfer_by_cooccurrence
+from pipeline.transfer import CorrectTransfer, LabelTransfer, transfer_by_cooccurrence
 
 
 @register_method
 @dataclass(frozen=True)
-class CooccurrenceTransfer(Settings):
+class CooccurrenceTransfer(CorrectTransfer):
     """Section `cooccurrence` (its threshold keys: `rule`)."""
-
-    rule: ThresholdRule = ThresholdRule()
-    raise_logit: float = setting(2.0, ge=0.0)
 
     SECTION: ClassVar[str] = "cooccurrence"
     NAME: ClassVar[str] = "cooccurrence"
-    ROLE: ClassVar[str] = "correct"
 
     def apply(self, target: np.ndarray, known: np.ndarray, labels: np.ndarray,
               embeddings: Callable[[], tuple[np.ndarray, np.ndarray]], train: np.ndarray | None) -> LabelTransfer:

@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.logits import calibrate_per_class, logit, sigmoid
 from pipeline.settings import Settings, setting
-from pipeline.transfer import apply_transfer
+from pipeline.transfer import CorrectTransfer, apply_transfer
 
 METHODS = ("sqrt", "linear", "hard", "none")
 CALIBRATIONS = ("median", "none")
@@ -91,7 +91,7 @@ class Corrected:
 
 
 def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarray, correction: Correction,
-                       transfers: Sequence = (),
+                       transfers: Sequence[CorrectTransfer] = (),
                        embeddings: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
                        train: np.ndarray | None = None) -> Corrected:
     """Correct `initial` [N, C], transfer the known labels (ratio > 0) to unknown entries, then write the

@@ -15,28 +15,24 @@ from typing import ClassVar
 import numpy as np
 
 from pipeline.method_registry import register_method
-from pipeline.settings import Settings, setting
-from pipeline.transfer import LabelTransfer, ThresholdRule, transfer_by_prototypes
+from pipeline.settings import setting
+from pipeline.transfer import CorrectTransfer, LabelTransfer, transfer_by_prototypes
 
 
 @register_method
 @dataclass(frozen=True)
-class PrototypeTransfer(Settings):
+class PrototypeTransfer(CorrectTransfer):
     """Section `prototypes` (its threshold keys: `rule`)."""
 
-    rule: ThresholdRule = ThresholdRule()
     k: int = setting(10, ge=1)
     bank: int = setting(50, ge=1)
-    raise_logit: float = setting(2.0, ge=0.0)
 
     SECTION: ClassVar[str] = "prototypes"
     NAME: ClassVar[str] = "prototypes"
-    ROLE: ClassVar[str] = "correct"
 
     def apply(self, target: np.ndarray, known: np.ndarray, labels: np.ndarray,
               embeddings: Callable[[], tuple[np.ndarray, np.ndarray]], train: np.ndarray | None) -> LabelTransfer:
-        """target [N, C]: the corrected logits (the bank's top-up ranks by them); `embeddings()`: (image, text)
-        embeddings; `train`: the rows that may top up the bank (all if None)."""
+        """The bank's top-up ranks the `train` rows by `target`."""
         emb, text = embeddings()
         raised, lowered, bank, sims = transfer_by_prototypes(emb, text, target, known, labels, self.rule, self.k,
                                                              self.bank, train)

@@ -21,6 +21,7 @@ With prototypes, the visual and the text modality must agree (TRM-ML eq. 12).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -226,6 +227,24 @@ class LabelTransfer:
     raised: np.ndarray  # bool [N, C]: unknown entries labelled present
     lowered: np.ndarray  # bool [N, C]: unknown entries labelled absent
     store: dict  # what it keeps in data/prototypes.zarr (prototypes, similarities, P(i | j))
+
+
+@dataclass(frozen=True)
+class CorrectTransfer(Settings):
+    """Base of the methods of the `correct` step (pipeline.prototypes, pipeline.cooccurrence): their shared keys
+    (the threshold rule's, read from the same section, and `raise_logit`) and the hook `correct` calls."""
+
+    rule: ThresholdRule = ThresholdRule()
+    raise_logit: float = setting(2.0, ge=0.0)  # a raised entry becomes at least this logit, a lowered at most −it
+
+    ROLE: ClassVar[str] = "correct"
+
+    def apply(self, target: np.ndarray, known: np.ndarray, labels: np.ndarray,
+              embeddings: Callable[[], tuple[np.ndarray, np.ndarray]], train: np.ndarray | None) -> LabelTransfer:
+        """What the method decides for the unknown entries. target [N, C]: the corrected logits; known, labels
+        [N, C]; `embeddings()`: the (image, text) embeddings, read only if needed; `train` (bool [N], or None for
+        all rows): the rows whose statistics may shape the decision."""
+        raise NotImplementedError
 
 
 def apply_transfer(target: np.ndarray, up: np.ndarray, down: np.ndarray, logit: float) -> np.ndarray:
