@@ -62,6 +62,7 @@ class Row:
 # experiment → (ratio: None = --ratio, the -S flags, whether its seeds are dataset seeds)
 EXPERIMENTS: dict[str, tuple[float | None, list[str], bool]] = {
     "ours": (0.0, [], False),
+    "cdul_student": (0.0, ["distill.student=cdul"], False),
     "mulsupconld": (1.0, ["method=label_distribution"], True),
     **{name: (None, METHODS[name], False) for name in
        ("pbce", "an", "large_loss_an", "plmcl_paper", "g2netpl_paper", "hst_paper", "trm_paper")},
@@ -85,6 +86,7 @@ ROWS: dict[str, Row] = {
     "ceiling_bce": Row(WEAK, "mulsupconld", "ceiling", "its baseline: BCE, every label known"),
     "zero_shot": Row(FREE, "ours", "zero_shot", "CLIP zero-shot"),
     "cdul_estimator": Row(FREE, "ours", "cdul", "CDUL's global-local estimator"),
+    "cdul_student": Row(FREE, "cdul_student", "student", "CDUL's student (gradient alignment)"),
     "ours": Row(FREE, "ours", "student", "ours (TailorCLIP cut and sew)"),
     "ours_known": Row(OURS, "ours_known", "student", "known labels over the corrected CLIP labels"),
     **{f"ours_{name}": Row(OURS, f"ours_{name}", "student", f"+ {name}") for name in

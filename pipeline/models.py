@@ -105,6 +105,7 @@ class SmallCNNSpec:
     width: int
     image_size: int
     classes: list[str]
+    log_softmax: bool = False  # CDUL's student (pipeline.cdul_student)
     kind: ClassVar[str] = "small_cnn"
 
     def state(self, module: SmallCNN) -> dict:
@@ -116,7 +117,7 @@ class SmallCNNSpec:
         return cls(**ckpt["config"], classes=list(ckpt["classes"]))
 
     def build(self, backbone: nn.Module | None = None) -> SmallCNN:
-        return SmallCNN(self.n_classes, self.width, self.image_size)
+        return SmallCNN(self.n_classes, self.width, self.image_size, self.log_softmax)
 
     @staticmethod
     def load_weights(module: SmallCNN, ckpt: Mapping) -> None:
@@ -138,7 +139,7 @@ class NoModel:
 
 ModelSpec = AdapterSpec | FrozenTowerSpec | SmallCNNSpec | NoModel
 SPECS: dict[str, type] = {s.kind: s for s in (AdapterSpec, FrozenTowerSpec, SmallCNNSpec, NoModel)}
-STUDENT_KINDS = ("frozen_tower", "small_cnn")  # distill.student
+STUDENT_KINDS = ("frozen_tower", "small_cnn", "cdul")  # distill.student
 
 
 @dataclass(frozen=True)

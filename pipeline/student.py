@@ -25,12 +25,16 @@ from pipeline.settings import Settings, setting
 
 
 class SmallCNN(nn.Module):
-    """Four conv-BN-ReLU blocks, global average pooling, a linear classifier. Input uint8 [B, 3, S, S]."""
+    """Four conv-BN-ReLU blocks, global average pooling, a linear classifier. Input uint8 [B, 3, S, S].
+    `log_softmax`: the outputs are log-probabilities over the classes (CDUL's student predicts with a softmax;
+    a per-class score monotone in its probability, as mAP needs)."""
 
-    def __init__(self, n_classes: int, width: int = 32, image_size: int = 64):
+    def __init__(self, n_classes: int, width: int = 32, image_size: int = 64, log_softmax: bool = False):
         super().__init__()
-        self.config = {"n_classes": n_classes, "width": width, "image_size": image_size}
+        self.config = {"n_classes": n_classes, "width": width, "image_size": image_size,
+                       **({"log_softmax": True} if log_softmax else {})}  # absent: the checkpoints before it
         self.image_size = image_size
+        self.log_softmax = log_softmax
         chans = [3, width, 2 * width, 4 * width, 4 * width]
         blocks = []
         for cin, cout in zip(chans[:-1], chans[1:], strict=True):
@@ -41,7 +45,8 @@ class SmallCNN(nn.Module):
 
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
         x = images_u8.float() / 127.5 - 1.0
-        return self.head(self.features(x).mean((2, 3)))
+        out = self.head(self.features(x).mean((2, 3)))
+        return F.log_softmax(out, dim=-1) if self.log_softmax else out
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,9 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x[:, :, dy:dy + s, dx:dx + s]
 
 
-class _Indexed(Dataset):
+class IndexedImages(Dataset):
+    """(image, its index) of a dataset of (path, image) items: a training loop's batches name their rows."""
+
     def __init__(self, images: Dataset):
         self.images = images
 
@@ -115,7 +122,7 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
     for epoch in range(start, training.epochs):
         model.train()
         seen = np.zeros((n, n_cls)) if rule.UPDATES_LABELS else None
-        for x, idx in DataLoader(_Indexed(images), batch_size=training.batch_size, shuffle=True, generator=gen):
+        for x, idx in DataLoader(IndexedImages(images), batch_size=training.batch_size, shuffle=True, generator=gen):
             logits = model(augment(x, gen))
             loss = rule_loss(logits, targets[idx], known_t[idx], rule, epoch, None if w_all is None else w_all[idx])
             if training.consistency > 0:

@@ -1,7 +1,8 @@
 """Stage `distill`: the standalone student → data/models/student.pt.
 
 `distill.student: frozen_tower` exports the adapter's frozen tower + the sew adapter as one module;
-`small_cnn` trains a small CNN on the refined labels with CDUL's consistency term.
+`small_cnn` trains a small CNN on the refined labels with CDUL's consistency term; `cdul` trains the same small
+CNN by CDUL's own procedure on CDUL's initial labels (pipeline.cdul_student: the CDUL row of Table 1).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import asdict
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.cdul_student import CdulTraining, train_cdul_student
 from pipeline.images import ResizedImages
 from pipeline.models import DistillSettings, SmallCNNSpec, save_checkpoint, student_of_adapter, write_checkpoint
 from pipeline.progress import progress_bar
@@ -20,6 +22,7 @@ from pipeline.storage import Table, manifest_paths
 from pipeline.student import StudentTraining, train_small_cnn
 from stages.common import (
     ADAPTER,
+    INITIAL,
     MANIFEST,
     OBSERVED,
     REFINED,
@@ -32,32 +35,58 @@ from stages.common import (
 from stages.method_params import build_methods
 
 
-def check(params: Params) -> tuple[str, StudentTraining, Rule]:
-    """The student, its training, and the chosen training rule (pipeline.rules; `none` where no rule method is)."""
+def check(params: Params) -> tuple[str, StudentTraining, CdulTraining, Rule]:
+    """The student, its small CNN's training, CDUL's label update, and the chosen training rule (pipeline.rules;
+    `none` where no rule method is)."""
     p = params.section("distill")
     return (p.build(DistillSettings).student, p.section("small_cnn").build(StudentTraining),
-            build_methods(params, ("rule",)).rule)
+            p.section("cdul").build(CdulTraining), build_methods(params, ("rule",)).rule)
+
+
+def train_cdul(training: StudentTraining, cdul: CdulTraining) -> None:
+    """CDUL's student on the train images, from CDUL's initial labels (`init`'s `cdul` rung)."""
+    initial, manifest = Table(INITIAL), Table(MANIFEST)
+    train = initial.column("split") == "train"
+    row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
+    paths = list(manifest_paths(manifest)[[row_of[i] for i in initial.column("image_id")[train]]])
+    labels = initial.column("cdul")[train]
+    size = training.image_size
+    run_id = fingerprint(asdict(training), asdict(cdul), size, paths, labels)
+    steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))
+    with progress_bar(total=steps, desc="distill (CDUL)", unit="step") as bar:
+        module, _ = train_cdul_student(ResizedImages(paths, size), labels, size, training, cdul,
+                                       on_step=lambda s, loss: bar.update(1),
+                                       checkpointer=Checkpointer(work_dir("distill"), run_id, log=tqdm.write))
+    save_checkpoint(STUDENT, SmallCNNSpec(len(initial.classes), training.width, size, initial.classes,
+                                          log_softmax=True), module)
+
+
+def train_small(training: StudentTraining, rule: Rule) -> None:
+    """The small CNN on the refined train labels, under the training rule."""
+    refined, manifest, observed = Table(REFINED), Table(MANIFEST), Table(OBSERVED)
+    row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
+    rows = np.array([row_of[i] for i in refined.column("image_id")])
+    paths = list(manifest_paths(manifest)[rows])
+    size = training.image_size
+    run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("refined"),
+                         observed.column("known")[rows])
+    steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))
+    with progress_bar(total=steps, desc="distill", unit="step") as bar:
+        module = train_small_cnn(ResizedImages(paths, size), refined.column("refined"), size, training,
+                                 on_step=lambda s, loss: bar.update(1),
+                                 known=observed.column("known")[rows].astype(bool), rule=rule,
+                                 weights=rule.entry_weights(refined.column("refined"), SCORES, rows),
+                                 checkpointer=Checkpointer(work_dir("distill"), run_id, log=tqdm.write))
+    save_checkpoint(STUDENT, SmallCNNSpec(len(refined.classes), training.width, size, refined.classes), module)
 
 
 def run(params: Params) -> None:
-    kind, training, rule = check(params)
-    size = training.image_size
+    kind, training, cdul, rule = check(params)
     if kind == "frozen_tower":
         write_checkpoint(STUDENT, student_of_adapter(ADAPTER))  # the tower and the adapter as one module
+    elif kind == "cdul":
+        train_cdul(training, cdul)
     else:
-        refined, manifest, observed = Table(REFINED), Table(MANIFEST), Table(OBSERVED)
-        row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
-        rows = np.array([row_of[i] for i in refined.column("image_id")])
-        paths = list(manifest_paths(manifest)[rows])
-        run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("refined"),
-                             observed.column("known")[rows])
-        steps = training.epochs * int(np.ceil(len(paths) / training.batch_size))
-        with progress_bar(total=steps, desc="distill", unit="step") as bar:
-            module = train_small_cnn(ResizedImages(paths, size), refined.column("refined"), size, training,
-                                     on_step=lambda s, loss: bar.update(1),
-                                     known=observed.column("known")[rows].astype(bool), rule=rule,
-                                     weights=rule.entry_weights(refined.column("refined"), SCORES, rows),
-                                     checkpointer=Checkpointer(work_dir("distill"), run_id, log=tqdm.write))
-        save_checkpoint(STUDENT, SmallCNNSpec(len(refined.classes), training.width, size, refined.classes), module)
+        train_small(training, rule)
     clear_work_dir("distill")
     print(f"student ({kind}) → {STUDENT}")

@@ -80,6 +80,7 @@ def test_ratio_ablation_never_recomputes_scores(project):
     # table and evaluate must rerun (label_distribution is a no-op there: no image has two positives). `correct`
     # reads `method` too (its transfers are methods) and writes the same bytes.
     ("method=g2netpl", {"validate", "correct", "sew", "distill", "evaluate"}),
+    ("distill.student=cdul", {"validate", "distill", "evaluate"}),  # CDUL's student, from init's labels
     ("dataset.scenes=contexts", ALL_STAGES),  # another world: every stage, the teacher's too
 ])
 def test_method_ablations_reuse_cached_scores(project, change, expected):
