@@ -15,6 +15,7 @@ are errors that name `method`, and `none` is no longer a value of the others.
 from __future__ import annotations
 
 from pipeline.methods import METHODS, MethodSet, selection_errors
+from pipeline.settings import Settings
 from stages.common import Params, deprecated
 
 _ABSENT = object()
@@ -65,7 +66,7 @@ def method_names(params: Params) -> tuple[tuple[str, ...], Params]:
     return names, params
 
 
-def build_method(params: Params, cls: type):
+def build_method(params: Params, cls: type[Settings]) -> Settings:
     """One method's settings: from its section, or (a rule, no SECTION) from the top level with its keys."""
     return params.section(cls.SECTION).build(cls) if cls.SECTION else params.build(cls)
 
