@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.resume import Checkpointer
 from pipeline.settings import Settings, setting
-from pipeline.student import IndexedImages, SmallCNN, StudentTraining
+from pipeline.student import IndexedImages, SmallCNN, StudentTraining, restore_training, save_training
 
 EPS = 1e-6  # labels stay inside (0, 1): their logits and the normalised KL stay finite
 
@@ -86,15 +86,9 @@ def train_cdul_student(images: Dataset, initial_logit: np.ndarray, image_size: i
     model = SmallCNN(n_cls, training.width, image_size, log_softmax=True)
     opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=1e-4)
     labels = torch.sigmoid(torch.tensor(np.asarray(initial_logit), dtype=torch.float32)).clamp(EPS, 1 - EPS)
-    step, start = 0, 0
-    state = checkpointer.restore() if checkpointer is not None else None
+    state, start, step = restore_training(checkpointer, model, opt, gen)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
         labels = state["labels"]
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start, step = state["position"], state["step"]
     for epoch in range(start, training.epochs):
         model.train()
         for x, idx in DataLoader(IndexedImages(images), batch_size=training.batch_size, shuffle=True, generator=gen):
@@ -108,9 +102,6 @@ def train_cdul_student(images: Dataset, initial_logit: np.ndarray, image_size: i
             if on_step is not None:
                 on_step(step, loss.item())
             step += 1
-        if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < training.epochs:
-            checkpointer.save({"position": epoch + 1, "step": step, "model": model.state_dict(),
-                               "optimizer": opt.state_dict(), "labels": labels.clone(), "generator": gen.get_state(),
-                               "torch_rng": torch.get_rng_state()})
+        save_training(checkpointer, epoch, training.epochs, step, model, opt, gen, labels=labels.clone())
     model.eval()
     return model, labels.numpy()

@@ -245,7 +245,6 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     predictions_e_step = settings.e_step == "predictions" and settings.e_weight > 0 and not paper
     feeds_e_step = rule.UPDATES_LABELS and predictions_e_step  # the rule's ŷ is the E-step's prediction
     replaces_e_step = rule.UPDATES_LABELS and not feeds_e_step
-    predictions_e_step = predictions_e_step and not replaces_e_step
     backprop = settings.e_step == "backprop" and not rule.UPDATES_LABELS and not paper
     opt, scheduled = em_optimizer(adapter, state.z, settings, transfer)
     host_sign = None if transfer is None else known_sign_of(state.z0, state.keep)
@@ -296,13 +295,10 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
                 on_step(epoch, step, m_loss.item())
         if replaces_e_step:
             rule_label_step(state, plain_predictions(), rule, epoch, settings)
-        predictions = None
         if feeds_e_step and epoch + 1 <= max(settings.e_step_epochs):  # ŷ only matters up to the last E-step
-            predictions = plain_predictions()
-            rule_prediction_step(state, predictions, rule)
-            predictions = logit(state.y_hat, EPS).astype(np.float32)
+            rule_prediction_step(state, plain_predictions(), rule)
         if predictions_e_step and epoch + 1 in settings.e_step_epochs:
-            predictions = plain_predictions() if predictions is None else predictions
+            predictions = logit(state.y_hat, EPS).astype(np.float32) if feeds_e_step else plain_predictions()
             with torch.no_grad():  # any later epochs' composites take their labels from the refined Z
                 state.z.copy_(torch.from_numpy(e_step(state.z0.numpy(), predictions, settings.e_weight)))
         if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < settings.epochs:

@@ -15,7 +15,7 @@ Methods of different roles combine (`method: [prototypes, hst, plmcl]`); two of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 ROLES = ("correct", "rule", "online")
@@ -62,7 +62,6 @@ class MethodSet:
 
     chosen: tuple[Any, ...] = ()  # the selected methods' settings, in registration order
     base_rule: Any = None  # the rule where none is chosen (pipeline.rules.Rule: `unknown` alone)
-    names: tuple[str, ...] = field(default=())
 
     def of_role(self, role: str) -> list[Any]:
         return [m for m in self.chosen if m.ROLE == role]

@@ -53,7 +53,7 @@ class Rule(Settings):
     NAME: ClassVar[str] = "none"
     ROLE: ClassVar[str] = "rule"
     PARAMS_KEYS: ClassVar[dict[str, str]] = {"unknown": "unknown"}
-    UPDATES_LABELS: ClassVar[bool] = False  # an epoch-end label step (`update`) replaces the E-step
+    UPDATES_LABELS: ClassVar[bool] = False  # an epoch-end label step (`update`): it feeds or replaces the E-step
     ENTRY_LOSS: ClassVar[bool] = False  # weighs the loss entry by entry even where nothing else does
 
     @property

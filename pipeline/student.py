@@ -90,6 +90,30 @@ class IndexedImages(Dataset):
         return img, i
 
 
+def restore_training(checkpointer: Checkpointer | None, model: nn.Module, opt: torch.optim.Optimizer,
+                     gen: torch.Generator) -> tuple[dict | None, int, int]:
+    """Load a small-CNN training loop's last checkpoint into the model, the optimizer, the shuffling generator
+    and torch's RNG: (the checkpoint, for the loop's own state, or None; the epoch to start from; the steps
+    done)."""
+    state = checkpointer.restore() if checkpointer is not None else None
+    if state is None:
+        return None, 0, 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state, state["position"], state["step"]
+
+
+def save_training(checkpointer: Checkpointer | None, epoch: int, epochs: int, step: int, model: nn.Module,
+                  opt: torch.optim.Optimizer, gen: torch.Generator, **extra: torch.Tensor) -> None:
+    """Checkpoint a small-CNN training loop after `epoch` (not after the last), with the loop's `extra` state."""
+    if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < epochs:
+        checkpointer.save({"position": epoch + 1, "step": step, "model": model.state_dict(),
+                           "optimizer": opt.state_dict(), **extra, "generator": gen.get_state(),
+                           "torch_rng": torch.get_rng_state()})
+
+
 def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int, training: StudentTraining,
                     on_step: Callable[[int, float], None] | None = None, known: np.ndarray | None = None,
                     rule: Rule = NO_RULE, weights: np.ndarray | None = None,
@@ -110,15 +134,9 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
     known_t = torch.zeros((n, n_cls), dtype=torch.bool) if known is None else torch.tensor(np.asarray(known, bool))
     w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
     y_prev = targets.numpy().astype(np.float64)
-    step, start = 0, 0
-    state = checkpointer.restore() if checkpointer is not None else None
+    state, start, step = restore_training(checkpointer, model, opt, gen)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
         targets, y_prev = state["targets"], state["y_prev"].numpy()
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start, step = state["position"], state["step"]
     for epoch in range(start, training.epochs):
         model.train()
         seen = np.zeros((n, n_cls)) if rule.UPDATES_LABELS else None
@@ -141,10 +159,8 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
             new = update_pseudo_labels(y, y_prev, seen, known_t.numpy(), rule)
             y_prev = y
             targets = torch.tensor(new, dtype=torch.float32)
-        if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < training.epochs:
-            checkpointer.save({"position": epoch + 1, "step": step, "model": model.state_dict(),
-                               "optimizer": opt.state_dict(), "targets": targets, "y_prev": torch.from_numpy(y_prev),
-                               "generator": gen.get_state(), "torch_rng": torch.get_rng_state()})
+        save_training(checkpointer, epoch, training.epochs, step, model, opt, gen, targets=targets,
+                      y_prev=torch.from_numpy(y_prev))
     return model.eval()
 
 

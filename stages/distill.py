@@ -43,12 +43,18 @@ def check(params: Params) -> tuple[str, StudentTraining, CdulTraining, Rule]:
             p.section("cdul").build(CdulTraining), build_methods(params, ("rule",)).rule)
 
 
+def manifest_rows(manifest: Table, image_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """(the manifest rows of `image_ids`, in their order; the images' paths)."""
+    row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
+    rows = np.array([row_of[i] for i in image_ids])
+    return rows, list(manifest_paths(manifest)[rows])
+
+
 def train_cdul(training: StudentTraining, cdul: CdulTraining) -> None:
     """CDUL's student on the train images, from CDUL's initial labels (`init`'s `cdul` rung)."""
     initial, manifest = Table(INITIAL), Table(MANIFEST)
     train = initial.column("split") == "train"
-    row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
-    paths = list(manifest_paths(manifest)[[row_of[i] for i in initial.column("image_id")[train]]])
+    _, paths = manifest_rows(manifest, initial.column("image_id")[train])
     labels = initial.column("cdul")[train]
     size = training.image_size
     run_id = fingerprint(asdict(training), asdict(cdul), size, paths, labels)
@@ -64,9 +70,7 @@ def train_cdul(training: StudentTraining, cdul: CdulTraining) -> None:
 def train_small(training: StudentTraining, rule: Rule) -> None:
     """The small CNN on the refined train labels, under the training rule."""
     refined, manifest, observed = Table(REFINED), Table(MANIFEST), Table(OBSERVED)
-    row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
-    rows = np.array([row_of[i] for i in refined.column("image_id")])
-    paths = list(manifest_paths(manifest)[rows])
+    rows, paths = manifest_rows(manifest, refined.column("image_id"))
     size = training.image_size
     run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("refined"),
                          observed.column("known")[rows])

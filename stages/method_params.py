@@ -60,7 +60,7 @@ def method_names(params: Params) -> tuple[tuple[str, ...], Params]:
             stale.append(key)
             params.fail(key, f"= {off!r} was an old off switch: 'method' switches methods now; remove the key")
     params = params.without(*stale)  # reported once here, not again by the section's check
-    names = (raw,) if isinstance(raw, str) else tuple(raw) if isinstance(raw, list) else (raw,)
+    names = tuple(raw) if isinstance(raw, list) else (raw,)
     if not all(isinstance(n, str) for n in names):
         return params.fail("method", f"must be a method name or a list of them, got {raw!r}", ()), params
     return names, params
@@ -80,4 +80,4 @@ def build_methods(params: Params, roles: tuple[str, ...]) -> MethodSet:
         params.fail("method", error)
     built = {name: build_method(view, cls) for name, cls in METHODS.items() if cls.ROLE in roles}
     chosen = () if errors else tuple(built[n] for n in built if n in names)
-    return MethodSet(chosen, built.get("none"), names)
+    return MethodSet(chosen, built.get("none"))

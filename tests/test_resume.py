@@ -108,6 +108,21 @@ def test_small_cnn_resumes_exactly(tmp_path, image_paths):
     assert _states_equal(resumed, ref)
 
 
+def test_cdul_student_resumes_exactly(tmp_path, image_paths):
+    """Killed after an update epoch, CDUL's student resumes to the same network and the same refined labels."""
+    from pipeline.cdul_student import CdulTraining, train_cdul_student
+
+    initial = np.random.default_rng(3).normal(size=(10, 3)).astype(np.float32)
+    training, cdul = StudentTraining(epochs=3, batch_size=4, width=4), CdulTraining(update_every=1)
+    ref, ref_labels = train_cdul_student(ResizedImages(image_paths, 16), initial, 16, training, cdul)
+    with pytest.raises(Preempted):
+        train_cdul_student(ResizedImages(image_paths, 16), initial, 16, training, cdul,
+                           checkpointer=DiesAfterSaving(tmp_path, "r", die_after=1, log=lambda m: None))
+    resumed, labels = train_cdul_student(ResizedImages(image_paths, 16), initial, 16, training, cdul,
+                                         checkpointer=Checkpointer(tmp_path, "r", log=lambda m: None))
+    assert _states_equal(resumed, ref) and np.array_equal(labels, ref_labels)
+
+
 @pytest.mark.e2e
 def test_toy_teacher_resumes_exactly(tmp_path):
     scenes = SceneConfig(image_size=32, n_classes=4, max_small=2)
