@@ -16,6 +16,12 @@ the overlay's grid by area-pooling its full-size grid instead.
 
 Size: N × D × G² float16 (1,000 train images of the toy tower at 192 px: 37 MB; RN50 at 448 px: 0.8 MB an
 image), so for large datasets `sew.composites: pixels` trades it back for compute.
+
+The test images' grid is stored too (`test_grid`, float32, with `composites: features`): `evaluate` reads it
+for every frozen-tower model over the same tower at the same size instead of running the tower again, so an
+experiment that changes only labels or the adapter never encodes an image. It is encoded in the batches
+`pipeline.student.predict_paths` uses, in float32, so the logits are the tower path's to the bit (tested);
+it doubles the per-image size of a train image's grid (the toy's 500 test images: 37 MB).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from pipeline.settings import Settings, setting
 from pipeline.storage import DataError, atomic_path, ids_digest, open_store, read_json
 
 GRID = "grid"
+TEST_GRID, TEST_IMAGE_ID = "test_grid", "test_image_id"
+BATCH = 64  # images per tower pass, here and in pipeline.student's predictions: the same batches, the same bits
 
 
 def overlay_cells(grid: int, overlay_side: float, n: int) -> int:
@@ -54,9 +62,31 @@ def overlay_key(cells: int) -> str:
     return f"overlay_{cells}"
 
 
+def _grid_of(visual: torch.nn.Module, decoded: Sequence[torch.Tensor], image_size: int,
+             normalizer: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The tower's grid [B, D, G, G] (float32) of decoded images, resized as every reader of images resizes."""
+    images = torch.stack([resize_u8(d, image_size) for d in decoded])
+    return clip.grid_features(visual, clip.normalize_u8(images, *normalizer)).float()
+
+
+@torch.inference_mode()
+def encode_grid(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor],
+                paths: Sequence[str | Path], image_size: int, desc: str = "features (test)") -> np.ndarray:
+    """[N, D, G, G] float32: each image's grid exactly as a FrozenTowerClassifier computes it over these
+    batches (pipeline.student.predict_paths), in `paths` order."""
+    visual.eval()
+    out = []
+    with progress_bar(total=len(paths), desc=desc, unit="image") as bar:
+        for start in range(0, len(paths), BATCH):
+            decoded = [decode_image(p) for p in paths[start:start + BATCH]]
+            out.append(_grid_of(visual, decoded, image_size, normalizer).numpy())
+            bar.update(len(decoded))
+    return np.concatenate(out)
+
+
 @torch.inference_mode()
 def encode_images(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor], paths: Sequence[str | Path],
-                  image_size: int, overlay_side: float, max_overlays: int, batch_size: int = 64,
+                  image_size: int, overlay_side: float, max_overlays: int, batch_size: int = BATCH,
                   desc: str = "features") -> dict[str, np.ndarray]:
     """{grid: [N, D, G, G], overlay_<s>: [N, D, s, s] for each overlay side s} as float16, in `paths` order."""
     visual.eval()
@@ -74,8 +104,7 @@ def encode_images(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch
     for start in range(0, len(paths), batch_size):
         decoded = [decode_image(p) for p in paths[start:start + batch_size]]
         rows = slice(start, start + len(decoded))
-        full = clip.grid_features(visual, clip.normalize_u8(torch.stack([resize_u8(d, image_size) for d in decoded]),
-                                                            mean, std)).float()
+        full = _grid_of(visual, decoded, image_size, normalizer)
         out[GRID][rows] = full.numpy()
         for s in sizes:
             if native[s]:
@@ -99,17 +128,41 @@ def _takes_size(visual: torch.nn.Module, pixels: int, cells: int) -> bool:
 
 
 def write_feature_store(path: str | Path, image_ids: Sequence[str], arrays: dict[str, np.ndarray],
-                        attrs: dict) -> None:
-    """Zarr v3 group, chunked by 256 images, written atomically."""
+                        attrs: dict, test: tuple[Sequence[str], np.ndarray] | None = None) -> None:
+    """Zarr v3 group, chunked by 256 images, written atomically; `test`: (the test images' ids, their grid)."""
     with atomic_path(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        group.create_array("image_id", shape=(len(image_ids),), dtype=str, dimension_names=("image",))[...] = \
-            np.asarray(image_ids, dtype=str)
-        for name, value in arrays.items():
+        ids = {"image_id": image_ids} | ({TEST_IMAGE_ID: test[0]} if test is not None else {})
+        for name, values in ids.items():
+            group.create_array(name, shape=(len(values),), dtype=str, dimension_names=("image",))[...] = \
+                np.asarray(values, dtype=str)
+        for name, value in (arrays | ({TEST_GRID: test[1]} if test is not None else {})).items():
             chunks = (min(256, max(1, value.shape[0])),) + value.shape[1:]
             group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks,
                                dimension_names=("image", "channel", "row", "column"))[...] = value
-        group.attrs.update({**attrs, "image_ids_sha256": ids_digest(image_ids)})
+        digests = {"image_ids_sha256": ids_digest(image_ids)}
+        if test is not None:
+            digests["test_image_ids_sha256"] = ids_digest(test[0])
+        group.attrs.update({**attrs, **digests})
+
+
+@dataclass(frozen=True)
+class StoredGrid:
+    """The test images' grid as the tower of `backbone_sha256` encodes them at `image_size` (float32)."""
+
+    grid: np.ndarray
+    backbone_sha256: str
+    image_size: int
+
+
+def read_test_grid(path: str | Path, image_ids: Sequence[str]) -> StoredGrid | None:
+    """The stored grid of the test images `image_ids`; None where the store holds none (`sew.composites:
+    pixels`) or one of other images (the caller then runs the tower)."""
+    store = open_store(path)
+    attrs = dict(store.attrs)
+    if TEST_GRID not in store or attrs.get("test_image_ids_sha256") != ids_digest(image_ids):
+        return None
+    return StoredGrid(np.asarray(store[TEST_GRID][:]), attrs["backbone"]["sha256"], int(attrs["image_size"]))
 
 
 def read_feature_store(path: str | Path, image_ids: Sequence[str], image_size: int,

@@ -46,6 +46,11 @@ class AdapterSpec:
         return {"kind": self.kind, "adapter_config": self.adapter.to_dict(), "state_dict": adapter.state_dict(),
                 "image_size": self.image_size, "classes": self.classes, "backbone": self.backbone}
 
+    @property
+    def tower(self) -> tuple[str, int]:
+        """(the frozen tower's sha256, its input size): what a stored test grid must be of."""
+        return self.backbone["sha256"], self.image_size
+
     @classmethod
     def parse(cls, ckpt: Mapping) -> AdapterSpec:
         return cls(AdapterConfig.from_dict(ckpt["adapter_config"]), int(ckpt["image_size"]), list(ckpt["classes"]),
@@ -84,6 +89,10 @@ class FrozenTowerSpec:
                 "visual_state_dict": visual_state, "adapter_config": self.adapter.to_dict(),
                 "adapter_state_dict": adapter_state, "image_size": self.image_size, "classes": self.classes}
 
+    @property
+    def tower(self) -> tuple[str, int]:
+        return self.backbone_sha256, self.image_size
+
     @classmethod
     def parse(cls, ckpt: Mapping) -> FrozenTowerSpec:
         return cls(ckpt["model"], ckpt["backbone_sha256"], AdapterConfig.from_dict(ckpt["adapter_config"]),
@@ -107,6 +116,7 @@ class SmallCNNSpec:
     classes: list[str]
     log_softmax: bool = False  # CDUL's student (pipeline.cdul_student)
     kind: ClassVar[str] = "small_cnn"
+    tower: ClassVar[None] = None  # no frozen tower
 
     def state(self, module: SmallCNN) -> dict:
         return {"kind": self.kind, "config": module.config, "state_dict": module.state_dict(),
@@ -197,9 +207,15 @@ def load_checkpoint(path: str | Path, backbone: nn.Module | None = None) -> tupl
     return spec, module.eval()
 
 
-def load_student(path: str | Path) -> tuple[nn.Module, list[str], int]:
-    """(module taking uint8 images, class names, input size) from a student.pt file."""
+def load_student_spec(path: str | Path) -> tuple[FrozenTowerSpec | SmallCNNSpec, nn.Module]:
+    """(spec, module taking uint8 images) from a student.pt file."""
     spec, module = load_checkpoint(path)
     if spec.kind not in STUDENT_KINDS:
         raise ValueError(f"{path}: unknown student kind {spec.kind!r} (expected one of {STUDENT_KINDS})")
+    return spec, module
+
+
+def load_student(path: str | Path) -> tuple[nn.Module, list[str], int]:
+    """(module taking uint8 images, class names, input size) from a student.pt file."""
+    spec, module = load_student_spec(path)
     return module, spec.classes, spec.image_size

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.adapter import SharedTowerClassifiers, same_tower
+from pipeline.features import BATCH
 from pipeline.images import ImageDecodeError, ResizedOrFaulty
 from pipeline.resume import Checkpointer
 from pipeline.rules import NO_RULE, Rule, rule_loss, update_pseudo_labels
@@ -174,7 +175,7 @@ class Unreadable:
 
 
 @torch.inference_mode()
-def predict_files(module: nn.Module, image_size: int, paths: Sequence, batch_size: int = 64, num_workers: int = 0,
+def predict_files(module: nn.Module, image_size: int, paths: Sequence, batch_size: int = BATCH, num_workers: int = 0,
                   on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, list[Unreadable]]:
     """(logits [n_decoded, C], indices of the decoded paths, the files that could not be decoded).
 
@@ -197,13 +198,25 @@ def predict_files(module: nn.Module, image_size: int, paths: Sequence, batch_siz
     return logits, np.concatenate(decoded) if decoded else np.zeros(0, np.int64), unreadable
 
 
-def predict_paths(module: nn.Module, image_size: int, paths: Sequence, batch_size: int = 64, num_workers: int = 0,
+def predict_paths(module: nn.Module, image_size: int, paths: Sequence, batch_size: int = BATCH, num_workers: int = 0,
                   on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """Logits [len(paths), C] of a module taking uint8 images; every file must decode (ImageDecodeError)."""
     logits, _, unreadable = predict_files(module, image_size, paths, batch_size, num_workers, on_batch)
     if unreadable:
         raise ImageDecodeError(unreadable[0].detail, unreadable[0].kind)
     return logits
+
+
+@torch.inference_mode()
+def predict_grid(adapters: Mapping[str, nn.Module], grid: np.ndarray) -> dict[str, np.ndarray]:
+    """Logits [N, C] of each adapter over stored tower grids [N, D, G, G] (pipeline.features.read_test_grid),
+    in the tower path's batches: the logits of its FrozenTowerClassifier over the images, to the bit."""
+    out: dict[str, list[np.ndarray]] = {name: [] for name in adapters}
+    for start in range(0, len(grid), BATCH):
+        features = torch.from_numpy(np.ascontiguousarray(grid[start:start + BATCH]))
+        for name, adapter in adapters.items():
+            out[name].append(adapter.eval()(features).float().numpy())
+    return {name: np.concatenate(logits) for name, logits in out.items()}
 
 
 def predict_models(models: Mapping[str, tuple[nn.Module, int]], paths: Sequence) -> dict[str, np.ndarray]:

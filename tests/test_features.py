@@ -6,20 +6,23 @@ import torch
 from PIL import Image
 
 from pipeline import clip
-from pipeline.adapter import Adapter, AdapterConfig
+from pipeline.adapter import Adapter, AdapterConfig, FrozenTowerClassifier, adapter_for
 from pipeline.em import e_step, predict_hosts, train_adapter_em
 from pipeline.features import (
     GRID,
+    encode_grid,
     encode_images,
     overlay_cells,
     overlay_key,
     overlay_sizes,
     read_feature_store,
+    read_test_grid,
     write_feature_store,
 )
 from pipeline.images import decode_image, resize_u8
 from pipeline.sew import FeatureSewDataset, SewDataset, SewSettings, sew_features
 from pipeline.storage import DataError
+from pipeline.student import predict_grid, predict_paths
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +135,30 @@ def test_feature_store_refuses_what_it_was_not_encoded_for(tiny_model, scene_pat
         read_feature_store(tmp_path / "f.zarr", ids, 192, 0.5, 1)
     with pytest.raises(DataError, match="lacks"):
         read_feature_store(tmp_path / "f.zarr", ids, 128, 0.5, 2)  # two overlays take 1 cell: not encoded
+
+
+def test_the_stored_test_grid_gives_the_tower_paths_logits_to_the_bit(tiny_model, tmp_path):
+    """evaluate predicts frozen-tower models from the stored test grid: the same logits as running the tower
+    over the images (two batches here), so no experiment needs the tower; a store of other images serves none."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(70):
+        p = tmp_path / f"t{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    ids = [f"t{i}" for i in range(70)]
+    torch.manual_seed(0)
+    adapters = {name: adapter_for(tiny_model, n, 64, hidden=16, heads=2).eval() for name, n in (("a", 3), ("b", 2))}
+    grid = encode_grid(tiny_model.visual, clip.normalizer_of(tiny_model), paths, 64)
+    assert grid.dtype == np.float32 and grid.shape[0] == 70
+    arrays = encode_images(tiny_model.visual, clip.normalizer_of(tiny_model), paths[:6], 64, 0.5, 1)
+    write_feature_store(tmp_path / "f.zarr", ids[:6], arrays, {"image_size": 64, "backbone": {"sha256": "s"}},
+                        test=(ids, grid))
+    stored = read_test_grid(tmp_path / "f.zarr", ids)
+    assert (stored.backbone_sha256, stored.image_size) == ("s", 64) and np.array_equal(stored.grid, grid)
+    from_grid = predict_grid(adapters, stored.grid)
+    for name, adapter in adapters.items():
+        assert np.array_equal(from_grid[name], predict_paths(FrozenTowerClassifier(tiny_model, adapter, 64), 64, paths))
+    assert read_test_grid(tmp_path / "f.zarr", ids[::-1]) is None  # other images (or order): run the tower
+    write_feature_store(tmp_path / "train_only.zarr", ids[:6], arrays, {"image_size": 64})  # sew.composites: pixels
+    assert read_test_grid(tmp_path / "train_only.zarr", ids) is None
