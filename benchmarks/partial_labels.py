@@ -62,7 +62,7 @@ METHODS: dict[str, list[str]] = {
     # entries carry no loss (partial BCE) or are assumed negative (AN), and each method acts on that
     "pbce": ["unknown=ignore"],
     "an": ["unknown=negative"],
-    "large_loss_an": ["unknown=negative", "method=large_loss"],  # LL-R as its paper: rejection on AN
+    "large_loss_an": ["unknown=negative", "method=large_loss", "large_loss.delta=0.1"],  # LL-R as its paper: on AN
     "plmcl_paper": ["unknown=ignore", "method=plmcl"],  # ŷ(0) from the network, τ(t) curriculum
     "g2netpl_paper": ["unknown=ignore", "method=g2netpl"],
     "hst_paper": ["unknown=ignore", "method=hst", "hst.modules=both"],
