@@ -25,16 +25,19 @@ from pipeline.storage import DataError
 from pipeline.student import predict_grid, predict_paths
 
 
-@pytest.fixture(scope="module")
-def scene_paths(tmp_path_factory):
-    root = tmp_path_factory.mktemp("features")
-    rng = np.random.default_rng(0)
+def _noise_images(root, n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
     paths = []
-    for i in range(6):
+    for i in range(n):
         p = root / f"{i}.png"
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(p)
         paths.append(str(p))
     return paths
+
+
+@pytest.fixture(scope="module")
+def scene_paths(tmp_path_factory):
+    return _noise_images(tmp_path_factory.mktemp("features"), 6, 0)
 
 
 def test_overlay_side_in_cells_follows_q_over_sqrt_n():
@@ -140,12 +143,7 @@ def test_feature_store_refuses_what_it_was_not_encoded_for(tiny_model, scene_pat
 def test_the_stored_test_grid_gives_the_tower_paths_logits_to_the_bit(tiny_model, tmp_path):
     """evaluate predicts frozen-tower models from the stored test grid: the same logits as running the tower
     over the images (two batches here), so no experiment needs the tower; a store of other images serves none."""
-    rng = np.random.default_rng(1)
-    paths = []
-    for i in range(70):
-        p = tmp_path / f"t{i}.png"
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(p)
-        paths.append(str(p))
+    paths = _noise_images(tmp_path, 70, 1)
     ids = [f"t{i}" for i in range(70)]
     torch.manual_seed(0)
     adapters = {name: adapter_for(tiny_model, n, 64, hidden=16, heads=2).eval() for name, n in (("a", 3), ("b", 2))}
