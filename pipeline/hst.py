@@ -21,7 +21,12 @@
   scores are cosines and means of probabilities whose gaps are ~0.1, so at τ = 1 (the paper) σ(d) is nearly
   flat and θ settles where the class balance puts it, above every score (measured: nothing is raised).
   Only θ learns from this loss (the scores are detached); a known entry's IST score leaves out its own
-  diagonal, so it is scored as an unknown one would be.
+  diagonal, so it is scored as an unknown one would be. Not the authors' code's form, and why: it takes the
+  BCE of clamp(s − θ, 0, 1) and lets it reach the network, a known entry's own pair p_ii included. With θ
+  starting at 1 every score is below it (means of sigmoids and cosines, p_ii too), so s − θ < 0 everywhere
+  and the clamp passes no gradient to θ or to the network: θ stays at 1, nothing is ever raised, and HST is
+  its losses without its pseudo labels, which the README measures as `hst.start_epoch: 1000` (measured
+  here: over 1,000 scores, own-pair scores near 1 among them, dθ = 0 and every ds = 0).
 - Loss (eq. 17–18): from `start_epoch` the raised entries are positives of the classification loss (their
   target is σ(raise_logit) instead of the pseudo label); λ1·L_ist + λ2·L_cst + λ3·(L_dtl,intra + L_dtl,cross)
   with λ = 10, 0.05, 0.1 (§3.5). After training, the raised entries of the plain images are raised in the
