@@ -17,7 +17,7 @@ the overlay's grid by area-pooling its full-size grid instead.
 Size: N × D × G² float16 (1,000 train images of the toy tower at 192 px: 37 MB; RN50 at 448 px: 0.8 MB an
 image), so for large datasets `sew.composites: pixels` trades it back for compute.
 
-The test images' grid is stored too (`test_grid`, float32, with `composites: features`): `evaluate` reads it
+The test images' grid is stored too (`test_grid`, float32, in either composites mode): `evaluate` reads it
 for every frozen-tower model over the same tower at the same size instead of running the tower again, so an
 experiment that changes only labels or the adapter never encodes an image. It is encoded in the batches
 `pipeline.student.predict_paths` uses, in float32, so the logits are the tower path's to the bit (tested);
@@ -156,8 +156,8 @@ class StoredGrid:
 
 
 def read_test_grid(path: str | Path, image_ids: Sequence[str]) -> StoredGrid | None:
-    """The stored grid of the test images `image_ids`; None where the store holds none (`sew.composites:
-    pixels`) or one of other images (the caller then runs the tower)."""
+    """The stored grid of the test images `image_ids`; None where the store holds none (a dataset without a
+    test split, a store from before) or one of other images (the caller then runs the tower)."""
     store = open_store(path)
     attrs = dict(store.attrs)
     if TEST_GRID not in store or attrs.get("test_image_ids_sha256") != ids_digest(image_ids):

@@ -1,7 +1,7 @@
 """Stage `features`: the frozen tower's grid features of every train image, as it is and shrunk to each
 overlay size, and of every test image as it is → data/features.zarr (pipeline.features). With
 `sew.composites: features`, `sew` and `ceiling` paste composites from them, so no tower forward is left in
-their training loops, and `evaluate` predicts the test images from them, so no experiment on labels or the
+their training loops; `evaluate` predicts the test images from them, so no experiment on labels or the
 adapter runs the tower."""
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def run(params: Params) -> None:
     model = clip.load_described(descriptor)
     arrays = encode_images(model.visual, clip.normalizer_of(model), paths, image_size, settings.overlay_side,
                            settings.max_overlays)
-    test_grid = None  # in pixels mode the store stays the train images' (large datasets): evaluate runs the tower
-    if settings.composites == "features" and test.any():
+    test_grid = None
+    if test.any():
         test_grid = (list(ids[test]), encode_grid(model.visual, clip.normalizer_of(model), list(all_paths[test]),
                                                   image_size))
     write_feature_store(FEATURES, list(ids[train]), arrays,

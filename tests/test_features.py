@@ -158,5 +158,5 @@ def test_the_stored_test_grid_gives_the_tower_paths_logits_to_the_bit(tiny_model
     for name, adapter in adapters.items():
         assert np.array_equal(from_grid[name], predict_paths(FrozenTowerClassifier(tiny_model, adapter, 64), 64, paths))
     assert read_test_grid(tmp_path / "f.zarr", ids[::-1]) is None  # other images (or order): run the tower
-    write_feature_store(tmp_path / "train_only.zarr", ids[:6], arrays, {"image_size": 64})  # sew.composites: pixels
+    write_feature_store(tmp_path / "train_only.zarr", ids[:6], arrays, {"image_size": 64})  # no test images stored
     assert read_test_grid(tmp_path / "train_only.zarr", ids) is None
