@@ -15,7 +15,9 @@ Methods of different roles combine (`method: [prototypes, hst, plmcl]`); two of 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 ROLES = ("correct", "rule", "online")
@@ -33,6 +35,16 @@ def register_method(cls: type) -> type:
         raise ValueError(f"method {name!r} is registered twice ({_METHODS[name].__name__}, {cls.__name__})")
     _METHODS[name] = cls
     return cls
+
+
+def fix_order(modules: Sequence[ModuleType]) -> None:
+    """Order the registry as `modules` lists the methods' modules (pipeline.methods' import list), whichever a
+    caller imported first; methods of other modules (a test's) keep their place after them."""
+    names = [m.__name__ for m in modules]
+    items = sorted(_METHODS.items(), key=lambda item: (names.index(item[1].__module__)
+                                                       if item[1].__module__ in names else len(names)))
+    _METHODS.clear()
+    _METHODS.update(items)
 
 
 def registered() -> dict[str, type]:

@@ -8,18 +8,16 @@ a method is). Importing this module registers them all; a new method adds its mo
 - `prototypes`, `cooccurrence` (pipeline.transfer: HST's and TRM-ML's transfers before training): in `correct`.
 """
 
-# The order of METHOD_NAMES (and of the errors naming them) is this list's, whichever module a caller
-# imported first.
 # isort: off
 from pipeline import rules, hst, trm, plmcl, g2netpl, large_loss, label_distribution, prototypes
 from pipeline import cooccurrence
 # isort: on
-from pipeline.method_registry import ROLES, MethodSet, register_method, registered, selection_errors
+from pipeline.method_registry import ROLES, MethodSet, fix_order, register_method, registered, selection_errors
 
-_ORDER = [m.__name__ for m in (rules, hst, trm, plmcl, g2netpl, large_loss, label_distribution, prototypes,
-                               cooccurrence)]
-METHODS = dict(sorted(registered().items(),  # a method registered elsewhere (a test's) after these
-                      key=lambda item: _ORDER.index(m) if (m := item[1].__module__) in _ORDER else len(_ORDER)))
+# The registry's order (METHOD_NAMES, the errors naming methods, the order `correct` applies its transfers) is
+# this list's, whichever module a caller imported first.
+fix_order((rules, hst, trm, plmcl, g2netpl, large_loss, label_distribution, prototypes, cooccurrence))
+METHODS = registered()
 METHOD_NAMES = tuple(METHODS)
 RULES = tuple(name for name, cls in METHODS.items() if cls.ROLE == "rule")  # `none` first
 
