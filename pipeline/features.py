@@ -46,6 +46,7 @@ from pipeline.storage import DataError, atomic_path, ids_digest, open_store, rea
 GRID = "grid"
 TEST_GRID, TEST_IMAGE_ID = "test_grid", "test_image_id"
 BATCH = 64  # images per tower pass, here and in pipeline.student's predictions: the same batches, the same bits
+CHUNK = 4 * BATCH  # images per stored chunk: a reader of whole chunks gets whole batches
 
 
 def overlay_cells(grid: int, overlay_side: float, n: int) -> int:
@@ -129,7 +130,7 @@ def _takes_size(visual: torch.nn.Module, pixels: int, cells: int) -> bool:
 
 def write_feature_store(path: str | Path, image_ids: Sequence[str], arrays: dict[str, np.ndarray],
                         attrs: dict, test: tuple[Sequence[str], np.ndarray] | None = None) -> None:
-    """Zarr v3 group, chunked by 256 images, written atomically; `test`: (the test images' ids, their grid)."""
+    """Zarr v3 group, chunked by CHUNK images, written atomically; `test`: (the test images' ids, their grid)."""
     with atomic_path(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         ids = {"image_id": image_ids} | ({TEST_IMAGE_ID: test[0]} if test is not None else {})
@@ -137,7 +138,7 @@ def write_feature_store(path: str | Path, image_ids: Sequence[str], arrays: dict
             group.create_array(name, shape=(len(values),), dtype=str, dimension_names=("image",))[...] = \
                 np.asarray(values, dtype=str)
         for name, value in (arrays | ({TEST_GRID: test[1]} if test is not None else {})).items():
-            chunks = (min(256, max(1, value.shape[0])),) + value.shape[1:]
+            chunks = (min(CHUNK, max(1, value.shape[0])),) + value.shape[1:]
             group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks,
                                dimension_names=("image", "channel", "row", "column"))[...] = value
         digests = {"image_ids_sha256": ids_digest(image_ids)}
@@ -148,9 +149,10 @@ def write_feature_store(path: str | Path, image_ids: Sequence[str], arrays: dict
 
 @dataclass(frozen=True)
 class StoredGrid:
-    """The test images' grid as the tower of `backbone_sha256` encodes them at `image_size` (float32)."""
+    """The test images' grid as the tower of `backbone_sha256` encodes them at `image_size` (float32), left
+    in the store (a Zarr array, read a chunk at a time: a large test split's grid need not fit in memory)."""
 
-    grid: np.ndarray
+    grid: zarr.Array
     backbone_sha256: str
     image_size: int
 
@@ -162,7 +164,7 @@ def read_test_grid(path: str | Path, image_ids: Sequence[str]) -> StoredGrid | N
     attrs = dict(store.attrs)
     if TEST_GRID not in store or attrs.get("test_image_ids_sha256") != ids_digest(image_ids):
         return None
-    return StoredGrid(np.asarray(store[TEST_GRID][:]), attrs["backbone"]["sha256"], int(attrs["image_size"]))
+    return StoredGrid(store[TEST_GRID], attrs["backbone"]["sha256"], int(attrs["image_size"]))
 
 
 def read_feature_store(path: str | Path, image_ids: Sequence[str], image_size: int,

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import zarr
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.adapter import SharedTowerClassifiers, same_tower
-from pipeline.features import BATCH
+from pipeline.features import BATCH, CHUNK
 from pipeline.images import ImageDecodeError, ResizedOrFaulty
 from pipeline.resume import Checkpointer
 from pipeline.rules import NO_RULE, Rule, rule_loss, update_pseudo_labels
@@ -208,14 +209,17 @@ def predict_paths(module: nn.Module, image_size: int, paths: Sequence, batch_siz
 
 
 @torch.inference_mode()
-def predict_grid(adapters: Mapping[str, nn.Module], grid: np.ndarray) -> dict[str, np.ndarray]:
+def predict_grid(adapters: Mapping[str, nn.Module], grid: np.ndarray | zarr.Array) -> dict[str, np.ndarray]:
     """Logits [N, C] of each adapter over stored tower grids [N, D, G, G] (pipeline.features.read_test_grid),
-    in the tower path's batches: the logits of its FrozenTowerClassifier over the images, to the bit."""
+    read a stored chunk at a time, in the tower path's batches: the logits of its FrozenTowerClassifier over
+    the images, to the bit."""
     out: dict[str, list[np.ndarray]] = {name: [] for name in adapters}
-    for start in range(0, len(grid), BATCH):
-        features = torch.from_numpy(np.ascontiguousarray(grid[start:start + BATCH]))
-        for name, adapter in adapters.items():
-            out[name].append(adapter.eval()(features).float().numpy())
+    for chunk_start in range(0, grid.shape[0], CHUNK):
+        chunk = np.asarray(grid[chunk_start:chunk_start + CHUNK])
+        for start in range(0, len(chunk), BATCH):
+            features = torch.from_numpy(np.ascontiguousarray(chunk[start:start + BATCH]))
+            for name, adapter in adapters.items():
+                out[name].append(adapter.eval()(features).float().numpy())
     return {name: np.concatenate(logits) for name, logits in out.items()}
 
 

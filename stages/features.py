@@ -33,12 +33,11 @@ def run(params: Params) -> None:
     paths = list(all_paths[train])
     descriptor = backbone_descriptor(backbone, TEACHER_DESCRIPTOR)
     model = clip.load_described(descriptor)
-    arrays = encode_images(model.visual, clip.normalizer_of(model), paths, image_size, settings.overlay_side,
-                           settings.max_overlays)
+    normalizer = clip.normalizer_of(model)
+    arrays = encode_images(model.visual, normalizer, paths, image_size, settings.overlay_side, settings.max_overlays)
     test_grid = None
     if test.any():
-        test_grid = (list(ids[test]), encode_grid(model.visual, clip.normalizer_of(model), list(all_paths[test]),
-                                                  image_size))
+        test_grid = (list(ids[test]), encode_grid(model.visual, normalizer, list(all_paths[test]), image_size))
     write_feature_store(FEATURES, list(ids[train]), arrays,
                         {"image_size": image_size, "backbone": descriptor, "overlay_side": settings.overlay_side,
                          "max_overlays": settings.max_overlays}, test=test_grid)
