@@ -11,7 +11,8 @@ DVC cache), queues one `dvc exp run --queue -S dataset.seed=S` per seed, runs th
 `dvc queue start` and reads every experiment's reports/metrics.json through `dvc exp show --json`. The
 teacher does not depend on dataset.seed: it is trained once and restored from the run cache after.
 Prints a table (train label mAP per rung, test mAP per model, gap closure) and ends with one JSON line:
-{"params", "seeds", "rungs": {rung: {"mean", "sd", "values"}}, "checks": {target: bool}, "wall_s"}.
+{"params", "seeds", "rungs": {rung: {"mean", "sd", "values"}}, "checks": {target: bool or {"holds", "margin", ...}},
+"wall_s"}.
 `--config configs/paper.yaml` gives the paper-faithful ladder.
 """
 
@@ -117,19 +118,35 @@ def summarise(per_seed: dict[int, dict[str, float]]) -> dict[str, dict]:
     return out
 
 
-def checks(rungs: dict[str, dict], per_seed: dict[int, dict[str, float]]) -> dict[str, bool]:
-    """The ladder targets (issue: every stage earns its place), on the means unless said otherwise."""
+def margin_check(per_seed: dict[int, dict[str, float]], rungs: dict[str, dict], a: str, b: str,
+                 bound: float) -> dict:
+    """Whether rung a − rung b ≥ bound on the mean, not by a hair: `holds` asks the margin (the per-seed
+    differences' mean minus the bound) to beat the sd of those differences over the seeds (paired: both rungs
+    come from the same seed's run). The larger sd of the two rungs is given beside it, a stricter yardstick."""
+    d = [v[a] - v[b] for v in per_seed.values() if a in v and b in v]
+    if len(d) < 2:
+        return {"holds": False}
+    margin = statistics.fmean(d) - bound
+    sd_pairs, sd_rungs = statistics.stdev(d), max(rungs[a]["sd"], rungs[b]["sd"])
+    return {"mean": statistics.fmean(d), "values": d, "margin": margin, "sd_of_differences": sd_pairs,
+            "sd_of_rungs": sd_rungs, "holds": margin > sd_pairs}
+
+
+def checks(rungs: dict[str, dict], per_seed: dict[int, dict[str, float]]) -> dict[str, bool | dict]:
+    """The ladder targets (the trust issue's, on held-out seeds): gap closure ≥ 0.90 on the mean and ≥ 0.87 on
+    every seed; refined ≥ corrected + 0.01 and student ≥ refined − 0.01 on the mean with a margin above the seeds'
+    sd (`margin_check`); and the older rungs' order."""
     m = {k: v["mean"] for k, v in rungs.items()}
     singles = [m[f"labels.{r}"] for r in ("z0", "tiles", "crops", "cdul") if f"labels.{r}" in m]
     out = {
         "initial_is_best_single": m["labels.cut"] >= max(singles) - 1e-12 if singles else False,
         "corrected_ge_initial": m["labels.corrected"] >= m["labels.cut"],
-        "refined_ge_corrected_plus_0.01": m["labels.refined"] >= m["labels.corrected"] + 0.01,
-        "student_ge_refined_minus_0.01": m["test.student"] >= m["labels.refined"] - 0.01,
+        "refined_ge_corrected_plus_0.01": margin_check(per_seed, rungs, "labels.refined", "labels.corrected", 0.01),
+        "student_ge_refined_minus_0.01": margin_check(per_seed, rungs, "test.student", "labels.refined", -0.01),
     }
     if "gap_closure" in m:
-        out["gap_closure_mean_ge_0.75"] = m["gap_closure"] >= 0.75
-        out["gap_closure_every_seed_ge_0.70"] = all(v.get("gap_closure", 0) >= 0.70 for v in per_seed.values())
+        out["gap_closure_mean_ge_0.90"] = m["gap_closure"] >= 0.90
+        out["gap_closure_every_seed_ge_0.87"] = all(v.get("gap_closure", 0) >= 0.87 for v in per_seed.values())
     return out
 
 
