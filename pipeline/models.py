@@ -40,6 +40,7 @@ class AdapterSpec:
     classes: list[str]
     backbone: dict
     kind: ClassVar[str] = "adapter"
+    ADAPTER_WEIGHTS: ClassVar[str] = "state_dict"  # the checkpoint's key of the adapter's weights
 
     def state(self, module: nn.Module) -> dict:
         adapter = module.adapter if isinstance(module, FrozenTowerClassifier) else module
@@ -61,9 +62,9 @@ class AdapterSpec:
         model = backbone if backbone is not None else clip.load_described(self.backbone)
         return FrozenTowerClassifier(model, Adapter(self.adapter), self.image_size)
 
-    @staticmethod
-    def load_weights(module: FrozenTowerClassifier, ckpt: Mapping) -> None:
-        module.adapter.load_state_dict(ckpt["state_dict"])
+    @classmethod
+    def load_weights(cls, module: FrozenTowerClassifier, ckpt: Mapping) -> None:
+        module.adapter.load_state_dict(ckpt[cls.ADAPTER_WEIGHTS])
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class FrozenTowerSpec:
     image_size: int
     classes: list[str]
     kind: ClassVar[str] = "frozen_tower"
+    ADAPTER_WEIGHTS: ClassVar[str] = "adapter_state_dict"
 
     @classmethod
     def from_adapter(cls, spec: AdapterSpec) -> FrozenTowerSpec:
@@ -102,10 +104,10 @@ class FrozenTowerSpec:
         model = backbone if backbone is not None else clip.create_model(self.model)
         return FrozenTowerClassifier(model, Adapter(self.adapter), self.image_size)
 
-    @staticmethod
-    def load_weights(module: FrozenTowerClassifier, ckpt: Mapping) -> None:
+    @classmethod
+    def load_weights(cls, module: FrozenTowerClassifier, ckpt: Mapping) -> None:
         module.visual.load_state_dict(ckpt["visual_state_dict"])
-        module.adapter.load_state_dict(ckpt["adapter_state_dict"])
+        module.adapter.load_state_dict(ckpt[cls.ADAPTER_WEIGHTS])
 
 
 @dataclass(frozen=True)
@@ -197,22 +199,40 @@ def read_spec(path: str | Path) -> tuple[ModelSpec, dict]:
     return SPECS[kind].parse(ckpt), ckpt
 
 
+def module_of(spec: ModelSpec, ckpt: Mapping, backbone: nn.Module | None = None) -> nn.Module:
+    """The trained module of a checkpoint read by read_spec, in eval mode (the frozen tower: loaded, or
+    `backbone` when given)."""
+    module = create_model(spec, backbone)
+    spec.load_weights(module, ckpt)
+    return module.eval()
+
+
+def load_adapter(spec: AdapterSpec | FrozenTowerSpec, ckpt: Mapping) -> Adapter:
+    """The adapter alone of a frozen-tower checkpoint read by read_spec, in eval mode: what predicts from
+    the tower's stored features (pipeline.student.predict_grid), with no tower built or loaded."""
+    adapter = Adapter(spec.adapter)
+    adapter.load_state_dict(ckpt[spec.ADAPTER_WEIGHTS])
+    return adapter.eval()
+
+
 def load_checkpoint(path: str | Path, backbone: nn.Module | None = None) -> tuple[ModelSpec, nn.Module | None]:
     """(spec, the trained module in eval mode; None for kind `none`) of a checkpoint file."""
     spec, ckpt = read_spec(path)
-    if isinstance(spec, NoModel):
-        return spec, None
-    module = create_model(spec, backbone)
-    spec.load_weights(module, ckpt)
-    return spec, module.eval()
+    return spec, None if isinstance(spec, NoModel) else module_of(spec, ckpt, backbone)
+
+
+def read_student_spec(path: str | Path) -> tuple[FrozenTowerSpec | SmallCNNSpec, dict]:
+    """(spec, the checkpoint dict) of a student.pt file, whose kind must be a student's."""
+    spec, ckpt = read_spec(path)
+    if spec.kind not in STUDENT_KINDS:
+        raise ValueError(f"{path}: unknown student kind {spec.kind!r} (expected one of {STUDENT_KINDS})")
+    return spec, ckpt
 
 
 def load_student_spec(path: str | Path) -> tuple[FrozenTowerSpec | SmallCNNSpec, nn.Module]:
     """(spec, module taking uint8 images) from a student.pt file."""
-    spec, module = load_checkpoint(path)
-    if spec.kind not in STUDENT_KINDS:
-        raise ValueError(f"{path}: unknown student kind {spec.kind!r} (expected one of {STUDENT_KINDS})")
-    return spec, module
+    spec, ckpt = read_student_spec(path)
+    return spec, module_of(spec, ckpt)
 
 
 def load_student(path: str | Path) -> tuple[nn.Module, list[str], int]:

@@ -8,7 +8,6 @@ from importlib.metadata import version
 from typing import ClassVar
 
 import numpy as np
-import torch.nn as nn
 
 from pipeline.evaluation import (
     finite,
@@ -24,7 +23,7 @@ from pipeline.evaluation import (
 )
 from pipeline.features import read_test_grid
 from pipeline.metrics import per_class_ap
-from pipeline.models import ModelSpec, load_checkpoint, load_student_spec
+from pipeline.models import ModelSpec, NoModel, load_adapter, module_of, read_spec, read_student_spec
 from pipeline.report import render_report, report_figures, standalone_svg
 from pipeline.settings import Settings, setting
 from pipeline.storage import Table, atomic_path, manifest_paths, open_store, write_json
@@ -62,18 +61,20 @@ def check(params: Params) -> tuple[float, int, int]:
     return s.threshold, s.top_k, s.examples
 
 
-def predict_test(models: dict[str, tuple[ModelSpec, nn.Module]], test_ids: np.ndarray,
+def predict_test(checkpoints: dict[str, tuple[ModelSpec, dict]], test_ids: np.ndarray,
                  test_paths: list[str]) -> dict[str, np.ndarray]:
-    """Each model's test logits: a frozen-tower model's adapter over the test grid `features` stored, where
-    it is of the same tower at the same size (the same logits, no tower pass); the others over the images."""
+    """Each model's test logits, from its (spec, checkpoint dict): a frozen-tower model's adapter over the test
+    grid `features` stored, where it is of the same tower at the same size (the same logits; the tower is never
+    built, nor open_clip imported); the others over the images."""
     stored_grid = read_test_grid(FEATURES, list(test_ids))
-    on_grid = {name: module.adapter for name, (spec, module) in models.items()
+    on_grid = {name: load_adapter(spec, ckpt) for name, (spec, ckpt) in checkpoints.items()
                if stored_grid is not None and spec.tower == (stored_grid.backbone_sha256, stored_grid.image_size)}
     stored = predict_grid(on_grid, stored_grid.grid) if on_grid else {}
     if stored:
         print(f"test logits of {', '.join(stored)} from the tower features in {FEATURES}")
-    rest = predict_models({n: (m, spec.image_size) for n, (spec, m) in models.items() if n not in stored}, test_paths)
-    return {name: stored[name] if name in stored else rest[name] for name in models}
+    rest = predict_models({n: (module_of(spec, ckpt), spec.image_size) for n, (spec, ckpt) in checkpoints.items()
+                           if n not in stored}, test_paths)
+    return {name: stored[name] if name in stored else rest[name] for name in checkpoints}
 
 
 def run(params: Params) -> None:
@@ -108,8 +109,8 @@ def run(params: Params) -> None:
         metrics["teacher"] = {"salient_top1": salient_top1(z0[test], manifest.column("salient")[test])}
 
     test_paths = list(manifest_paths(manifest)[test])
-    specs = {"student": load_student_spec(STUDENT), "ceiling": load_checkpoint(CEILING)}
-    models = {name: (spec, module) for name, (spec, module) in specs.items() if module is not None}
+    checkpoints = {"student": read_student_spec(STUDENT), "ceiling": read_spec(CEILING)}
+    models = {name: (spec, ckpt) for name, (spec, ckpt) in checkpoints.items() if not isinstance(spec, NoModel)}
     predictions = {"zero_shot": z0[test], **predict_test(models, manifest.column("image_id")[test], test_paths)}
     y_test = truth[test]
     metrics["test"] = test_reports(y_test, predictions, threshold, top_k)

@@ -160,3 +160,33 @@ def test_the_stored_test_grid_gives_the_tower_paths_logits_to_the_bit(tiny_model
     assert read_test_grid(tmp_path / "f.zarr", ids[::-1]) is None  # other images (or order): run the tower
     write_feature_store(tmp_path / "train_only.zarr", ids[:6], arrays, {"image_size": 64})  # no test images stored
     assert read_test_grid(tmp_path / "train_only.zarr", ids) is None
+
+
+def test_evaluate_predicts_from_the_stored_grid_without_building_a_tower(tiny_model, tmp_path, monkeypatch):
+    """evaluate's checkpoints served by the stored test grid load their adapter alone: no tower is built (nor
+    open_clip imported) in an experiment that changes only labels or the adapter; another tower's are built."""
+    import pipeline.models as models
+    from stages.evaluate import predict_test
+
+    paths = _noise_images(tmp_path, 5, 2)
+    ids = [f"t{i}" for i in range(5)]
+    torch.manual_seed(0)
+    adapter = adapter_for(tiny_model, 3, 64, hidden=16, heads=2).eval()
+    grid = encode_grid(tiny_model.visual, clip.normalizer_of(tiny_model), paths, 64)
+    monkeypatch.chdir(tmp_path)
+    arrays = encode_images(tiny_model.visual, clip.normalizer_of(tiny_model), paths[:2], 64, 0.5, 1)
+    write_feature_store("data/features.zarr", ids[:2], arrays, {"image_size": 64, "backbone": {"sha256": "s"}},
+                        test=(ids, grid))
+    spec = models.FrozenTowerSpec("mlpl-tiny-rn", "s", adapter.cfg, 64, ["a", "b", "c"])
+    models.save_checkpoint(tmp_path / "student.pt", spec, FrozenTowerClassifier(tiny_model, adapter, 64))
+    other = models.FrozenTowerSpec("mlpl-tiny-rn", "another tower", adapter.cfg, 64, ["a", "b", "c"])
+    models.save_checkpoint(tmp_path / "other.pt", other, FrozenTowerClassifier(tiny_model, adapter, 64))
+    expected = predict_paths(FrozenTowerClassifier(tiny_model, adapter, 64), 64, paths)
+    built = []
+    real_create = models.create_model
+    monkeypatch.setattr(models, "create_model", lambda spec, backbone=None: built.append(spec) or real_create(
+        spec, tiny_model))
+    logits = predict_test({"student": models.read_student_spec(tmp_path / "student.pt"),
+                           "other": models.read_spec(tmp_path / "other.pt")}, np.array(ids), paths)
+    assert [s.backbone_sha256 for s in built] == ["another tower"]  # the grid served the student: no tower built
+    assert np.array_equal(logits["student"], expected) and np.allclose(logits["other"], expected, atol=1e-5)
