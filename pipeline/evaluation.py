@@ -11,21 +11,21 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.metrics import classification_report, inversions, mean_ap, precision_recall_curve
-from pipeline.storage import atomic_path
+from pipeline.storage import atomic_path, rows_of
 
 
-def label_ladder(truth: np.ndarray, train: np.ndarray, row_of: Mapping[str, int],
+def label_ladder(truth: np.ndarray, train: np.ndarray, manifest_ids: Sequence[str],
                  rungs: Mapping[str, tuple[Sequence[str], np.ndarray]]) -> tuple[dict, dict[str, np.ndarray]]:
     """Each rung's label quality on the train split: ({rung: {map, inversions}}, {rung: train logits in
     manifest order}).
 
-    truth [N, C] and train [N] are in manifest order; `row_of` maps an image id to its manifest row;
+    truth [N, C], train [N] and manifest_ids [N] (the image ids) are in manifest order;
     `rungs` maps a rung to (image ids, logits) of its label table, in the table's order.
     """
     train_rows = np.flatnonzero(train)
     quality, train_logits = {}, {}
     for name, (image_ids, logits) in rungs.items():
-        rows = np.array([row_of[i] for i in image_ids])
+        rows = rows_of(manifest_ids, image_ids, name)
         keep = train[rows]
         y, z = truth[rows][keep], logits[keep]
         quality[name] = {"map": mean_ap(y, z), "inversions": inversions(y, z)}

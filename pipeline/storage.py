@@ -132,6 +132,21 @@ class Table:
         return np.asarray(col.to_pylist(), dtype=object if pa.types.is_string(col.type) else None)
 
 
+def rows_of(all_ids: Sequence[str], image_ids: Sequence[str], source: str | Path) -> np.ndarray:
+    """The rows of `image_ids` in `all_ids` (a table's image ids, `source` names the table), in their order; a
+    DataError names an id it lacks."""
+    row_of = {image_id: r for r, image_id in enumerate(all_ids)}
+    missing = [i for i in image_ids if i not in row_of]
+    if missing:
+        raise DataError(f"{len(missing)} images not in {source} (e.g. {missing[0]}); rerun `dvc repro`")
+    return np.array([row_of[i] for i in image_ids], dtype=np.int64)
+
+
+def manifest_rows(manifest: Table, image_ids: Sequence[str]) -> np.ndarray:
+    """The manifest rows of `image_ids`, in their order (rows_of)."""
+    return rows_of(manifest.column("image_id"), image_ids, manifest.path)
+
+
 def manifest_paths(manifest: Table) -> np.ndarray:
     """Absolute-or-cwd-relative image paths of a manifest (its `path` column under metadata `root`), as an
     object array so that callers can select rows with a split mask."""

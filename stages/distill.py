@@ -18,7 +18,7 @@ from pipeline.models import DistillSettings, SmallCNNSpec, save_checkpoint, stud
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
 from pipeline.rules import Rule
-from pipeline.storage import Table, manifest_paths
+from pipeline.storage import Table, manifest_paths, manifest_rows
 from pipeline.student import StudentTraining, train_small_cnn
 from stages.common import (
     ADAPTER,
@@ -43,10 +43,9 @@ def check(params: Params) -> tuple[str, StudentTraining, CdulTraining, Rule]:
             p.section("cdul").build(CdulTraining), build_methods(params, ("rule",)).rule)
 
 
-def manifest_rows(manifest: Table, image_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
+def rows_and_paths(manifest: Table, image_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """(the manifest rows of `image_ids`, in their order; the images' paths)."""
-    row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
-    rows = np.array([row_of[i] for i in image_ids])
+    rows = manifest_rows(manifest, image_ids)
     return rows, list(manifest_paths(manifest)[rows])
 
 
@@ -54,7 +53,7 @@ def train_cdul(training: StudentTraining, cdul: CdulTraining) -> None:
     """CDUL's student on the train images, from CDUL's initial labels (`init`'s `cdul` rung)."""
     initial, manifest = Table(INITIAL), Table(MANIFEST)
     train = initial.column("split") == "train"
-    _, paths = manifest_rows(manifest, initial.column("image_id")[train])
+    _, paths = rows_and_paths(manifest, initial.column("image_id")[train])
     labels = initial.column("cdul")[train]
     size = training.image_size
     run_id = fingerprint(asdict(training), asdict(cdul), size, paths, labels)
@@ -70,7 +69,7 @@ def train_cdul(training: StudentTraining, cdul: CdulTraining) -> None:
 def train_small(training: StudentTraining, rule: Rule) -> None:
     """The small CNN on the refined train labels, under the training rule."""
     refined, manifest, observed = Table(REFINED), Table(MANIFEST), Table(OBSERVED)
-    rows, paths = manifest_rows(manifest, refined.column("image_id"))
+    rows, paths = rows_and_paths(manifest, refined.column("image_id"))
     size = training.image_size
     run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("refined"),
                          observed.column("known")[rows])

@@ -6,11 +6,9 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.export import coco_dict, csv_rows, export_format, unlabelled
 from pipeline.images import image_size_of
-from pipeline.storage import DataError, Table, atomic_path, manifest_paths
+from pipeline.storage import Table, atomic_path, manifest_paths, manifest_rows
 from stages.common import LABEL_COLUMNS, MANIFEST, Params
 
 
@@ -20,11 +18,7 @@ def run(out: Path, source: str, fmt: str | None, threshold: float, params_file: 
     fmt = export_format(str(out), fmt)
     path, column = LABEL_COLUMNS[source]
     table, manifest = Table(path), Table(MANIFEST)
-    row_of = {image_id: r for r, image_id in enumerate(manifest.column("image_id"))}
-    missing = [i for i in table.column("image_id") if i not in row_of]
-    if missing:
-        raise DataError(f"{path}: {len(missing)} images not in {MANIFEST} (e.g. {missing[0]}); rerun `dvc repro`")
-    rows = np.array([row_of[i] for i in table.column("image_id")])
+    rows = manifest_rows(manifest, table.column("image_id"))
     paths = [str(p) for p in manifest.column("path")[rows]]
     logits = table.column(column)
     with atomic_path(out) as tmp:

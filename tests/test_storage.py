@@ -4,7 +4,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.storage import DataError, Table, atomic_path, create_score_store, open_store, write_table
+from pipeline.storage import (
+    DataError,
+    Table,
+    atomic_path,
+    create_score_store,
+    manifest_rows,
+    open_store,
+    write_table,
+)
+
+
+def test_manifest_rows_follow_the_ids_order_and_name_a_missing_id(tmp_path):
+    path = tmp_path / "manifest.parquet"
+    write_table(path, {"image_id": ["a", "b", "c", "d"], "split": ["train"] * 4}, ["x"])
+    manifest = Table(path)
+    rows = manifest_rows(manifest, ["d", "b", "a"])
+    assert rows.tolist() == [3, 1, 0] and rows.dtype == np.int64
+    with pytest.raises(DataError, match=r"2 images not in .*manifest.parquet \(e.g. e\); rerun `dvc repro`"):
+        manifest_rows(manifest, ["a", "e", "f"])
 
 
 def test_table_roundtrip_and_schema(tmp_path):
