@@ -11,21 +11,21 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.metrics import classification_report, inversions, mean_ap, precision_recall_curve
-from pipeline.storage import atomic_path, rows_of
+from pipeline.storage import RowIndex, atomic_path
 
 
-def label_ladder(truth: np.ndarray, train: np.ndarray, manifest_ids: Sequence[str],
+def label_ladder(truth: np.ndarray, train: np.ndarray, manifest: RowIndex,
                  rungs: Mapping[str, tuple[Sequence[str], np.ndarray]]) -> tuple[dict, dict[str, np.ndarray]]:
     """Each rung's label quality on the train split: ({rung: {map, inversions}}, {rung: train logits in
     manifest order}).
 
-    truth [N, C], train [N] and manifest_ids [N] (the image ids) are in manifest order;
+    truth [N, C] and train [N] are in manifest order, `manifest` gives an image id's row in it;
     `rungs` maps a rung to (image ids, logits) of its label table, in the table's order.
     """
     train_rows = np.flatnonzero(train)
     quality, train_logits = {}, {}
     for name, (image_ids, logits) in rungs.items():
-        rows = rows_of(manifest_ids, image_ids, name)
+        rows = manifest.rows(image_ids)
         keep = train[rows]
         y, z = truth[rows][keep], logits[keep]
         quality[name] = {"map": mean_ap(y, z), "inversions": inversions(y, z)}

@@ -132,19 +132,29 @@ class Table:
         return np.asarray(col.to_pylist(), dtype=object if pa.types.is_string(col.type) else None)
 
 
-def rows_of(all_ids: Sequence[str], image_ids: Sequence[str], source: str | Path) -> np.ndarray:
-    """The rows of `image_ids` in `all_ids` (a table's image ids, `source` names the table), in their order; a
-    DataError names an id it lacks."""
-    row_of = {image_id: r for r, image_id in enumerate(all_ids)}
-    missing = [i for i in image_ids if i not in row_of]
-    if missing:
-        raise DataError(f"{len(missing)} images not in {source} (e.g. {missing[0]}); rerun `dvc repro`")
-    return np.array([row_of[i] for i in image_ids], dtype=np.int64)
+class RowIndex:
+    """The rows of a table's image ids, built once and asked many times; `source` names the table."""
+
+    def __init__(self, all_ids: Sequence[str], source: str | Path):
+        self._row_of = {image_id: r for r, image_id in enumerate(all_ids)}
+        self.source = source
+
+    def rows(self, image_ids: Sequence[str]) -> np.ndarray:
+        """The rows of `image_ids`, in their order; a DataError names an id the table lacks."""
+        missing = [i for i in image_ids if i not in self._row_of]
+        if missing:
+            raise DataError(f"{len(missing)} images not in {self.source} (e.g. {missing[0]}); rerun `dvc repro`")
+        return np.array([self._row_of[i] for i in image_ids], dtype=np.int64)
+
+
+def manifest_index(manifest: Table) -> RowIndex:
+    """The manifest's rows by image id."""
+    return RowIndex(manifest.column("image_id"), manifest.path)
 
 
 def manifest_rows(manifest: Table, image_ids: Sequence[str]) -> np.ndarray:
-    """The manifest rows of `image_ids`, in their order (rows_of)."""
-    return rows_of(manifest.column("image_id"), image_ids, manifest.path)
+    """The manifest rows of `image_ids`, in their order (for one lookup; manifest_index for several)."""
+    return manifest_index(manifest).rows(image_ids)
 
 
 def manifest_paths(manifest: Table) -> np.ndarray:

@@ -26,7 +26,7 @@ from pipeline.metrics import per_class_ap
 from pipeline.models import ModelSpec, NoModel, load_adapter, module_of, read_spec, read_student_spec
 from pipeline.report import render_report, report_figures, standalone_svg
 from pipeline.settings import Settings, setting
-from pipeline.storage import Table, atomic_path, manifest_paths, manifest_rows, open_store, write_json
+from pipeline.storage import Table, atomic_path, manifest_index, manifest_paths, open_store, write_json
 from pipeline.student import predict_grid, predict_models
 from stages.common import (
     CEILING,
@@ -87,16 +87,16 @@ def run(params: Params) -> None:
     truth = manifest.column("labels").astype(np.int8)
     split = manifest.column("split")
     train, test = split == "train", split == "test"
-    manifest_ids = manifest.column("image_id")
+    index = manifest_index(manifest)  # built once: every label table's rows come from it
     tables = {path: Table(path) for path, _ in LABEL_COLUMNS.values()}  # each label table read once
-    labels, train_logits = label_ladder(truth, train, manifest_ids, {
+    labels, train_logits = label_ladder(truth, train, index, {
         name: (tables[path].column("image_id"), tables[path].column(column))
         for name, (path, column) in LABEL_COLUMNS.items()})
     metrics: dict = {"labels": labels}
     if tables[CORRECTED].has("raised"):  # what the known-label transfers (correct's, sew's HST) moved, on train
         moved = {name: np.zeros(truth.shape, bool) for name in ("raised", "lowered")}
         for table in (tables[CORRECTED], tables[REFINED]):
-            rows = manifest_rows(manifest, table.column("image_id"))
+            rows = index.rows(table.column("image_id"))
             for name, entries in moved.items():
                 if table.has(name):
                     entries[rows] |= table.column(name).astype(bool)
@@ -116,7 +116,7 @@ def run(params: Params) -> None:
     metrics["test"] = test_reports(y_test, predictions, threshold, top_k)
     # CDUL's estimator without labels (its global-local aggregate, `init`) on the test images: Table 1's CDUL row
     initial = tables[LABEL_COLUMNS["cdul"][0]]
-    cdul_rows = manifest_rows(manifest, initial.column("image_id"))
+    cdul_rows = index.rows(initial.column("image_id"))
     cdul = np.full(truth.shape, np.nan, np.float32)
     cdul[cdul_rows] = initial.column("cdul")
     if np.isfinite(cdul[test]).all():

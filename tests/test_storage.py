@@ -9,6 +9,7 @@ from pipeline.storage import (
     Table,
     atomic_path,
     create_score_store,
+    manifest_index,
     manifest_rows,
     open_store,
     write_table,
@@ -23,6 +24,10 @@ def test_manifest_rows_follow_the_ids_order_and_name_a_missing_id(tmp_path):
     assert rows.tolist() == [3, 1, 0] and rows.dtype == np.int64
     with pytest.raises(DataError, match=r"2 images not in .*manifest.parquet \(e.g. e\); rerun `dvc repro`"):
         manifest_rows(manifest, ["a", "e", "f"])
+    index = manifest_index(manifest)  # one index, many lookups (evaluate's label tables)
+    assert index.rows(["c"]).tolist() == [2] and index.rows(["d", "b", "a"]).tolist() == [3, 1, 0]
+    with pytest.raises(DataError, match=r"1 images not in .*manifest.parquet \(e.g. z\)"):
+        index.rows(["z"])
 
 
 def test_table_roundtrip_and_schema(tmp_path):
