@@ -46,6 +46,11 @@ METHODS: dict[str, list[str]] = {
     "prototypes_dtl": ["method=prototypes", "prototypes.threshold=dtl"],  # HST cross-image
     "cooccurrence_ema": ["method=cooccurrence", "cooccurrence.threshold=ema"],
     "cooccurrence_dtl": ["method=cooccurrence", "cooccurrence.threshold=dtl"],  # HST intra-image
+    # the transfers without their held-out gate (`gate: none`): every move kept, as before the gate
+    "prototypes_ema_ungated": ["method=prototypes", "prototypes.threshold=ema", "prototypes.gate=none"],
+    "prototypes_dtl_ungated": ["method=prototypes", "prototypes.threshold=dtl", "prototypes.gate=none"],
+    "cooccurrence_ema_ungated": ["method=cooccurrence", "cooccurrence.threshold=ema", "cooccurrence.gate=none"],
+    "cooccurrence_dtl_ungated": ["method=cooccurrence", "cooccurrence.threshold=dtl", "cooccurrence.gate=none"],
     "plmcl": ["method=plmcl"],
     "g2netpl": ["method=g2netpl"],
     "large_loss": ["method=large_loss"],  # LL-R
@@ -76,8 +81,9 @@ FIGURES = {"corrected": "labels.corrected.map", "refined": "labels.refined.map",
            "ceiling": "test.ceiling.map", "gap_closure": "gap_closure", "raised": "transfer.raised",
            "raised_right": "transfer.raised_right", "lowered": "transfer.lowered",
            "lowered_right": "transfer.lowered_right"}
-TRANSFERS = ("prototypes_ema", "prototypes_dtl", "cooccurrence_ema", "cooccurrence_dtl", "hst_ist", "hst_cst", "hst",
-             "trm")
+TRANSFERS = ("prototypes_ema", "prototypes_dtl", "cooccurrence_ema", "cooccurrence_dtl", "prototypes_ema_ungated",
+             "prototypes_dtl_ungated", "cooccurrence_ema_ungated", "cooccurrence_dtl_ungated", "hst_ist", "hst_cst",
+             "hst", "trm")
 
 
 def figures(metrics: dict) -> dict[str, float]:

@@ -2,7 +2,9 @@
 before any training (intra-image transfer: HST §3.2 IST with a dataset-level P(i | j), eq. 4; the mechanics
 are in pipeline.transfer). An unknown entry scores Σ over the image's other known positives j of P(i | j),
 counted over pairs of known labels, and is raised when the score passes one threshold for all classes
-(HST's θ_intra) learnt on the known entries (`ema` or `dtl`). It only raises, as HST's IST.
+(HST's θ_intra) learnt on the known entries (`ema` or `dtl`). It only raises, as HST's IST. With `gate:
+held_out` (the default; ours) a class keeps its raises only where they help its held-out known entries
+(pipeline.transfer.held_out_gate, as for pipeline.prototypes); `gate: none` keeps every raise.
 """
 
 from __future__ import annotations

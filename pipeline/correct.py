@@ -113,7 +113,7 @@ def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarra
     lowered = raised.copy()
     store: dict = {}
     for transfer in transfers if any_known else ():
-        moved = transfer.apply(target, known, labels, embeddings, train)
+        moved = transfer.transfer(target, known, labels, embeddings, train)
         target = apply_transfer(target, moved.raised, moved.lowered, transfer.raise_logit)
         raised, lowered = raised | moved.raised, lowered | moved.lowered
         store.update(moved.store)

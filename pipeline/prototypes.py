@@ -4,6 +4,11 @@ threshold rules `ema` (TRM-ML eq. 9–11) and `dtl` (HST eq. 12–16) are in pip
 prototypes are K-means centres of the known positives' image embeddings, topped up to `bank` members by the
 train images the pseudo labels rank highest; an entry is raised (lowered, `ema` only) when both its visual
 and its text similarity pass the class's thresholds learnt on the known entries (TRM-ML eq. 12).
+
+Ours, not the papers': with `gate: held_out` (the default) a class keeps its moves only if they help where we
+can tell, on its known entries decided with them hidden (pipeline.transfer.held_out_gate). The papers start from
+no label; over CLIP's pseudo labels (`unknown: pseudo`) most classes' moves replace better labels than they
+bring. `gate: none` keeps every move.
 """
 
 from __future__ import annotations

@@ -17,6 +17,12 @@ Thresholds are learnt from the known entries only, per class:
   gradient descent. HST has no temperature; cosine gaps are ~0.05, so without τ the sigmoid is flat
   and θ drifts with class balance. HST only raises labels.
 With prototypes, the visual and the text modality must agree (TRM-ML eq. 12).
+
+The held-out gate (`gate: held_out`, ours, in neither paper): the known entries are split into `gate_folds`
+seeded folds; each fold's entries are decided by the method with that fold hidden, so they are unknown to it
+as the entries it really moves are; a class keeps its moves only if those held-out moves raise the AP of its
+known entries' corrected labels (held_out_moves, held_out_gate). With `known: random` the known entries are a
+random sample of all entries, so this measures, with the truth attached, what the moves do to the unknown ones.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from typing import ClassVar
 import numpy as np
 
 from pipeline.logits import sigmoid
+from pipeline.metrics import average_precision
 from pipeline.settings import Settings, setting
 
 THRESHOLDS = ("ema", "dtl")
+GATES = ("none", "held_out")
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -228,14 +236,21 @@ class LabelTransfer:
     lowered: np.ndarray  # bool [N, C]: unknown entries labelled absent
     store: dict  # what it keeps in data/prototypes.zarr (prototypes, similarities, P(i | j))
 
+    def in_classes(self, keep: np.ndarray) -> LabelTransfer:
+        """The same decisions, kept only in the classes `keep` (bool [C])."""
+        return LabelTransfer(self.raised & keep[None, :], self.lowered & keep[None, :], self.store)
+
 
 @dataclass(frozen=True)
 class CorrectTransfer(Settings):
     """Base of the methods of the `correct` step (pipeline.prototypes, pipeline.cooccurrence): their shared keys
-    (the threshold rule's, read from the same section, and `raise_logit`) and the hook `correct` calls."""
+    (the threshold rule's, read from the same section, `raise_logit` and the held-out gate) and the hook
+    `correct` calls."""
 
     rule: ThresholdRule = ThresholdRule()
     raise_logit: float = setting(2.0, ge=0.0)  # a raised entry becomes at least this logit, a lowered at most −it
+    gate: str = setting("held_out", choices=GATES)  # held_out: a class keeps its moves where they help (held_out_gate)
+    gate_folds: int = setting(5, ge=2)  # held_out: folds of the known entries
 
     ROLE: ClassVar[str] = "correct"
 
@@ -245,6 +260,54 @@ class CorrectTransfer(Settings):
         [N, C]; `embeddings()`: the (image, text) embeddings, read only if needed; `train` (bool [N], or None for
         all rows): the rows whose statistics may shape the decision."""
         raise NotImplementedError
+
+    def transfer(self, target: np.ndarray, known: np.ndarray, labels: np.ndarray,
+                 embeddings: Callable[[], tuple[np.ndarray, np.ndarray]], train: np.ndarray | None) -> LabelTransfer:
+        """`apply`, then with `gate: held_out` kept only in the classes where it helps its held-out known
+        entries; the gate ([C] int8, 1 = kept) joins the store as `<section>_gate`."""
+        moved = self.apply(target, known, labels, embeddings, train)
+        if self.gate == "none":
+            return moved
+        up, down = held_out_moves(lambda visible: self.apply(target, visible, labels, embeddings, train), known,
+                                  self.gate_folds, self.rule.seed)
+        keep = held_out_gate(target, up, down, known, labels, self.raise_logit)
+        kept = moved.in_classes(keep)
+        return LabelTransfer(kept.raised, kept.lowered, {**moved.store, f"{self.SECTION}_gate": keep.astype(np.int8)})
+
+
+def held_out_moves(decide: Callable[[np.ndarray], LabelTransfer], known: np.ndarray, folds: int, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(raised, lowered) bool [N, C] on the known entries, cross-fitted: the known entries are split into
+    `folds` seeded folds, and each fold's entries are decided by `decide(visible)` with that fold hidden from
+    `visible` (so they are unknown to it, as the entries the method really moves are)."""
+    fold = np.random.default_rng(seed).integers(folds, size=known.shape)
+    up, down = np.zeros(known.shape, bool), np.zeros(known.shape, bool)
+    for f in range(folds):
+        hidden = known & (fold == f)
+        moved = decide(known & ~hidden)
+        up |= moved.raised & hidden
+        down |= moved.lowered & hidden
+    return up, down
+
+
+def held_out_gate(target: np.ndarray, up: np.ndarray, down: np.ndarray, known: np.ndarray, labels: np.ndarray,
+                  logit: float) -> np.ndarray:
+    """bool [C]: the classes whose held-out moves (held_out_moves) raise the AP of their known entries' labels
+    (`target`, the corrected logits before any known label is written) strictly. A class where they change
+    nothing, or that has no known positive, is not kept: the gate keeps only moves measured to help.
+
+    Why: with CLIP's pseudo labels under them (`unknown: pseudo`) a transfer replaces labels that already rank
+    most entries well, and a class's moves help only where they are right more often than those labels; the
+    known entries, drawn at random, are a sample of the unknown ones with the truth attached (not so for
+    `known: uncertain` or a person's answers, which are chosen)."""
+    moved = apply_transfer(target, up, down, logit)
+    keep = np.zeros(target.shape[1], bool)
+    for c in range(target.shape[1]):
+        rows = known[:, c]
+        y = labels[rows, c] > 0
+        if y.any() and (up[rows, c] | down[rows, c]).any():
+            keep[c] = average_precision(y, moved[rows, c]) > average_precision(y, target[rows, c])
+    return keep
 
 
 def apply_transfer(target: np.ndarray, up: np.ndarray, down: np.ndarray, logit: float) -> np.ndarray:

@@ -41,6 +41,12 @@ def run(params: Params) -> None:
     print(f"corrected {correction.source} with {correction.method} on top-{correction.beta}; {int(known.sum())} "
           f"known entries fixed; {int(up.sum())} unknown entries raised, {int(down.sum())} lowered by transfer "
           f"→ {CORRECTED}")
+    for t in transfers:  # a gated method: where its moves survived its held-out check
+        if f"{t.SECTION}_gate" in out.store:
+            kept = out.store[f"{t.SECTION}_gate"].astype(bool)
+            names = ", ".join(c for c, k in zip(initial.classes, kept, strict=True) if k) or "none"
+            print(f"{t.NAME}: moves kept in {int(kept.sum())} of {len(kept)} classes, where they raised the AP "
+                  f"of the held-out known entries ({names})")
     if manifest.has("labels"):  # a person tuning β wants to see at once what the correction did to the order
         train = split == "train"
         truth = manifest.column("labels")

@@ -116,6 +116,9 @@ def test_partial_label_methods_together(project):
     bank = zarr.open_group(str(project / "data" / "prototypes.zarr"), mode="r")
     assert bank.attrs["prototypes"] and bank["visual"].shape[:2] == (4, 10) and bank["cooccurrence"].shape == (4, 4)
     assert bank["text"].shape[0] == 4 and bank["similarity_visual"].shape == (36, 4)
+    # each transfer's held-out gate (the default) is kept, and `correct` says where its moves survived
+    assert bank["prototypes_gate"].shape == (4,) and bank["cooccurrence_gate"].shape == (4,)
+    assert "prototypes: moves kept in" in r.stdout and "cooccurrence: moves kept in" in r.stdout
 
 
 def test_the_pseudo_label_path_never_reads_the_true_labels(project):

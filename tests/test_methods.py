@@ -134,7 +134,7 @@ def test_correct_applies_the_chosen_transfers_in_turn():
     labels = (rng.random((n, c)) < 0.5).astype(np.int8)
     known = rng.random((n, c)) < 0.4
     correction = Correction()
-    protos, cooc = PrototypeTransfer(k=2, bank=20), CooccurrenceTransfer()
+    protos, cooc = PrototypeTransfer(k=2, bank=20, gate="none"), CooccurrenceTransfer(gate="none")  # every move
     both = correct_with_known(initial, known, labels, correction, [protos, cooc], embeddings=lambda: (emb, text))
     alone = {m.NAME: correct_with_known(initial, known, labels, correction, [m], embeddings=lambda: (emb, text))
              for m in (protos, cooc)}

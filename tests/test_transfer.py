@@ -121,3 +121,79 @@ def test_apply_transfer():
     t = np.array([[-3.0, 5.0, 0.0]], np.float32)
     out = T.apply_transfer(t, np.array([[True, True, False]]), np.array([[False, False, True]]), 2.0)
     assert out.tolist() == [[2.0, 5.0, -2.0]]
+
+
+def test_held_out_moves_decide_each_known_entry_with_it_hidden():
+    """Every known entry is decided exactly once, by a call that cannot see it; unknown entries never."""
+    rng = np.random.default_rng(0)
+    known = rng.random((30, 4)) < 0.5
+    calls = []
+
+    def decide(visible):
+        calls.append(visible.copy())
+        hidden = known & ~visible
+        # a decision that reads the visible mask: raise what is hidden in even classes, lower it in odd ones
+        up = hidden.copy()
+        up[:, 1::2] = False
+        down = hidden & ~up
+        return T.LabelTransfer(up, down, {})
+
+    up, down = T.held_out_moves(decide, known, folds=3, seed=1)
+    assert len(calls) == 3
+    assert all(not (v & ~known).any() for v in calls)  # never shows an unknown entry as known
+    hidden_count = sum((known & ~v).astype(int) for v in calls)
+    assert np.array_equal(hidden_count, known.astype(int))  # each known entry hidden in exactly one fold
+    assert np.array_equal(up | down, known) and not (up & down).any()
+    assert up[:, 0].any() and not up[:, 1].any() and down[:, 1].any()
+    assert np.array_equal((up, down)[0], T.held_out_moves(decide, known, folds=3, seed=1)[0])  # seeded
+
+
+def test_held_out_gate_keeps_the_classes_whose_moves_help():
+    # class 0: raising the two hidden positives fixes the ranking; class 1: raising a negative breaks it;
+    # class 2: no move on a known entry (no evidence); class 3: no known positive
+    target = np.array([[-3.0, 1.0, 0.5, 0.0],
+                       [-2.0, -1.0, -0.5, 0.0],
+                       [0.0, -2.0, 0.0, 0.0],
+                       [1.0, 0.0, 0.0, 0.0]])
+    labels = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]])
+    known = np.ones_like(labels, bool)
+    up = np.zeros_like(known)
+    up[[0, 1], 0] = True
+    up[1, 1] = True
+    keep = T.held_out_gate(target, up, np.zeros_like(up), known, labels, logit=2.0)
+    assert keep.tolist() == [True, False, False, False]
+    # lowering the negatives that outrank class 0's positives below them helps too
+    down = np.zeros_like(known)
+    down[[2, 3], 0] = True
+    assert T.held_out_gate(target, np.zeros_like(up), down, known, labels, 4.0).tolist() == [True, False, False,
+                                                                                             False]
+
+
+def test_the_gate_drops_the_classes_a_transfer_hurts_and_keeps_those_it_helps():
+    """correct_with_known with `gate: held_out`, on a transfer that raises true positives of class 0 and true
+    negatives of class 1 wherever it may (an oracle, right and wrong on purpose): class 0's moves stay, class 1's
+    go, and the kept moves are exactly the ungated ones of the kept classes."""
+    from dataclasses import dataclass
+
+    from pipeline.correct import Correction, correct_with_known
+
+    @dataclass(frozen=True)
+    class RightAndWrong(T.CorrectTransfer):
+        SECTION = "right_and_wrong"
+
+        def apply(self, target, known, labels, embeddings, train):
+            up = ~known & np.stack([labels[:, 0] > 0, labels[:, 1] == 0], 1)
+            return T.LabelTransfer(up, np.zeros_like(up), {})
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((300, 2)) < 0.4).astype(np.int8)
+    initial = (np.where(labels > 0, 0.5, -0.5) + rng.normal(0, 1.0, labels.shape)).astype(np.float32)
+    known = rng.random(labels.shape) < 0.2
+    plain, gated = (correct_with_known(initial, known, labels, Correction(calibration="none"),
+                                       [RightAndWrong(gate=g)]) for g in ("none", "held_out"))
+    assert plain.raised[:, 0].any() and plain.raised[:, 1].any()
+    assert gated.store["right_and_wrong_gate"].tolist() == [1, 0]
+    assert np.array_equal(gated.raised, plain.raised & np.array([True, False]))
+    assert np.array_equal(gated.target[:, 0], plain.target[:, 0])
+    assert np.array_equal(gated.target[:, 1], correct_with_known(initial, known, labels,
+                                                                 Correction(calibration="none")).target[:, 1])
