@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import ClassVar
 
 import numpy as np
@@ -99,7 +100,7 @@ def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarra
 
     known [N, C] bool, labels [N, C] the true labels (read only where known). `transfers`: the `correct`-role
     methods (pipeline.prototypes, pipeline.cooccurrence), applied in turn, each on the labels the previous left;
-    `embeddings()` returns the (image, text) embeddings a transfer may need, read only when one asks. `train`
+    `embeddings()` returns the (image, text) embeddings a transfer may need, read once, when one first asks. `train`
     (bool [N]; all rows if None): the rows whose statistics shape the labels, the calibration's medians and the
     prototype bank's top-up candidates; the other rows (test) are corrected with them but never shape them.
     """
@@ -112,6 +113,7 @@ def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarra
     raised = np.zeros(known.shape, bool)
     lowered = raised.copy()
     store: dict = {}
+    embeddings = cache(embeddings) if embeddings is not None else None  # a gated transfer asks once per fold
     for transfer in transfers if any_known else ():
         moved = transfer.transfer(target, known, labels, embeddings, train)
         target = apply_transfer(target, moved.raised, moved.lowered, transfer.raise_logit)

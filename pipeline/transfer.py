@@ -236,10 +236,6 @@ class LabelTransfer:
     lowered: np.ndarray  # bool [N, C]: unknown entries labelled absent
     store: dict  # what it keeps in data/prototypes.zarr (prototypes, similarities, P(i | j))
 
-    def in_classes(self, keep: np.ndarray) -> LabelTransfer:
-        """The same decisions, kept only in the classes `keep` (bool [C])."""
-        return LabelTransfer(self.raised & keep[None, :], self.lowered & keep[None, :], self.store)
-
 
 @dataclass(frozen=True)
 class CorrectTransfer(Settings):
@@ -271,8 +267,8 @@ class CorrectTransfer(Settings):
         up, down = held_out_moves(lambda visible: self.apply(target, visible, labels, embeddings, train), known,
                                   self.gate_folds, self.rule.seed)
         keep = held_out_gate(target, up, down, known, labels, self.raise_logit)
-        kept = moved.in_classes(keep)
-        return LabelTransfer(kept.raised, kept.lowered, {**moved.store, f"{self.SECTION}_gate": keep.astype(np.int8)})
+        return LabelTransfer(moved.raised & keep, moved.lowered & keep,
+                             {**moved.store, f"{self.SECTION}_gate": keep.astype(np.int8)})
 
 
 def held_out_moves(decide: Callable[[np.ndarray], LabelTransfer], known: np.ndarray, folds: int, seed: int

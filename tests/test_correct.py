@@ -89,3 +89,25 @@ def test_test_rows_never_shape_the_train_labels():
     # without the train rows named, the test rows shift the medians: the test above can fail
     shifted = [correct_with_known(z, known, labels, correction) for z in (initial, other_initial)]
     assert not np.array_equal(shifted[0].target[train], shifted[1].target[train])
+
+
+def test_a_gated_transfer_reads_the_embeddings_once():
+    """The held-out gate decides each fold with the method again; the (disk-read) embeddings are read once."""
+    from pipeline.correct import Correction, correct_with_known
+    from pipeline.prototypes import PrototypeTransfer
+    from pipeline.transfer import ThresholdRule
+
+    rng = np.random.default_rng(0)
+    n, c, d = 60, 3, 8
+    emb, text = rng.normal(size=(n, d)), rng.normal(size=(c, d))
+    labels = (rng.random((n, c)) < 0.4).astype(np.int8)
+    reads = []
+
+    def embeddings():
+        reads.append(1)
+        return emb, text
+
+    out = correct_with_known(rng.normal(size=(n, c)).astype(np.float32), rng.random((n, c)) < 0.3, labels,
+                             Correction(), [PrototypeTransfer(ThresholdRule("ema", batch_size=16), k=2, bank=30,
+                                                              gate="held_out", gate_folds=4)], embeddings)
+    assert "prototypes_gate" in out.store and len(reads) == 1
