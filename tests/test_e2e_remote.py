@@ -24,12 +24,15 @@ def readme_recipe() -> tuple[list[str], list[str]]:
     return tuple([c for c in cmds if c and not c.startswith("#")] for cmds in commands)
 
 
-def test_pull_reuses_scores_and_results(tmp_path):
+def test_pull_reuses_scores_and_results(tmp_path, tiny_build):
     first, teammate = readme_recipe()
     assert any("dvc.lock" in c and "git push" in c for c in first), first
     remote, origin = tmp_path / "remote", tmp_path / "origin.git"
     (tmp_path / "a").mkdir()
-    a = make_project(tmp_path / "a")
+    # A fresh project with the session build's DVC cache: the recipe's `dvc repro` on the first machine checks
+    # its outputs out of the run cache rather than training and scoring again; what is pushed, pulled and
+    # rerun is as printed.
+    a = tiny_build.seed_cache(make_project(tmp_path / "a"))
     sh(f"git init -q --bare {origin} && git remote add origin {origin} && git push -q -u origin HEAD", a)
     b = tmp_path / "b"
     sh(f"git clone -q {origin} {b}", tmp_path)  # the teammate's clone, from before the results

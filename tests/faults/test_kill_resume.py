@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.project import env, make_project, sh, stages_run
+from benchmarks.project import env, sh, stages_run
 from pipeline.storage import Table
 
 pytestmark = pytest.mark.e2e
@@ -28,9 +28,10 @@ def tree_bytes(root):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """The tiny project with a few sew epochs (so sew has checkpoints to resume from), reproduced once."""
-    project = make_project(tmp_path_factory.mktemp("kill"))
+def project(tiny_build, tmp_path_factory):
+    """The tiny project with a few sew epochs (so sew has checkpoints to resume from), reproduced once from
+    the session's build (the stages upstream of sew are its)."""
+    project = tiny_build.copy_to(tmp_path_factory.mktemp("kill") / "p")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["sew"]["epochs"] = SEW_EPOCHS
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
