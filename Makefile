@@ -22,9 +22,10 @@ repro: $(STAMP)
 lint: $(STAMP)
 	ruff check pipeline stages tests benchmarks
 
-# Two workers, one test file each: the end-to-end files spend much of their time starting processes,
-# which overlaps well on 2 cores; module fixtures (one tiny project per file) stay in one worker. The 15
-# slowest tests are listed at the end: where the 12-minute budget goes.
+# Two workers, one test file each and one thread each (tests/conftest.py): the end-to-end files spend much of
+# their time starting processes, which overlaps well on 2 cores; module fixtures stay in one worker, and the
+# tiny project is built once per session for both (`tiny_build`). The 15 slowest tests are listed at the end:
+# where the 12-minute budget goes.
 test: $(STAMP) lint
 	pytest -q -n 2 --dist loadfile --durations=15
 
