@@ -15,7 +15,7 @@ def test_checks_compare_methods_with_the_baseline_in_sds_and_read_the_sweep():
     out = checks(methods, sweep)
     assert out["cooccurrence_dtl_beats_baseline_by_2sd"] and not out["prototypes_dtl_beats_baseline_by_2sd"]
     assert out["prototypes_dtl_not_below_baseline_by_1sd"] and not out["plmcl_not_below_baseline_by_1sd"]
-    assert "plmcl_beats_baseline_by_2sd" not in out  # only the transfers are asked to beat it
+    assert not out["plmcl_beats_baseline_by_2sd"]  # every method is asked to beat it (the Table-1 issue)
     assert out["gap_closure_at_ratio_ge_0.90"] and out["ratio_sweep_monotone"] and out["ratio_1_within_0.01_of_ceiling"]
     sweep[0.0] = {"student": _fig(0.95)}
     assert not checks(methods, sweep)["ratio_sweep_monotone"]
