@@ -193,7 +193,8 @@ def test_a_simulated_review_knows_the_least_sure_entries(project):
     from pipeline.masking import review_order
     from pipeline.storage import Table
 
-    r = sh("dvc exp run -S known=uncertain -S budget=0.05 mask", project)  # what reads mask: the answers' test
+    # up to mask: that the stages reading it rerun is test_answers_are_known_labels_and_rerun_from_mask's check
+    r = sh("dvc exp run -S known=uncertain -S budget=0.05 mask", project)
     assert stages_run(r.stdout) == {"validate", "mask"}, r.stdout
     manifest = Table(project / "data" / "prepared" / "manifest.parquet")
     train, truth = manifest.column("split") == "train", manifest.column("labels")
