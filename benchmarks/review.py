@@ -1,4 +1,4 @@
-"""Is a review worth it? Known labels a simulated reviewer chose (the entries the pipeline is least sure of,
+"""Is a review worth it? Known labels a simulated reviewer chose (the entries the review page shows first,
 answered from the ground truth) against known labels drawn at random, test mAP of the student, mean ± sd.
 
     python benchmarks/review.py [--params params.yaml] [--config configs/contexts.yaml] [--seeds 0 1 2]
@@ -57,7 +57,7 @@ def checks(rows: dict[str, dict]) -> dict[str, bool]:
 
 def table(rows: dict[str, dict], budget: float, reference: float) -> str:
     what = {"none": "no known label", "random": f"{budget:g} of the entries, at random",
-            "uncertain": f"{budget:g} of the entries, the least sure (a simulated review)",
+            "uncertain": f"{budget:g} of the entries, the review page's first (a simulated review)",
             "reference": f"{reference:g} of the entries, at random"}
     lines = ["| row | known | mAP (test) | CF1 | OF1 |", "|---|---|---|---|---|"]
     for name, figs in rows.items():

@@ -7,9 +7,10 @@ Top-level `known` says where the known train entries come from:
   their value the answer;
 - `answers+random`: both; where an answered entry is also drawn, the answer wins;
 - `uncertain`: the simulation of a review (issue 27): the `budget` share of train entries a review would
-  show first, the ones the initial estimate is least sure of (`review_order`), answered from the ground
-  truth by an oracle person. It ranks from the `init` stage's labels, upstream of `mask`, so the DAG stays
-  acyclic (a real review ranks the refined labels of a previous run).
+  show first, the ones whose answer would help most (`review_order`: the least sure, a rare class's first,
+  ranked again with the answers so far), answered from the ground truth by an oracle person. It ranks
+  from the `init` stage's labels, upstream of `mask`, so the DAG stays acyclic (a real review ranks the
+  refined labels of a previous run).
 Known entries are known wherever they came from: every partial-label method and the known-label baseline
 use them alike.
 """
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.logits import calibrate_per_class
+from pipeline.logits import calibrate_per_class, sigmoid
 from pipeline.settings import Settings, setting
 from pipeline.storage import DataError
 
@@ -31,6 +32,12 @@ KNOWN_SOURCES = ("random", "answers", "answers+random", "uncertain")
 # the per-class shift of `review_order`: a class's median train entry sits at −REVIEW_MARGIN, as the default
 # `correct.margin` puts it in the labels `correct` writes (before their top-β correction)
 REVIEW_MARGIN = 1.0
+# `answer_calibration`: the precision of the prior that keeps a class's σ(x) until its answers say otherwise
+REVIEW_PRIOR = 0.1
+MIN_SLOPE = 0.1  # the least slope a of that fit: a higher logit never means a lower P(present)
+# the review page ranks its queue again after this many answers, and a simulated review (`known: uncertain`)
+# answers its budget in batches of this size; chosen on the contexts benchmark's dataset seed 0 (README)
+REVIEW_BATCH = 20
 # data/answers.parquet: one row per answered (image, class) entry; the latest answer of an entry wins
 ANSWERS_SCHEMA = pa.schema([("image_id", pa.string()), ("class", pa.string()), ("label", pa.int8()),
                             ("answered_at", pa.timestamp("ms", tz="UTC"))])
@@ -59,26 +66,73 @@ class MaskSettings(Settings):
         return self.known == "uncertain"
 
 
-def review_order(logits: np.ndarray, is_train: np.ndarray) -> np.ndarray:
-    """Train entries (flat indices into [N, C], row-major), the least sure first: what a review shows first.
+def answer_calibration(x: np.ndarray, answered: np.ndarray, labels: np.ndarray, prior: float = REVIEW_PRIOR,
+                       steps: int = 25) -> np.ndarray:
+    """P(present) [N, C] of every entry, per class σ(a·x + b) fitted to the class's answered entries.
+
+    `x` [N, C] are the review's shifted logits (`review_order`); `answered` bool [N, C], `labels` their 0/1
+    answers. The fit is a logistic regression on x with a Gaussian prior of precision `prior` around (a, b) =
+    (1, 0) (Newton steps on the posterior mode, a kept ≥ MIN_SLOPE), so a class without answers keeps σ(x),
+    and the answers move it to where they put the class's 0.5: a class whose answers near its shifted 0 are
+    mostly present has more positives than the median shift assumed."""
+    x = np.asarray(x, np.float64)
+    answered = np.asarray(answered, bool)
+    p = sigmoid(np.clip(x, -50.0, 50.0))
+    centre = np.array([1.0, 0.0])
+    for c in np.flatnonzero(answered.any(0)):
+        rows = answered[:, c]
+        a = np.stack([x[rows, c], np.ones(int(rows.sum()))], axis=1)
+        t = np.asarray(labels, np.float64)[rows, c]
+        w = centre.copy()
+        for _ in range(steps):
+            q = sigmoid(np.clip(a @ w, -50.0, 50.0))
+            grad = a.T @ (q - t) + prior * (w - centre)
+            hess = (a * (q * (1 - q))[:, None]).T @ a + prior * np.eye(2)
+            w = w - np.linalg.solve(hess, grad)
+            w[0] = max(w[0], MIN_SLOPE)  # answers of one kind (all present) must not turn the logits' order round
+        p[:, c] = sigmoid(np.clip(w[0] * x[:, c] + w[1], -50.0, 50.0))
+    return p
+
+
+def review_order(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray | None = None,
+                 labels: np.ndarray | None = None) -> np.ndarray:
+    """Unanswered train entries (flat indices into [N, C], row-major), the one whose answer would help most
+    first: what a review shows first.
 
     Per class the logits are shifted as `correct.calibration: median` shifts them (the class's median train
-    entry at −REVIEW_MARGIN), so a class whose every entry Eq. 7 lifts is not taken for sure; an entry's
-    certainty is then the distance of its shifted logit from 0, the labels' 0.5. Ties keep row-major order."""
+    entry at −REVIEW_MARGIN), so a class whose every entry Eq. 7 lifts is not taken for sure, and the answers
+    so far (`answered`, `labels`) recalibrate that shift into P(present) (`answer_calibration`). An entry's
+    gain is p(1 − p), how unsure the labels are of it, over its class's expected share of positives (the
+    mean p over the train entries): a class's AP is the mean precision over its positives, so a wrong label
+    moves a rare class's AP more. Answered entries leave the order; ties keep row-major order."""
+    if (answered is None) != (labels is None):
+        raise ValueError("review_order takes the answered entries and their labels together")
     train = np.asarray(is_train, bool)
-    margin = np.abs(calibrate_per_class(logits, REVIEW_MARGIN, rows=train))
-    flat = np.where(train[:, None], margin, np.inf).ravel()
+    answered = np.zeros(np.shape(logits), bool) if answered is None else np.asarray(answered, bool)
+    labels = np.zeros(np.shape(logits), np.int8) if labels is None else labels
+    x = calibrate_per_class(logits, REVIEW_MARGIN, rows=train)
+    p = answer_calibration(x, answered & train[:, None], labels)
+    share = p[train].mean(0, keepdims=True) if train.any() else np.ones((1, p.shape[1]))
+    gain = p * (1 - p) / np.maximum(share, 1e-6)
+    open_ = train[:, None] & ~answered
+    flat = np.where(open_, -gain, np.inf).ravel()
     order = np.argsort(flat, kind="stable")
-    return order[: int(train.sum()) * logits.shape[1]]
+    return order[: int(open_.sum())]
 
 
-def reviewed_mask(logits: np.ndarray, is_train: np.ndarray, budget: float) -> np.ndarray:
-    """int8 [N, C]: 1 on the round(budget × train entries) entries `review_order` puts first."""
+def reviewed_mask(logits: np.ndarray, is_train: np.ndarray, budget: float, truth: np.ndarray,
+                  batch: int = REVIEW_BATCH) -> np.ndarray:
+    """int8 [N, C]: the round(budget × train entries) entries a simulated review answers, `batch` at a time:
+    each batch is the first entries of `review_order` given the answers before it (from `truth`, an oracle
+    person), as the review page ranks again after every `batch` answers."""
     train = np.asarray(is_train, bool)
     n = int(round(budget * int(train.sum()) * logits.shape[1]))
-    known = np.zeros(logits.shape, np.int8)
-    known.ravel()[review_order(logits, train)[:n]] = 1
-    return known
+    known = np.zeros(logits.shape, bool)
+    labels = (np.asarray(truth) > 0).astype(np.int8)
+    for start in range(0, n, batch):
+        take = min(batch, n - start)
+        known.ravel()[review_order(logits, train, known, np.where(known, labels, 0))[:take]] = True
+    return known.astype(np.int8)
 
 
 def observed_mask(n_images: int, n_classes: int, is_train: np.ndarray, ratio: float, seed: int) -> np.ndarray:
@@ -133,15 +187,15 @@ def known_labels(settings: MaskSettings, truth: np.ndarray | None, is_train: np.
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(known int8 [N, C], their labels int8 [N, C], 0 where unknown): the random draw (`ratio`, `seed`,
     values from `truth`) and/or the answers (answered, label), answers winning where both know an entry; or,
-    for `known: uncertain`, the `budget` entries `review_order` ranks first over the `initial` logits,
-    valued from `truth`."""
+    for `known: uncertain`, the `budget` entries a simulated review of the `initial` logits answers
+    (`reviewed_mask`), valued from `truth`."""
     n, c = (truth.shape if truth is not None else answers[0].shape)
     known, labels = np.zeros((n, c), np.int8), np.zeros((n, c), np.int8)
     if settings.reviews:
         if truth is None:
             raise DataError("known: uncertain answers the reviewed entries from the ground truth, and this "
                             "dataset has none; review them yourself (known: answers)")
-        known = reviewed_mask(initial, is_train, settings.budget)
+        known = reviewed_mask(initial, is_train, settings.budget, truth)
         return known, np.where(known > 0, (truth > 0).astype(np.int8), 0).astype(np.int8)
     if settings.draws and settings.ratio > 0:
         if truth is None:

@@ -1,9 +1,11 @@
 """The review of the pseudo labels by a person (issue 27): which train entries to show first, and a person's
 answers kept on disk as they come.
 
-The order is `masking.review_order`, the one definition of "least sure" that `known: uncertain` simulates:
-per class the logits are shifted so the class's median train entry sits at −1, and the entries whose
-shifted logit is nearest 0 (the labels' 0.5) come first. An answered entry leaves the queue. The page shows
+The order is `masking.review_order`, the one definition of "whose answer helps most" that `known: uncertain`
+simulates: per class the logits are shifted so the class's median train entry sits at −1, the answers so far
+recalibrate that shift into P(present), and the entries with the largest p(1 − p) over their class's share
+of positives come first (the least sure, a rare class's first). An answered entry leaves the queue, and
+every answer re-ranks the rest. The page shows
 the refined labels of the last run (`data/labels/refined.parquet`); the answers file is the one `mask` reads
 with `known: answers` (columns in docs/outputs.md), so a fix flows back into the DAG through `dvc repro`.
 """
@@ -23,11 +25,14 @@ from pipeline.masking import ANSWERS_SCHEMA, empty_answers, merge_answers, revie
 from pipeline.storage import DataError, atomic_path
 
 
-def review_queue(logits: np.ndarray, answered: np.ndarray, class_index: int | None = None) -> list[tuple[int, int]]:
-    """(row, class) of every unanswered entry, the least sure first (`review_order` over every row of
-    `logits`, [N, C]); only class `class_index` if given. `answered` bool [N, C]."""
-    rows, cols = np.unravel_index(review_order(logits, np.ones(len(logits), bool)), logits.shape)
-    keep = ~np.asarray(answered, bool)[rows, cols]
+def review_queue(logits: np.ndarray, answered: np.ndarray, labels: np.ndarray,
+                 class_index: int | None = None) -> list[tuple[int, int]]:
+    """(row, class) of every unanswered entry, the one whose answer helps most first (`review_order` over
+    every row of `logits`, [N, C], with the answers `answered` bool [N, C] and their 0/1 `labels`); only
+    class `class_index` if given."""
+    order = review_order(logits, np.ones(len(logits), bool), answered, labels)
+    rows, cols = np.unravel_index(order, logits.shape)
+    keep = np.ones(len(order), bool)
     if class_index is not None:
         keep &= cols == class_index
     return list(zip(rows[keep].tolist(), cols[keep].tolist(), strict=True))
@@ -53,11 +58,17 @@ class AnswerBook:
 
     def answered(self) -> np.ndarray:
         """bool [N, C] over the book's images and classes: entries with an answer."""
+        return self.answers()[0]
+
+    def answers(self) -> tuple[np.ndarray, np.ndarray]:
+        """(answered bool [N, C], label int8 [N, C], 0 where unanswered) over the book's images and classes."""
         mask = np.zeros((len(self.row_of), len(self.class_of)), bool)
-        for (image_id, name) in self.latest():
+        labels = np.zeros(mask.shape, np.int8)
+        for (image_id, name), label in self.latest().items():
             if image_id in self.row_of and name in self.class_of:
                 mask[self.row_of[image_id], self.class_of[name]] = True
-        return mask
+                labels[self.row_of[image_id], self.class_of[name]] = label
+        return mask, labels
 
     def add(self, image_id: str, name: str, label: int, now: datetime.datetime | None = None) -> int:
         """Record one answer and write the file; returns the number of answered entries."""

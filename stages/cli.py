@@ -202,7 +202,8 @@ def review(port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1."
            answers: Annotated[Path, typer.Option("--answers", help="The answers file it writes (what `known: "
                                                                    "answers` reads).")] = Path("data/answers.parquet"),
            ) -> None:
-    """Review the pseudo labels in the browser (least sure first); answers are saved at once. Ctrl-C stops."""
+    """Review the pseudo labels in the browser (the answer that helps most first); answers are saved at once.
+    Ctrl-C stops."""
     from stages import review as review_stage
 
     try:

@@ -37,6 +37,7 @@ def run(params: Params) -> None:
                 manifest.classes)
     answered = "" if answers is None else f", {int(answers[0].sum())} of them answered in {ANSWERS}"
     if settings.reviews:
-        answered = f", the budget {settings.budget} the initial '{REVIEWED}' is least sure of, answered from the truth"
+        answered = (f", the budget {settings.budget} a review of the initial '{REVIEWED}' shows first, answered "
+                    "from the truth")
     print(f"known={settings.known}, ratio={settings.ratio}: {int(known.sum())} of "
           f"{int(train.sum()) * known.shape[1]} train label entries known{answered} → {OBSERVED}")

@@ -1,6 +1,6 @@
 """`mlpl review [--port N]`: the review page, a local web server (Flask, bound to 127.0.0.1) over the last
 run's refined train labels. Each card is one (image, class) entry: the image, the class, the pseudo label
-and its confidence; the least sure entries come first (pipeline.review). A person confirms (`c`) or flips
+and its confidence; the entries whose answer helps most come first (pipeline.review). A person confirms (`c`) or flips
 (`f`) the label with a click or a key; the answer is in data/answers.parquet before the next card is shown,
 and `dvc exp run -S known=answers` (or `answers+random`) makes the answers known labels.
 
@@ -15,13 +15,16 @@ from pathlib import Path
 import numpy as np
 from flask import Flask, abort, jsonify, request, send_file
 
+from pipeline.masking import REVIEW_BATCH
 from pipeline.review import AnswerBook, confidences, review_queue
 from pipeline.storage import DataError, Table, manifest_paths
 from stages.common import ANSWERS, MANIFEST, REFINED
 
 PAGE = Path(__file__).with_name("review.html")
-RANKING = ("least sure first: per class the refined logits are shifted so that the class's median train entry "
-           "sits at −1; the entries nearest 0, the labels' 0.5, come first")
+RANKING = ("the answer that helps most first: per class the refined logits are shifted so that the class's median "
+           "train entry sits at −1, your answers so far recalibrate that into P(present), and the entries with the "
+           "largest p(1 − p) over their class's share of positives come first (the least sure, a rare class's "
+           f"first); the rest is ranked again every {REVIEW_BATCH} answers")
 
 
 def create_app(answers: Path = ANSWERS, limit: int = 1000) -> Flask:
@@ -48,10 +51,11 @@ def create_app(answers: Path = ANSWERS, limit: int = 1000) -> Flask:
         if name is not None and name not in classes:
             return jsonify(error=f"class {name!r} is not one of {classes}"), 400
         n = min(int(request.args.get("limit", limit)), limit)
-        entries = review_queue(logits, book.answered(), None if name is None else classes.index(name))
+        answered, labels = book.answers()
+        entries = review_queue(logits, answered, labels, None if name is None else classes.index(name))
         items = [{"image_id": image_ids[i], "class": classes[c], "p": round(float(p[i, c]), 3),
                   "label": int(p[i, c] >= 0.5)} for i, c in entries[:n]]
-        return jsonify(classes=classes, ranking=RANKING, items=items, remaining=len(entries),
+        return jsonify(classes=classes, ranking=RANKING, rerank_every=REVIEW_BATCH, items=items, remaining=len(entries),
                        answered=len(book.latest()), answers=str(answers))
 
     @app.post("/api/answer")

@@ -187,10 +187,11 @@ def test_answers_are_known_labels_and_rerun_from_mask(project):
     assert ((corrected[train, 0] > 0) == (observed.column("labels")[train, 0] > 0)).all()  # they win in correct
 
 
-def test_a_simulated_review_knows_the_least_sure_entries(project):
-    """known: uncertain answers the budget share of train entries the initial estimate ranks least sure, from
-    the ground truth; the initial labels come from the cache (mask reads them, nothing upstream reruns)."""
-    from pipeline.masking import review_order
+def test_a_simulated_review_knows_the_entries_the_page_shows_first(project):
+    """known: uncertain answers the budget share of train entries a review of the initial estimate shows first
+    (ranked again with the answers every REVIEW_BATCH), from the ground truth; the initial labels come from
+    the cache (mask reads them, nothing upstream reruns)."""
+    from pipeline.masking import reviewed_mask
     from pipeline.storage import Table
 
     # up to mask: that the stages reading it rerun is test_answers_are_known_labels_and_rerun_from_mask's check
@@ -201,8 +202,8 @@ def test_a_simulated_review_knows_the_least_sure_entries(project):
     observed = Table(project / "data" / "prepared" / "observed.parquet")
     known = observed.column("known").astype(bool)
     n = round(0.05 * train.sum() * truth.shape[1])
-    first = review_order(Table(project / "data" / "labels" / "initial.parquet").column("cut"), train)[:n]
-    assert known.sum() == n and known.ravel()[first].all() and not known[~train].any()
+    reviewed = reviewed_mask(Table(project / "data" / "labels" / "initial.parquet").column("cut"), train, 0.05, truth)
+    assert known.sum() == n and (known == reviewed.astype(bool)).all() and not known[~train].any()
     assert (observed.column("labels")[known] == (truth[known] > 0)).all()
 
 

@@ -107,9 +107,10 @@ def test_reviewers_answers_merge_the_latest_winning_conflicts_listed(tmp_path):
 
 
 def test_a_simulated_review_answers_the_least_sure_train_entries_from_the_truth():
-    """known: uncertain: per class the logits are shifted so the median train entry sits at −1; the budget goes
-    to the entries nearest 0 there, whatever a class's overall level, never to a test row; values from truth."""
-    from pipeline.masking import MaskSettings, known_labels, review_order
+    """known: uncertain: per class the logits are shifted so the median train entry sits at −1; with no answer
+    yet the budget goes to the entries nearest 0 there, whatever a class's overall level, never to a test row;
+    values from truth."""
+    from pipeline.masking import MaskSettings, known_labels, review_order, reviewed_mask
     from pipeline.storage import DataError
 
     train = np.array([True] * 5 + [False])
@@ -124,8 +125,59 @@ def test_a_simulated_review_answers_the_least_sure_train_entries_from_the_truth(
     assert list(zip(rows[:6], cols[:6], strict=True)) == [(4, 0), (4, 1), (1, 0), (1, 1), (0, 0), (0, 1)]
     truth = np.array([[1, 0], [0, 1], [0, 0], [1, 1], [1, 0], [1, 1]], np.int8)
     known, labels = known_labels(MaskSettings(known="uncertain", budget=0.4), truth, train, initial=logits)
-    assert known.sum() == 4 and known[[1, 4]].all()  # round(0.4 × 10) entries: rows 4 and 1
+    assert known.sum() == 4 and not known[5].any()  # round(0.4 × 10) train entries
+    assert (known == reviewed_mask(logits, train, 0.4, truth)).all()
+    assert known[[1, 4]].all()  # one batch: the order's first four, rows 4 and 1 of both classes
     assert (labels == np.where(known > 0, truth, 0)).all()
     with pytest.raises(DataError, match="has none"):  # an oracle needs the ground truth
         known_labels(MaskSettings(known="uncertain", budget=0.4), None, train,
                      answers=(np.zeros((6, 2), np.int8),) * 2, initial=logits)
+    with pytest.raises(ValueError, match="together"):  # answers without their labels would count as absent
+        review_order(logits, train, answered=np.zeros(logits.shape, bool))
+
+
+def test_a_rare_classs_unsure_entry_comes_before_a_frequent_ones():
+    """At the same shifted logit (as unsure), the entry of the class with the smaller expected share of
+    positives comes first: a wrong label moves a rare class's AP more."""
+    from pipeline.masking import review_order
+
+    frequent = np.array([0.0, -4, -4, -4, -4, 4, -4])  # median −4 → shifted 3, −1 ×4, 7, −1: mean p 0.47
+    rare = np.array([0.0, 4, 4, 4, 4, -4, -4])  # median 4 → shifted −5, −1 ×4, −9 ×2: mean p 0.15
+    logits = np.stack([frequent, rare], axis=1).astype(np.float32)
+    rows, cols = np.unravel_index(review_order(logits, np.ones(7, bool)), logits.shape)
+    # rows 1–4 sit at −1 in both classes; row-major order alone would interleave them
+    assert list(zip(rows[:8], cols[:8], strict=True)) == [(1, 1), (2, 1), (3, 1), (4, 1),
+                                                           (1, 0), (2, 0), (3, 0), (4, 0)]
+
+
+def test_answers_recalibrate_their_class_only():
+    """A class whose answers say present at and below its shifted 0 gets a higher P(present) there than σ(x); a
+    class without answers keeps σ(x); answers of one kind never turn the order of a class's logits round."""
+    from pipeline.logits import sigmoid
+    from pipeline.masking import answer_calibration
+
+    x = np.tile(np.linspace(-4, 4, 9)[:, None], (1, 2))
+    answered = np.zeros((9, 2), bool)
+    answered[[2, 3, 4], 0] = True  # x = −2, −1, 0: all present
+    labels = answered.astype(np.int8)
+    p = answer_calibration(x, answered, labels)
+    assert (p[:, 1] == sigmoid(x[:, 1])).all()
+    assert (p[2:5, 0] > sigmoid(x[2:5, 0]) + 0.1).all() and p[2, 0] > 0.5  # where the answers are
+    assert (np.diff(p[:, 0]) > 0).all()
+
+
+def test_a_review_in_rounds_finds_where_a_frequent_class_turns_absent():
+    """A class present in three quarters of the images: the median shift puts its 0.5 far too high. Answered
+    in one batch, the budget goes to entries that are all present; one at a time, the answers move the order
+    down to the class's real boundary and the review finds absent entries there."""
+    from pipeline.masking import reviewed_mask
+
+    z = np.linspace(-6, 6, 40).astype(np.float32)[:, None]
+    truth = (z > -3).astype(np.int8)
+    train = np.ones(40, bool)
+    once = reviewed_mask(z, train, 6 / 40, truth, batch=6).astype(bool)[:, 0]
+    rounds = reviewed_mask(z, train, 6 / 40, truth, batch=1).astype(bool)[:, 0]
+    assert once.sum() == rounds.sum() == 6
+    near = np.abs(z[:, 0] + 3) < 1.5  # within 1.5 of the class's real boundary
+    assert not (once & near).any() and not (once & (truth[:, 0] == 0)).any()
+    assert (rounds & near).sum() >= 3 and (rounds & (truth[:, 0] == 0)).sum() >= 1

@@ -41,13 +41,30 @@ def project(tmp_path, monkeypatch):
 
 def test_the_queue_is_the_review_order_less_what_was_answered():
     logits = np.random.default_rng(1).normal(0, 2, (10, 3)).astype(np.float32)
+    none = np.zeros((10, 3), bool)
     order = [tuple(int(x) for x in np.unravel_index(k, logits.shape)) for k in review_order(logits, np.ones(10, bool))]
-    answered = np.zeros((10, 3), bool)
-    assert review_queue(logits, answered) == order
+    assert review_queue(logits, none, none.astype(np.int8)) == order
+    answered, labels = none.copy(), none.astype(np.int8)
     answered[order[0]] = answered[order[3]] = True
-    rest = [e for k, e in enumerate(order) if k not in (0, 3)]
-    assert review_queue(logits, answered) == rest
-    assert review_queue(logits, answered, class_index=2) == [e for e in rest if e[1] == 2]
+    labels[order[0]] = 1
+    queue = review_queue(logits, answered, labels)
+    assert sorted(queue) == sorted(e for k, e in enumerate(order) if k not in (0, 3))  # the answered left it
+    assert queue == [tuple(int(x) for x in np.unravel_index(k, logits.shape))
+                     for k in review_order(logits, np.ones(10, bool), answered, labels)]  # ranked with the answers
+    assert review_queue(logits, answered, labels, class_index=2) == [e for e in queue if e[1] == 2]
+
+
+def test_an_answer_re_ranks_its_class():
+    """Answering that an entry the labels doubt is present raises P(present) below it: the class's next
+    entries to ask about move down its ranking."""
+    logits = np.tile(np.linspace(-5, 5, 21, dtype=np.float32)[:, None], (1, 2))
+    none = np.zeros(logits.shape, bool)
+    before = [e for e in review_queue(logits, none, none.astype(np.int8)) if e[1] == 0]
+    answered, labels = none.copy(), none.astype(np.int8)
+    for row in (9, 10, 11):  # the three least sure entries of class 0: all present
+        answered[row, 0], labels[row, 0] = True, 1
+    after = [e for e in review_queue(logits, answered, labels) if e[1] == 0]
+    assert logits[after[0][0], 0] < logits[before[3][0], 0] and after[0][0] < 9
 
 
 def test_an_answer_is_on_disk_when_add_returns_and_mask_reads_it(tmp_path):
@@ -76,9 +93,9 @@ def test_the_routes_rank_filter_save_and_serve(project):
     client = create_app(root / "data" / "answers.parquet").test_client()
     assert b"Review the pseudo labels" in client.get("/").data
     body = client.get("/api/queue").get_json()
-    first = review_queue(logits, np.zeros_like(logits, bool))
+    first = review_queue(logits, np.zeros_like(logits, bool), np.zeros(logits.shape, np.int8))
     assert [(IDS.index(it["image_id"]), CLASSES.index(it["class"])) for it in body["items"]] == first
-    assert body["remaining"] == logits.size and "least sure first" in body["ranking"]
+    assert body["remaining"] == logits.size and "helps most first" in body["ranking"]
     top = body["items"][0]
     assert top["label"] == int(top["p"] >= 0.5)
     r = client.post("/api/answer", json={"image_id": top["image_id"], "class": top["class"], "label": 1 - top["label"]})
@@ -100,7 +117,7 @@ def _post(port: int, body: dict) -> dict:
 def test_a_killed_server_loses_no_answer(project):
     """Answers posted to a real server, which is then killed (SIGKILL) mid-session: every answer it
     acknowledged is in the answers file, and a restarted server takes up the queue after them."""
-    root, _ = project
+    root, logits = project
     port = free_port()
     proc = serve_review(root, port)
     try:
@@ -116,7 +133,10 @@ def test_a_killed_server_loses_no_answer(project):
     proc = serve_review(root, port)
     try:
         again = loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/queue").read())
-        assert again["answered"] == 5 and again["items"] == items[5:]
+        answered, labels = AnswerBook(root / "data" / "answers.parquet", IDS, CLASSES).answers()
+        assert again["answered"] == 5 and answered.sum() == 5
+        assert [(IDS.index(it["image_id"]), CLASSES.index(it["class"])) for it in again["items"]] == review_queue(
+            logits, answered, labels)  # the rest, ranked again with the five answers
     finally:
         proc.terminate()
         proc.wait()
@@ -125,10 +145,12 @@ def test_a_killed_server_loses_no_answer(project):
 @pytest.mark.e2e
 def test_the_page_in_a_real_browser(project):
     """Headless Chromium (WebDriver) clicks `confirm` on the first card, presses `f` on the second, reloads:
-    both answers are in the file, and the page's queue starts after them."""
+    both answers are in the file, and the page's queue is the rest ranked with them; after REVIEW_BATCH more
+    answers the page ranks the rest again by itself."""
+    from pipeline.masking import REVIEW_BATCH
     from tests.browser import webdriver_chromium
 
-    root, _ = project
+    root, logits = project
     port = free_port()
     proc = serve_review(root, port)
     driver = webdriver_chromium()
@@ -152,9 +174,21 @@ def test_the_page_in_a_real_browser(project):
         assert [(r["image_id"], r["class"], r["label"]) for r in rows] == [
             (*entries[0], labels[0]), (*entries[1], 1 - labels[1])]
         driver.refresh()
-        first = ready()[0]
-        assert (first.get_attribute("data-image-id"), first.get_attribute("data-class")) == entries[2]
+        shown = [(c.get_attribute("data-image-id"), c.get_attribute("data-class")) for c in ready()]
+        answered, answers = AnswerBook(root / "data" / "answers.parquet", IDS, CLASSES).answers()
+        assert shown == [(IDS[i], CLASSES[c]) for i, c in review_queue(logits, answered, answers)]
+        assert entries[0] not in shown and entries[1] not in shown and len(shown) == logits.size - 2
         driver.save_screenshot(str(root / "review.png"))
+        status = driver.find_element(By.ID, "status")
+        for n in range(3, 3 + REVIEW_BATCH):  # one answer at a time: each waits for the last to be on disk
+            driver.find_element(By.TAG_NAME, "body").send_keys("c")
+            WebDriverWait(driver, 10).until(lambda d, n=n: status.text.startswith(f"{n} entries answered"))
+        WebDriverWait(driver, 10).until(lambda d: "to go" in status.text)  # the page loaded the queue again
+        left = driver.find_elements(By.CSS_SELECTOR, ".card")
+        answered, answers = AnswerBook(root / "data" / "answers.parquet", IDS, CLASSES).answers()
+        assert answered.sum() == 2 + REVIEW_BATCH and len(left) == logits.size - 2 - REVIEW_BATCH
+        assert [(c.get_attribute("data-image-id"), c.get_attribute("data-class")) for c in left] == [
+            (IDS[i], CLASSES[c]) for i, c in review_queue(logits, answered, answers)]
     finally:
         driver.quit()
         proc.terminate()
