@@ -225,6 +225,20 @@ def info() -> None:
     info_stage.run()
 
 
+def workspace_code(cwd: Path | None = None) -> Path | None:
+    """The mlpl checkout in the working directory where it is not the one this process imported from: a DVC
+    experiment's workspace (`dvc exp run --queue` runs each in a copy under .dvc/tmp/exps), a benchmark's
+    project copy, or another clone beside an editable install. DVC hashed that checkout's files for the
+    stage, so its code is the one that must run; None where it already is (or cwd is no checkout)."""
+    here = (cwd or Path.cwd()).resolve()
+    if here == Path(__file__).resolve().parents[1]:
+        return None
+    marks = ("dvc.yaml", "stages/cli.py", "pipeline/__init__.py")
+    return here if all((here / m).is_file() for m in marks) else None
+
+
 def main() -> None:  # pragma: no cover
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(app())
+    if workspace_code() is not None:  # run the workspace's own code: `-c` puts the working directory first
+        os.execv(sys.executable, [sys.executable, "-c", "from stages.cli import main; main()", *sys.argv[1:]])
+    sys.exit(app(prog_name="mlpl"))
