@@ -77,12 +77,13 @@ def answer_calibration(x: np.ndarray, answered: np.ndarray, labels: np.ndarray, 
     mostly present has more positives than the median shift assumed."""
     x = np.asarray(x, np.float64)
     answered = np.asarray(answered, bool)
+    labels = np.asarray(labels, np.float64)
     p = sigmoid(np.clip(x, -50.0, 50.0))
     centre = np.array([1.0, 0.0])
     for c in np.flatnonzero(answered.any(0)):
         rows = answered[:, c]
         a = np.stack([x[rows, c], np.ones(int(rows.sum()))], axis=1)
-        t = np.asarray(labels, np.float64)[rows, c]
+        t = labels[rows, c]
         w = centre.copy()
         for _ in range(steps):
             q = sigmoid(np.clip(a @ w, -50.0, 50.0))

@@ -4,10 +4,11 @@ answers kept on disk as they come.
 The order is `masking.review_order`, the one definition of "whose answer helps most" that `known: uncertain`
 simulates: per class the logits are shifted so the class's median train entry sits at −1, the answers so far
 recalibrate that shift into P(present), and the entries with the largest p(1 − p) over their class's share
-of positives come first (the least sure, a rare class's first). An answered entry leaves the queue, and
-every answer re-ranks the rest. The page shows
-the refined labels of the last run (`data/labels/refined.parquet`); the answers file is the one `mask` reads
-with `known: answers` (columns in docs/outputs.md), so a fix flows back into the DAG through `dvc repro`.
+of positives come first (the least sure, a rare class's first). An answered entry leaves the queue; each
+request ranks the rest with the answers so far, and the page asks again every `masking.REVIEW_BATCH`
+answers. The page shows the refined labels of the last run (`data/labels/refined.parquet`); the answers
+file is the one `mask` reads with `known: answers` (columns in docs/outputs.md), so a fix flows back into
+the DAG through `dvc repro`.
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ def review_queue(logits: np.ndarray, answered: np.ndarray, labels: np.ndarray,
     class `class_index` if given."""
     order = review_order(logits, np.ones(len(logits), bool), answered, labels)
     rows, cols = np.unravel_index(order, logits.shape)
-    keep = np.ones(len(order), bool)
     if class_index is not None:
-        keep &= cols == class_index
-    return list(zip(rows[keep].tolist(), cols[keep].tolist(), strict=True))
+        rows, cols = rows[cols == class_index], cols[cols == class_index]
+    return list(zip(rows.tolist(), cols.tolist(), strict=True))
 
 
 class AnswerBook:
@@ -55,10 +55,6 @@ class AnswerBook:
         tie)."""
         merged, _ = merge_answers([self.table])
         return {(row["image_id"], row["class"]): row["label"] for row in merged.to_pylist()}
-
-    def answered(self) -> np.ndarray:
-        """bool [N, C] over the book's images and classes: entries with an answer."""
-        return self.answers()[0]
 
     def answers(self) -> tuple[np.ndarray, np.ndarray]:
         """(answered bool [N, C], label int8 [N, C], 0 where unanswered) over the book's images and classes."""

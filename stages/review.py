@@ -1,8 +1,8 @@
 """`mlpl review [--port N]`: the review page, a local web server (Flask, bound to 127.0.0.1) over the last
 run's refined train labels. Each card is one (image, class) entry: the image, the class, the pseudo label
-and its confidence; the entries whose answer helps most come first (pipeline.review). A person confirms (`c`) or flips
-(`f`) the label with a click or a key; the answer is in data/answers.parquet before the next card is shown,
-and `dvc exp run -S known=answers` (or `answers+random`) makes the answers known labels.
+and its confidence; the entries whose answer helps most come first (pipeline.review). A person confirms
+(`c`) or flips (`f`) the label with a click or a key; the answer is in data/answers.parquet before the next
+card is shown, and `dvc exp run -S known=answers` (or `answers+random`) makes the answers known labels.
 
 Routes: `/` the page; `/api/queue?class=NAME&limit=N` the next entries as JSON; `/api/answer` (POST
 {"image_id", "class", "label"}) saves one answer; `/image/<image_id>` the image file.
