@@ -59,6 +59,7 @@ METHODS: dict[str, list[str]] = {
     "hst_cst": ["method=hst", "hst.modules=cst"],  # HST: prototypes of the adapter's class features
     "hst": ["method=hst", "hst.modules=both"],
     "hst_ist_loss_only": ["method=hst", "hst.modules=ist", "hst.start_epoch=1000"],  # IST's loss, no pseudo label ever
+    "hst_cst_loss_only": ["method=hst", "hst.modules=cst", "hst.start_epoch=1000"],  # CST's loss, no pseudo label ever
     "trm": ["method=trm"],  # TRM-ML (pipeline/trm.py): text-region matching, bank, EMA thresholds
     "trm_loss_only": ["method=trm", "trm.start_epoch=1000"],  # its losses, no pseudo label ever
     # its region head's classification loss alone: the head the adapter predicts with, nothing else of TRM-ML

@@ -14,8 +14,8 @@ reads `ratio`, `seed`, `unknown` or a method). The rows, in TailorCLIP's groups:
   BCE; `mulsupconld` is its paper's setting, every label known (`ratio` 1.0), over dataset seeds (the
   known-label draw is then fixed), against the ceiling's plain BCE of the same runs (`ceiling_bce`);
 - without labels: `zero_shot` (CLIP's global scores), `cdul_estimator` (CDUL's global-local aggregate),
-  `ours` (the student at ratio 0). CDUL's own student (its gradient-alignment label update) is not built yet
-  and has no row;
+  `cdul_student` (CDUL's student: a classifier on the estimator's labels, refined by gradient alignment,
+  `distill.student: cdul`), `ours` (the student at ratio 0);
 - ours with `--ratio` labels (`unknown: pseudo`): `ours_known` (the known-label baseline) and every method on
   top of the corrected CLIP labels (`ours_<method>`).
 

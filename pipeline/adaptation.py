@@ -91,10 +91,15 @@ def transfer_on(settings: Any, frozen: np.ndarray) -> bool:
     return settings is not None and bool(np.asarray(frozen).any())
 
 
-def adapter_prediction(settings: Any, frozen: np.ndarray) -> str:
-    """The head the adapter predicts with: the `online` method's (TRM-ML: text-region matching, its §3.6) where
-    it trains, else the per-query head."""
-    return settings.PREDICTION if transfer_on(settings, frozen) else "query"
+def adapter_prediction(settings: Any, frozen: np.ndarray, paper_setting: bool = False) -> str:
+    """The head the adapter predicts with: the `online` method's where it trains (TRM-ML: text-region matching,
+    its §3.6, in the papers' settings), else the per-query head."""
+    return settings.prediction_head(paper_setting) if transfer_on(settings, frozen) else "query"
+
+
+def needs_region_head(settings: Any, frozen: np.ndarray) -> bool:
+    """Whether the adapter carries TRM-ML's region head (the `online` method trains it), whichever head predicts."""
+    return transfer_on(settings, frozen) and settings.REGION_HEAD
 
 
 def region_head_start(model: nn.Module, descriptor: dict, classes: list[str], templates: list[str]) -> tuple:
@@ -135,9 +140,9 @@ def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, ta
     k = settings.pool_size(len(split.paths), len(split.classes))
     pool = overlay_pool_pairs(split.z0, k) if settings.overlay_label == "pooled" else overlay_pool(split.z0, k)
     host_weights = sigmoid(targets).astype(np.float32)
-    shape = {**asdict(options), "prediction": adapter_prediction(transfer, frozen)}
+    shape = {**asdict(options), "prediction": adapter_prediction(transfer, frozen, rule.paper_setting)}
     start = None
-    if shape["prediction"] == "region":  # before seeding: a tower built here draws its random init first
+    if needs_region_head(transfer, frozen):  # before seeding: a tower built here draws its random init first
         start = region_head_start(model if model is not None else clip.load_described(descriptor), descriptor,
                                   split.classes, split.templates)
         shape |= {"embed": start[0].shape[0], "cell_norm": start[2] is not None}

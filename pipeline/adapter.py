@@ -47,7 +47,7 @@ class AdapterConfig:
     heads: int = 4
     dropout: float = 0.1
     prediction: str = "query"  # one of PREDICTIONS: which head the adapter predicts with
-    embed: int = 0  # width of the joint image-text space the region head matches in (prediction: region)
+    embed: int = 0  # width of the joint image-text space of the region head; 0: no region head
     cell_norm: bool = False  # the cells pass the tower's final LayerNorm before their projection (ViT towers)
 
     def to_dict(self) -> dict:
@@ -88,9 +88,9 @@ class Adapter(nn.Module):
         self.fc_bias = nn.Parameter(torch.zeros(cfg.n_classes))
         if cfg.prediction not in PREDICTIONS:
             raise ValueError(f"adapter prediction must be one of {PREDICTIONS}, got {cfg.prediction!r}")
-        if cfg.prediction == "region":
-            if cfg.embed < 1:
-                raise ValueError("an adapter that predicts with its region head needs the joint space's width (embed)")
+        if cfg.prediction == "region" and cfg.embed < 1:
+            raise ValueError("an adapter that predicts with its region head needs the joint space's width (embed)")
+        if cfg.embed > 0:  # TRM-ML's region head, whichever head predicts
             # the tower's map of a cell into the joint space: frozen, set by set_joint_space, saved with the adapter
             self.register_buffer("cell_weight", torch.zeros(cfg.embed, cfg.in_dim))
             self.register_buffer("cell_bias", torch.zeros(cfg.embed))

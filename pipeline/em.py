@@ -33,7 +33,7 @@ from pipeline.rules import (
     NO_RULE,
     Rule,
     curriculum_mask,
-    rule_loss,
+    training_loss,
     unknown_targets,
     update_pseudo_labels,
 )
@@ -232,7 +232,8 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     (`rule_prediction_step`), so the rule smooths what EM refines the labels towards instead of retraining
     the adapter on its own outputs every epoch (which cost the student 0.08 (PLMCL) and 0.19 (G2NetPL) on
     the contexts benchmark).
-    `weights` [N, C] (label_distribution) weight a composite's entries by the max over its sources.
+    `weights` [N, C] (label_distribution's distributions, which its contrastive loss on the mean of the class
+    features reads) weight a composite's entries by the max over its sources.
     A `checkpointer` saves the state after each epoch; a rerun resumes from the last one.
     `transfer` (pipeline.online_transfer: HST, TRM-ML; known labels only): its losses join the M-step, the
     entries it raises or lowers are positives or negatives of the M-step, and it sees the plain images at
@@ -283,7 +284,8 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
                     labelled = labelled | moved.raised | moved.lowered
                 targets = apply_targets(targets, moved, labelled, transfer.raise_logit)
                 transfer_loss = moved.loss
-            m_loss = rule_loss(out.logits, targets, state.keep[sources[:, 0]], rule, epoch, w, labelled)
+            m_loss = training_loss(out.logits, out.class_features.mean(1), targets, state.keep[sources[:, 0]], rule,
+                                   epoch, w, labelled)
             loss = m_loss if transfer_loss is None else m_loss + transfer_loss
             if backprop:  # eq. 19: the composite labels learn from the adapter's predictions
                 e_loss = F.binary_cross_entropy_with_logits(zs, torch.sigmoid(out.logits).detach(), reduction="none")

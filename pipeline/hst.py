@@ -76,11 +76,15 @@ class HstSettings(Settings):
     SECTION: ClassVar[str] = "hst"
     NAME: ClassVar[str] = "hst"
     ROLE: ClassVar[str] = "online"
-    PREDICTION: ClassVar[str] = "query"  # the adapter head it trains and predicts with
+    REGION_HEAD: ClassVar[bool] = False  # it reads the class features only
 
     def transfer(self, adapter: nn.Module) -> Hst:
         """HST for this adapter: φ_intra and the prototypes sized by its classes and decoder width."""
         return Hst(self, adapter.cfg.n_classes, adapter.cfg.hidden)
+
+    def prediction_head(self, paper_setting: bool) -> str:
+        """The adapter head it trains and predicts with: the per-query head (its f_c's classifiers)."""
+        return "query"
 
     @property
     def ist(self) -> bool:

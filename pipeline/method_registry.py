@@ -8,7 +8,8 @@ A method acts in one of three roles, each a hook its class implements (the stage
 - `rule`: a training rule of the adapter (`sew`) and the small-CNN student (`distill`), a subclass of
   pipeline.rules.Rule, whose base class is the method `none`: plmcl, g2netpl, large_loss, label_distribution;
 - `online`: a transfer trained with the adapter in `sew` (`transfer(adapter) -> OnlineTransfer`, and
-  `PREDICTION`, the adapter head it predicts with): hst, trm.
+  `prediction_head(paper_setting)`, the adapter head it predicts with, and `REGION_HEAD`, whether it trains
+  TRM-ML's region head): hst, trm.
 Methods of different roles combine (`method: [prototypes, hst, plmcl]`); two of one role, other than
 `correct`, would fight over the same step and are refused.
 """

@@ -18,15 +18,15 @@ class AdapterPass:
 
     class_features: torch.Tensor  # [B, C, hidden] the decoder's output for each class query
     logits: torch.Tensor  # [B, C] the per-query head's (the M-step's; TRM-ML's query-level prediction)
-    # where the adapter has a region head (TRM-ML): the cells in the joint space [B, T, embed] and the class
-    # queries' attention over them [B, C, T]
+    # where the adapter has a region head (TRM-ML), whichever head predicts: the cells in the joint space
+    # [B, T, embed] and the class queries' attention over them [B, C, T]
     joint: torch.Tensor | None = None
     attention: torch.Tensor | None = None
 
 
 def adapter_pass(adapter: nn.Module, features: torch.Tensor) -> AdapterPass:
     tokens = adapter.tokens(features)
-    if adapter.cfg.prediction != "region":
+    if adapter.cfg.embed == 0:  # no region head
         class_features = adapter.decode(tokens)
         return AdapterPass(class_features, adapter.head(class_features))
     class_features, attention = adapter.attend(tokens)

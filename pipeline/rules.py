@@ -15,9 +15,10 @@ What an unknown train entry is, top-level `unknown` (`Rule.unknown`):
 The rules, each in its own module with its paper's section and equations: pipeline.plmcl (PLMCL),
 pipeline.g2netpl (G2NetPL), pipeline.large_loss (LL-R), pipeline.label_distribution (MulSupConLD). A rule
 changes the training through the hooks of `Rule`: an epoch-end label step (`update`), entries left out of
-the loss (`keep`), per-entry loss weights (`entry_weights`), the weight of pseudo-labelled entries
-(`pseudo_weight`) and the curriculum (`uses_curriculum`). Known labels are never changed by any rule and
-always supervise.
+the loss (`keep`), per-entry loss weights (`entry_weights`), a loss on the network's image representation
+(`representation_loss`, which then reads the entry weights instead of the BCE), the weight of
+pseudo-labelled entries (`pseudo_weight`) and the curriculum (`uses_curriculum`). Known labels are never
+changed by any rule and always supervise.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Rule(Settings):
     PARAMS_KEYS: ClassVar[dict[str, str]] = {"unknown": "unknown"}
     UPDATES_LABELS: ClassVar[bool] = False  # an epoch-end label step (`update`): it feeds or replaces the E-step
     ENTRY_LOSS: ClassVar[bool] = False  # weighs the loss entry by entry even where nothing else does
+    REPRESENTATION: ClassVar[bool] = False  # adds `representation_loss`, which takes the entry weights
 
     @property
     def paper_setting(self) -> bool:
@@ -83,6 +85,12 @@ class Rule(Settings):
     def entry_weights(self, targets_logit: np.ndarray, scores: str | Path, rows: np.ndarray) -> np.ndarray | None:
         """Per-entry loss weights [len(rows), C] of the train images at the score store's `rows`, or None."""
         return None
+
+    def representation_loss(self, embeddings: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor | None,
+                            weights: torch.Tensor | None) -> torch.Tensor:
+        """A loss on the batch's image representations [B, D] from its soft targets [B, C] (REPRESENTATION
+        rules): `labelled` as in `rule_loss`, `weights` the entry weights of the batch's rows."""
+        raise NotImplementedError
 
 
 NO_RULE = Rule()
@@ -142,6 +150,17 @@ def rule_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, 
         has = w.sum(1) > 0
         return per_image[has].mean() if bool(has.any()) else (loss * 0.0).sum()
     return (loss * w).sum() / w.sum().clamp(min=1.0)
+
+
+def training_loss(logits: torch.Tensor, embeddings: torch.Tensor | None, targets: torch.Tensor,
+                  known: torch.Tensor, rule: Rule, epoch: int, weights: torch.Tensor | None = None,
+                  labelled: torch.Tensor | None = None) -> torch.Tensor:
+    """`rule_loss`, plus the rule's `representation_loss` on the image representations `embeddings` [B, D] for
+    a REPRESENTATION rule, which takes the entry `weights` (the BCE is then plain)."""
+    if not rule.REPRESENTATION:
+        return rule_loss(logits, targets, known, rule, epoch, weights, labelled)
+    return (rule_loss(logits, targets, known, rule, epoch, None, labelled)
+            + rule.representation_loss(embeddings, targets, labelled, weights))
 
 
 def update_pseudo_labels(y: np.ndarray, y_prev: np.ndarray, predictions: np.ndarray, known: np.ndarray,

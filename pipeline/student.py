@@ -22,7 +22,7 @@ from pipeline.adapter import SharedTowerClassifiers, same_tower
 from pipeline.features import BATCH, CHUNK
 from pipeline.images import ImageDecodeError, ResizedOrFaulty
 from pipeline.resume import Checkpointer
-from pipeline.rules import NO_RULE, Rule, rule_loss, update_pseudo_labels
+from pipeline.rules import NO_RULE, Rule, training_loss, update_pseudo_labels
 from pipeline.settings import Settings, setting
 
 
@@ -46,8 +46,14 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(chans[-1], n_classes)
 
     def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
-        x = images_u8.float() / 127.5 - 1.0
-        out = self.head(self.features(x).mean((2, 3)))
+        return self.classify(self.embed(images_u8))
+
+    def embed(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """The pooled conv features [B, 4·width]: the image representation the classifier reads."""
+        return self.features(images_u8.float() / 127.5 - 1.0).mean((2, 3))
+
+    def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
+        out = self.head(embeddings)
         return F.log_softmax(out, dim=-1) if self.log_softmax else out
 
 
@@ -123,9 +129,9 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
     """BCE to σ(refined labels) + λ · MSE between σ(f(x)) and σ(f(aug(x))) (CDUL consistency).
 
     With partial labels, `known` entries keep their labels; a `rule` (pipeline.rules) weights the BCE
-    (large_loss, label_distribution with `weights`) or moves the other labels after each epoch
-    (plmcl, g2netpl) towards the predictions made on them during that epoch. A `checkpointer` saves the
-    state after each epoch; a rerun resumes from the last one.
+    (large_loss), adds a loss on the pooled features (label_distribution, its distributions `weights`) or
+    moves the other labels after each epoch (plmcl, g2netpl) towards the predictions made on them during that
+    epoch. A `checkpointer` saves the state after each epoch; a rerun resumes from the last one.
     """
     torch.manual_seed(training.seed)
     gen = torch.Generator().manual_seed(training.seed)
@@ -143,8 +149,10 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
         model.train()
         seen = np.zeros((n, n_cls)) if rule.UPDATES_LABELS else None
         for x, idx in DataLoader(IndexedImages(images), batch_size=training.batch_size, shuffle=True, generator=gen):
-            logits = model(augment(x, gen))
-            loss = rule_loss(logits, targets[idx], known_t[idx], rule, epoch, None if w_all is None else w_all[idx])
+            embeddings = model.embed(augment(x, gen))
+            logits = model.classify(embeddings)
+            loss = training_loss(logits, embeddings, targets[idx], known_t[idx], rule, epoch,
+                                 None if w_all is None else w_all[idx])
             if training.consistency > 0:
                 other = model(augment(x, gen))
                 loss = loss + training.consistency * F.mse_loss(torch.sigmoid(logits), torch.sigmoid(other))

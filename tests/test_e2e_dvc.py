@@ -68,8 +68,8 @@ def test_second_repro_does_nothing(project):
     ("sew.lr=0.002", {"validate", "sew", "ceiling", "distill", "evaluate"}),  # training only: features reused
     ("sew.composites=pixels", {"validate", "sew", "ceiling", "distill", "evaluate"}),  # the paper's, through the tower
     # g2netpl moves the pseudo labels after every epoch, so even the one-epoch tiny run changes the refined
-    # table and evaluate must rerun (label_distribution is a no-op there: no image has two positives). `correct`
-    # reads `method` too (its transfers are methods) and writes the same bytes.
+    # table and evaluate must rerun. `correct` reads `method` too (its transfers are methods) and writes the
+    # same bytes.
     ("method=g2netpl", {"validate", "correct", "sew", "distill", "evaluate"}),
     ("distill.student=cdul", {"validate", "distill", "evaluate"}),  # CDUL's student, from init's labels
     ("dataset.scenes=contexts", ALL_STAGES),  # another world: every stage, the teacher's too

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from pipeline import rules as R
 from pipeline.g2netpl import G2netpl, g2netpl_update
-from pipeline.label_distribution import label_distribution_weights
+from pipeline.label_distribution import LabelDistribution, label_distribution_weights, weighted_contrastive_loss
 from pipeline.large_loss import LargeLoss, large_loss_keep, rejection_rate
 from pipeline.plmcl import Plmcl, plmcl_update
 from pipeline.rules import NO_RULE, Rule
@@ -69,6 +69,45 @@ def test_label_distribution_weights():
     a = np.exp(-np.array([0.0, 0.4]) / 0.1)  # distances 0 and 0.4 → RBF affinities
     assert w[0, :2] == pytest.approx(2 * a / a.sum()) and w[0, 2] == 1.0
     assert w[0, :2].mean() == pytest.approx(1.0) and (w[1] == 1).all()
+
+
+def test_weighted_contrastive_loss_by_hand():
+    angles = torch.tensor([0.0, 0.5, 2.0, 3.0])
+    emb = torch.stack([angles.cos(), angles.sin()], 1) * torch.tensor([[2.0], [1.0], [3.0], [1.0]])  # norms ignored
+    positive = torch.tensor([[True, True], [True, False], [False, True], [False, False]])
+    dist = torch.tensor([[3.0, 1.0], [1.0, 7.0], [5.0, 2.0], [1.0, 1.0]])  # read at the positives only
+    cos = torch.cos(angles[:, None] - angles[None, :]) / 0.1
+    log_p = [torch.log_softmax(torch.cat([cos[i, :i], cos[i, i + 1:]]), 0) for i in range(4)]
+    # anchor 0 spreads 3/4 on class 0 (image 1 holds it) and 1/4 on class 1 (image 2); images 1 and 2 each
+    # share their one label with image 0 only; image 3 holds nothing and is no anchor
+    expected = (-(0.75 * log_p[0][0] + 0.25 * log_p[0][1]) - log_p[1][0] - log_p[2][0]) / 3
+    got = weighted_contrastive_loss(emb, positive, dist, 0.1)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    uniform = weighted_contrastive_loss(emb, positive, torch.ones(4, 2), 0.1)
+    assert uniform.item() != pytest.approx(got.item(), rel=1e-3)  # the distribution weighs the pairs
+    assert weighted_contrastive_loss(emb, torch.zeros(4, 2, dtype=torch.bool), dist, 0.1).item() == 0.0
+
+
+def test_label_distribution_adds_its_contrastive_loss_to_a_plain_bce():
+    torch.manual_seed(0)
+    logits, emb, targets = torch.randn(6, 3), torch.randn(6, 5), torch.rand(6, 3)
+    weights = torch.rand(6, 3) + 0.5
+    known = torch.zeros(6, 3, dtype=torch.bool)
+    rule = LabelDistribution(weight=0.5, temperature=0.2)
+    got = R.training_loss(logits, emb, targets, known, rule, 0, weights)
+    bce = F.binary_cross_entropy_with_logits(logits, targets)  # the weights never reach the BCE
+    con = weighted_contrastive_loss(emb, targets > 0.5, weights, 0.2)
+    assert got.item() == pytest.approx((bce + 0.5 * con).item(), rel=1e-6) and con.item() > 0
+    assert torch.equal(R.training_loss(logits, emb, targets, known, LabelDistribution(weight=0.0), 0, weights), bce)
+    # where `ignore` leaves an entry without a target it is no positive of the contrastive loss either
+    labelled = torch.ones(6, 3, dtype=torch.bool)
+    labelled[:, 0] = False
+    only = R.training_loss(logits, emb, targets, known, rule, 0, weights, labelled)
+    masked = targets > 0.5
+    masked[:, 0] = False
+    con_l = weighted_contrastive_loss(emb, masked, weights, 0.2)
+    bce_l = R.rule_loss(logits, targets, known, rule, 0, None, labelled)
+    assert only.item() == pytest.approx((bce_l + 0.5 * con_l).item(), rel=1e-6)
 
 
 def test_known_labels_never_overwritten_by_updates():

@@ -148,19 +148,24 @@ def test_region_head_matches_joint_space_regions_with_the_text_representations()
     grid = torch.randn(3, 8, 2, 2)  # the cells pass the tower's projection, not the adapter's trained layers
     cells = grid.flatten(2).transpose(1, 2)
     assert torch.allclose(adapter.joint_cells(grid), cells @ adapter.cell_weight.T + adapter.cell_bias)
-    with pytest.raises(ValueError, match="region head"):  # TRM-ML needs an adapter that predicts with it
+    with pytest.raises(ValueError, match="region head"):  # TRM-ML needs an adapter that has one
         Trm(TrmSettings(), Adapter(AdapterConfig(in_dim=8, n_classes=2, grid=(2, 2), hidden=4, heads=2)))
 
 
-def test_fit_adapter_predicts_with_the_region_head_only_where_trm_trains():
-    from pipeline.adaptation import adapter_prediction
+def test_fit_adapter_predicts_with_the_region_head_where_trm_trains_in_its_paper_setting():
+    from pipeline.adaptation import adapter_prediction, needs_region_head
     from pipeline.hst import HstSettings
 
     known, none = np.array([[True, False]]), np.zeros((1, 2), bool)
-    assert adapter_prediction(TrmSettings(), known) == "region"
-    assert adapter_prediction(TrmSettings(), none) == "query"  # nothing known: TRM-ML is off
-    assert adapter_prediction(HstSettings(modules="ist"), known) == "query"
+    assert adapter_prediction(TrmSettings(), known, paper_setting=True) == "region"  # its §3.6
+    assert adapter_prediction(TrmSettings(), known) == "query"  # `auto` with unknown: pseudo
+    assert adapter_prediction(TrmSettings(prediction="region"), known) == "region"
+    assert adapter_prediction(TrmSettings(prediction="query"), known, paper_setting=True) == "query"
+    assert adapter_prediction(TrmSettings(), none, paper_setting=True) == "query"  # nothing known: TRM-ML is off
+    assert adapter_prediction(HstSettings(modules="ist"), known, paper_setting=True) == "query"
     assert adapter_prediction(None, known) == "query"
+    assert needs_region_head(TrmSettings(prediction="query"), known)  # it trains the region head either way
+    assert not needs_region_head(TrmSettings(), none) and not needs_region_head(HstSettings(), known)
 
 
 def test_one_online_transfer_at_a_time(tmp_path):
@@ -174,12 +179,13 @@ def test_one_online_transfer_at_a_time(tmp_path):
         sew.check(Params.load(tmp_path / "params.yaml"))
 
 
-@pytest.mark.parametrize("composites", ["pixels", "features"])
+@pytest.mark.parametrize("composites, prediction", [("pixels", "region"), ("features", "auto")])
 def test_fit_adapter_starts_the_region_head_from_clip_and_exports_it(tmp_path, tiny_model, tiny_tokenizer,
-                                                                     composites):
+                                                                     composites, prediction):
     """`sew` with TRM-ML: the adapter's region head starts from the tower's cell projection and CLIP's text
-    embeddings of the classes with the scored templates, and the saved adapter predicts with it. With
-    feature composites no tower is passed in: the one the descriptor names is loaded."""
+    embeddings of the classes with the scored templates, and the saved adapter predicts with the head
+    `trm.prediction` names (`auto` with `unknown: pseudo`: the per-query head). With feature composites no
+    tower is passed in: the one the descriptor names is loaded."""
     from PIL import Image
 
     from pipeline import clip
@@ -209,10 +215,11 @@ def test_fit_adapter_starts_the_region_head_from_clip_and_exports_it(tmp_path, t
                                  s.max_overlays)
         model = None
     recipe = AdapterRecipe(s, AdapterOptions(hidden=16, heads=2),
-                           transfer=TrmSettings(start_epoch=0, bank=4))
+                           transfer=TrmSettings(start_epoch=0, bank=4, prediction=prediction))
     spec, adapter, refined, _, _ = fit_adapter(model, descriptor, split, z, frozen, recipe, tmp_path / "work", "sew",
                                                features=features)
-    assert spec.adapter.prediction == "region" and spec.adapter.embed == adapter.cell_weight.shape[0]
+    head = "region" if prediction == "region" else "query"
+    assert spec.adapter.prediction == head and spec.adapter.embed == adapter.cell_weight.shape[0]
     weight, bias, _ = clip.cell_projection(tiny_model.visual)
     assert torch.equal(adapter.cell_weight, weight) and torch.equal(adapter.cell_bias, bias)  # frozen
     start = clip.encode_classes(tiny_model, tiny_tokenizer, classes, templates)
@@ -225,5 +232,6 @@ def test_fit_adapter_starts_the_region_head_from_clip_and_exports_it(tmp_path, t
     grid = clip.grid_features(tiny_model.visual, clip.normalize_u8(images, *clip.normalizer_of(tiny_model)))
     with torch.no_grad():
         out = adapter_pass(adapter.eval(), grid)
-        assert torch.allclose(loaded(images), adapter.region_head(region_features(out.joint, out.attention)),
-                              atol=1e-5)
+        region, query = adapter.region_head(region_features(out.joint, out.attention)), out.logits
+        assert torch.allclose(loaded(images), region if head == "region" else query, atol=1e-5)
+        assert not torch.allclose(region, query, atol=1e-3)
