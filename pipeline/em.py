@@ -284,8 +284,9 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
                     labelled = labelled | moved.raised | moved.lowered
                 targets = apply_targets(targets, moved, labelled, transfer.raise_logit)
                 transfer_loss = moved.loss
-            m_loss = training_loss(out.logits, out.class_features.mean(1), targets, state.keep[sources[:, 0]], rule,
-                                   epoch, w, labelled)
+            embeddings = out.class_features.mean(1) if rule.REPRESENTATION else None  # only a rule that reads them
+            m_loss = training_loss(out.logits, embeddings, targets, state.keep[sources[:, 0]], rule, epoch, w,
+                                   labelled)
             loss = m_loss if transfer_loss is None else m_loss + transfer_loss
             if backprop:  # eq. 19: the composite labels learn from the adapter's predictions
                 e_loss = F.binary_cross_entropy_with_logits(zs, torch.sigmoid(out.logits).detach(), reduction="none")
