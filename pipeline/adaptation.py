@@ -18,7 +18,7 @@ from tqdm import tqdm
 from pipeline import clip
 from pipeline.adapter import Adapter, AdapterOptions, adapter_for, adapter_for_grid
 from pipeline.cut import best_view_boxes
-from pipeline.em import map_hosts, train_adapter_em
+from pipeline.em import map_hosts, predict_hosts, train_adapter_em
 from pipeline.features import GRID, read_feature_store
 from pipeline.logits import sigmoid
 from pipeline.models import AdapterSpec
@@ -115,6 +115,24 @@ def online_transfer(settings: Any, adapter: Adapter, frozen: np.ndarray) -> Onli
     return settings.transfer(adapter) if transfer_on(settings, frozen) else None
 
 
+def composite_inputs(model: nn.Module | None, split: TrainSplit, features: dict[str, np.ndarray] | None,
+                     settings: SewSettings, pool: np.ndarray, host_weights: np.ndarray | None = None
+                     ) -> tuple[SewDataset, nn.Module | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    """(the composites of the split, the frozen tower and its normalizer): pasted in pixels and encoded by the
+    tower, or (`features`) pasted in feature space, with no tower."""
+    if features is None:
+        return (SewDataset(split.paths, settings.image_size, pool, settings, split.host_boxes, host_weights),
+                model.visual, clip.normalizer_of(model))
+    return FeatureSewDataset(features, pool, settings, split.host_boxes, host_weights), None, None
+
+
+def plain_logits(model: nn.Module | None, adapter: Adapter, split: TrainSplit,
+                 features: dict[str, np.ndarray] | None, settings: SewSettings) -> np.ndarray:
+    """The adapter's logits on the train images as they are, without overlays. [N, C]"""
+    dataset, visual, normalizer = composite_inputs(model, split, features, settings, np.zeros(0, np.int64))
+    return predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)
+
+
 def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, targets: np.ndarray,
                 frozen: np.ndarray, recipe: AdapterRecipe, work_dir: str | Path, desc: str,
                 weights: np.ndarray | None = None, features: dict[str, np.ndarray] | None = None,
@@ -149,12 +167,9 @@ def fit_adapter(model: nn.Module | None, descriptor: dict, split: TrainSplit, ta
     torch.manual_seed(settings.seed)
     if features is None:
         adapter = adapter_for(model, len(split.classes), image_size, **shape)
-        dataset = SewDataset(split.paths, image_size, pool, settings, split.host_boxes, host_weights)
-        visual, normalizer = model.visual, clip.normalizer_of(model)
     else:
         adapter = adapter_for_grid(features[GRID].shape, len(split.classes), **shape)
-        dataset = FeatureSewDataset(features, pool, settings, split.host_boxes, host_weights)
-        visual, normalizer = None, None  # composites are features already
+    dataset, visual, normalizer = composite_inputs(model, split, features, settings, pool, host_weights)
     if start is not None:
         adapter.set_joint_space(*start)
     online = online_transfer(transfer, adapter, frozen)

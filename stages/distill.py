@@ -7,6 +7,7 @@ CNN by CDUL's own procedure on CDUL's initial labels (pipeline.cdul_student: the
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import numpy as np
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from pipeline.cdul_student import CdulTraining, train_cdul_student
 from pipeline.images import ResizedImages
+from pipeline.method_registry import MethodSet
 from pipeline.models import DistillSettings, SmallCNNSpec, save_checkpoint, student_of_adapter, write_checkpoint
 from pipeline.progress import progress_bar
 from pipeline.resume import Checkpointer, fingerprint
@@ -35,12 +37,18 @@ from stages.common import (
 from stages.method_params import build_methods
 
 
-def check(params: Params) -> tuple[str, StudentTraining, CdulTraining, Rule]:
-    """The student, its small CNN's training, CDUL's label update, and the chosen training rule (pipeline.rules;
-    `none` where no rule method is)."""
+def check(params: Params) -> tuple[str, StudentTraining, CdulTraining, MethodSet]:
+    """The student, its small CNN's training, CDUL's label update, and the chosen methods (the training rule,
+    pipeline.rules, is theirs; `none` where no rule method is)."""
     p = params.section("distill")
     return (p.build(DistillSettings).student, p.section("small_cnn").build(StudentTraining),
-            p.section("cdul").build(CdulTraining), build_methods(params, ("rule",)).rule)
+            p.section("cdul").build(CdulTraining), build_methods(params, ("rule",)))
+
+
+def gated_rule(methods: MethodSet, refined: Table) -> Rule:
+    """The chosen rule, unless sew's held-out gate dropped the methods (pipeline.method_gate): then none."""
+    verdict = refined.metadata.get("method_gate")
+    return methods.rule if verdict is None or json.loads(verdict)["kept"] else methods.base_rule
 
 
 def rows_and_paths(manifest: Table, image_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -66,9 +74,10 @@ def train_cdul(training: StudentTraining, cdul: CdulTraining) -> None:
                                           log_softmax=True), module)
 
 
-def train_small(training: StudentTraining, rule: Rule) -> None:
-    """The small CNN on the refined train labels, under the training rule."""
+def train_small(training: StudentTraining, methods: MethodSet) -> None:
+    """The small CNN on the refined train labels, under the training rule (where sew's gate kept it)."""
     refined, manifest, observed = Table(REFINED), Table(MANIFEST), Table(OBSERVED)
+    rule = gated_rule(methods, refined)
     rows, paths = rows_and_paths(manifest, refined.column("image_id"))
     size = training.image_size
     run_id = fingerprint(asdict(training), asdict(rule), size, paths, refined.column("refined"),
@@ -84,12 +93,12 @@ def train_small(training: StudentTraining, rule: Rule) -> None:
 
 
 def run(params: Params) -> None:
-    kind, training, cdul, rule = check(params)
+    kind, training, cdul, methods = check(params)
     if kind == "frozen_tower":
         write_checkpoint(STUDENT, student_of_adapter(ADAPTER))  # the tower and the adapter as one module
     elif kind == "cdul":
         train_cdul(training, cdul)
     else:
-        train_small(training, rule)
+        train_small(training, methods)
     clear_work_dir("distill")
     print(f"student ({kind}) → {STUDENT}")

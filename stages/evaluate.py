@@ -3,6 +3,7 @@ reports/metrics.json, reports/plots/, reports/report.html."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import ClassVar
@@ -101,6 +102,10 @@ def run(params: Params) -> None:
                 if table.has(name):
                     entries[rows] |= table.column(name).astype(bool)
         metrics["transfer"] = transfer_precision(truth[train], moved["raised"][train], moved["lowered"][train])
+    if "method_gate" in tables[REFINED].metadata:  # sew's held-out gate (pipeline.method_gate): kept 1 or 0
+        verdict = json.loads(tables[REFINED].metadata["method_gate"])
+        metrics["method_gate"] = {"kept": int(verdict["kept"]), **{  # NaN: no class the probe could measure
+            k: None if np.isnan(verdict[k]) else verdict[k] for k in ("method_ap", "baseline_ap")}}
     store = open_store(SCORES, required=("global",))
     z0 = np.asarray(store["global"][:], dtype=np.float32)
     # the figures differ by the machine the scores were computed on: say which (docs/outputs.md)

@@ -3,13 +3,25 @@ data/models/adapter.pt and data/labels/refined.parquet (Z after EM)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import numpy as np
 
-from pipeline.adaptation import AdapterRecipe, fit_adapter, needs_host_boxes, read_train_split, tower_inputs
+from pipeline.adaptation import (
+    AdapterRecipe,
+    fit_adapter,
+    needs_host_boxes,
+    plain_logits,
+    read_train_split,
+    tower_inputs,
+)
 from pipeline.adapter import AdapterOptions
 from pipeline.features import BackboneSettings, backbone_descriptor
 from pipeline.masking import MaskSettings
+from pipeline.method_gate import MethodGate, held_out_method_gate
 from pipeline.models import save_checkpoint
+from pipeline.resume import fingerprint
 from pipeline.sew import SewSettings
 from pipeline.storage import Table, write_table
 from stages.common import (
@@ -31,7 +43,9 @@ from stages.common import (
 from stages.method_params import build_methods
 
 
-def check(params: Params) -> AdapterRecipe:
+def check(params: Params) -> tuple[AdapterRecipe, AdapterRecipe, MethodGate]:
+    """The adapter's recipe with the chosen methods, the same with none (what the gate compares them with), and
+    the gate (pipeline.method_gate)."""
     p = params.section("sew")
     methods = build_methods(params, ("rule", "online"))
     rule = methods.rule
@@ -39,34 +53,64 @@ def check(params: Params) -> AdapterRecipe:
     if rule.paper_setting and mask.known == "random" and mask.ratio == 0:
         raise ParamsError(f"unknown: {rule.unknown} trains on the known labels alone, and ratio: 0 knows none; "
                           "set ratio > 0, known: answers, or unknown: pseudo to train on CLIP's pseudo labels")
-    recipe = AdapterRecipe(p.build(SewSettings), p.section("adapter").build(AdapterOptions), rule,
-                           methods.online)
+    settings, options = p.build(SewSettings), p.section("adapter").build(AdapterOptions)
+    recipe = AdapterRecipe(settings, options, rule, methods.online)
     b = p.section("backbone")
     if b.build(BackboneSettings).model != "teacher":  # a tower of its own: a known model, weights on this machine
         resolve_weights(b, b.model_name("model"), b.get("pretrained", str))
-    return recipe
+    return recipe, AdapterRecipe(settings, options, methods.base_rule), params.section("method_gate").build(MethodGate)
+
+
+def gated(recipe: AdapterRecipe, baseline: AdapterRecipe, gate: MethodGate, known: np.ndarray) -> bool:
+    """Whether the gate decides this run: it is on, a method trains in sew on top of the pseudo labels, and
+    something is known to hide."""
+    return (gate.mode == "held_out" and recipe != baseline and not recipe.rule.paper_setting
+            and bool(known.any()))
 
 
 def run(params: Params) -> None:
-    recipe = check(params)
-    settings, rule, transfer = recipe.settings, recipe.rule, recipe.transfer
+    recipe, baseline, gate = check(params)
+    settings = recipe.settings
     p = params.section("sew")
     corrected, observed = Table(CORRECTED), Table(OBSERVED)
     split = read_train_split(MANIFEST, INITIAL, SCORES, needs_host_boxes(settings))
     targets = corrected.column("corrected")[split.rows]
     known = observed.column("known").astype(bool)[split.rows]
-    # in the papers' settings a label distribution spreads over the known positives only, never CLIP's
-    positives = np.where(known, targets, -1.0) if rule.paper_setting else targets
     descriptor = backbone_descriptor(p.section("backbone").build(BackboneSettings), TEACHER_DESCRIPTOR)
     model, features = tower_inputs(settings, descriptor, split, FEATURES)
-    spec, adapter, refined, raised, lowered = fit_adapter(
-        model, descriptor, split, targets, known, recipe, work_dir("sew"), "sew",
-        rule.entry_weights(positives, SCORES, split.rows), features)
+
+    def fit(chosen: AdapterRecipe, targets: np.ndarray, known: np.ndarray, work: str):
+        # in the papers' settings a label distribution spreads over the known positives only, never CLIP's
+        positives = np.where(known, targets, -1.0) if chosen.rule.paper_setting else targets
+        return fit_adapter(model, descriptor, split, targets, known, chosen, work_dir("sew") / work, "sew",
+                           chosen.rule.entry_weights(positives, SCORES, split.rows), features)
+
+    verdict = {}
+    if gated(recipe, baseline, gate, known):
+        def probe_fit(with_method: bool, targets: np.ndarray, known: np.ndarray) -> np.ndarray:
+            chosen = recipe if with_method else baseline
+            adapter = fit(chosen, targets, known, "probe_method" if with_method else "probe_baseline")[1]
+            return plain_logits(model, adapter, split, features, settings)
+
+        pseudo = corrected.column("pseudo")[split.rows]
+        run_id = fingerprint(repr(recipe), repr(baseline), asdict(gate), targets, pseudo, known, split.image_ids)
+        result = held_out_method_gate(probe_fit, targets, pseudo, known, gate.probe, settings.seed,
+                                      work_dir("sew") / "gate.json", run_id)
+        print(result.line(method_names(recipe)))
+        verdict = {"method_gate": json.dumps(asdict(result))}
+        recipe = recipe if result.kept else baseline
+    spec, adapter, refined, raised, lowered = fit(recipe, targets, known, "")
     save_checkpoint(ADAPTER, spec, adapter)
     write_table(REFINED, {"image_id": corrected.column("image_id")[split.rows],
                           "split": corrected.column("split")[split.rows], "refined": refined,
-                          "raised": raised.astype(np.int8), "lowered": lowered.astype(np.int8)}, corrected.classes)
+                          "raised": raised.astype(np.int8), "lowered": lowered.astype(np.int8)}, corrected.classes,
+                extra_metadata=verdict)
     clear_work_dir("sew")
     print(f"adapter → {ADAPTER}; EM-refined labels of {len(split.rows)} train images → {REFINED}")
-    if transfer is not None:
-        print(f"{transfer.NAME} raised {int(raised.sum())} unknown entries, lowered {int(lowered.sum())}")
+    if recipe.transfer is not None:
+        print(f"{recipe.transfer.NAME} raised {int(raised.sum())} unknown entries, lowered {int(lowered.sum())}")
+
+
+def method_names(recipe: AdapterRecipe) -> str:
+    """The methods of `sew` a recipe trains with, as `method` names them."""
+    return " + ".join(m.NAME for m in (recipe.transfer, recipe.rule) if m is not None and m.NAME != "none")

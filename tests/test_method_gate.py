@@ -1,0 +1,161 @@
+"""sew's held-out gate (pipeline.method_gate): the probe, its measure, the decision, and the stage's wiring."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from benchmarks.project import sh
+from pipeline.method_gate import GateResult, held_out_method_gate, probe_ap, probe_entries
+from pipeline.metrics import average_precision
+
+
+def test_the_probe_is_a_seeded_share_of_the_known_entries():
+    known = np.random.default_rng(1).random((400, 5)) < 0.3
+    probe = probe_entries(known, 0.5, seed=3)
+    assert not (probe & ~known).any()  # only known entries are hidden
+    assert abs(probe.sum() / known.sum() - 0.5) < 0.05
+    assert np.array_equal(probe, probe_entries(known, 0.5, seed=3))
+    assert not np.array_equal(probe, probe_entries(known, 0.5, seed=4))
+
+
+def test_probe_ap_is_the_mean_class_ap_over_the_probe_entries_only():
+    truth = np.array([[1, 1, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]], bool)
+    logits = np.array([[0.9, 0.2, 0.1], [0.8, 0.3, 0.2], [0.1, 0.4, 0.3], [0.5, 0.25, 0.9]], np.float32)
+    probe = np.array([[1, 1, 1], [1, 1, 1], [1, 0, 1], [0, 1, 1]], bool)
+    # class 0 over rows 0–2, class 1 over rows 0, 1, 3; class 2 has one probe positive (row 3), ranked first
+    ap0 = average_precision(np.array([1, 0, 1], bool), logits[:3, 0])
+    ap1 = average_precision(np.array([1, 1, 0], bool), logits[[0, 1, 3], 1])
+    assert ap0 < 1 and ap1 < 1
+    assert probe_ap(logits, truth, probe) == pytest.approx(np.mean([ap0, ap1, 1.0]))
+    # a class whose probe holds no negative (or no positive) is left out, not counted as 0 or 1
+    only_positive = probe.copy()
+    only_positive[:, 1] = [True, True, True, False]
+    assert probe_ap(logits, truth, only_positive) == pytest.approx(np.mean([ap0, 1.0]))
+    assert np.isnan(probe_ap(logits, truth, np.zeros_like(probe)))
+
+
+def _labels(n: int = 300, c: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    truth = rng.random((n, c)) < 0.3
+    known = rng.random((n, c)) < 0.4
+    pseudo = np.where(truth, 1.0, -1.0) + rng.normal(0, 1.5, (n, c))  # noisy pseudo labels
+    targets = np.where(known, np.where(truth, 9.2, -9.2), pseudo).astype(np.float32)
+    return truth, known, pseudo.astype(np.float32), targets
+
+
+def test_the_gate_trains_both_with_the_probe_hidden_and_keeps_the_better_ranking():
+    truth, known, pseudo, targets = _labels()
+    probe = probe_entries(known, 0.5, 7)
+    seen = []
+
+    def fit(with_method, fit_targets, visible):
+        seen.append(with_method)
+        # what both trainings see: the probe hidden from the known entries, carrying its pseudo labels
+        assert np.array_equal(visible, known & ~probe)
+        assert np.array_equal(fit_targets, np.where(probe, pseudo, targets))
+        noise = np.random.default_rng(int(with_method)).normal(0, 0.1 if with_method else 3.0, truth.shape)
+        return truth + noise  # the method's adapter ranks the truth far better
+
+    result = held_out_method_gate(fit, targets, pseudo, known, 0.5, 7)
+    assert sorted(seen) == [False, True] and result.kept and result.method_ap > result.baseline_ap
+    assert result.probe_entries == int(probe.sum())
+    worse = held_out_method_gate(lambda m, t, k: fit(not m, t, k), targets, pseudo, known, 0.5, 7)
+    assert not worse.kept and worse.method_ap < worse.baseline_ap
+
+
+def test_the_gate_keeps_what_it_measured_across_a_restart(tmp_path):
+    truth, known, pseudo, targets = _labels()
+    cache = tmp_path / "gate.json"
+    first = held_out_method_gate(lambda m, t, k: truth * (1.0 if m else -1.0), targets, pseudo, known, 0.5, 0,
+                                 cache, "run-a")
+
+    def never(*_):
+        raise AssertionError("a finished measurement is trained again")
+
+    assert held_out_method_gate(never, targets, pseudo, known, 0.5, 0, cache, "run-a") == first
+    # another run's file is not this run's measurement
+    again = held_out_method_gate(lambda m, t, k: truth * (-1.0 if m else 1.0), targets, pseudo, known, 0.5, 0,
+                                 cache, "run-b")
+    assert first.kept and not again.kept
+
+
+def test_without_a_measurable_class_the_chosen_method_stays():
+    _, known, pseudo, targets = _labels()
+    targets = np.where(known, -9.2, targets).astype(np.float32)  # no known positive anywhere
+    result = held_out_method_gate(lambda m, t, k: np.zeros(t.shape), targets, pseudo, known, 0.5, 0)
+    assert result.kept and np.isnan(result.method_ap)
+
+
+@pytest.fixture(scope="module")
+def masked(tiny_build, tmp_path_factory):
+    """The tiny project with half of the labels known, corrected, and a method of sew chosen: ready for `sew`."""
+    project = tiny_build.copy_to(tmp_path_factory.mktemp("gate") / "p")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params.update(ratio=0.5, method="label_distribution")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("mlpl validate && mlpl mask && mlpl correct", project)
+    return project
+
+
+def _sew(project, monkeypatch, **changes):
+    """Run the `sew` stage in-process in `project` with the sew section changed; its adapter and refined table."""
+    from stages import sew
+    from stages.common import Params
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["method_gate"].update(changes)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.chdir(project)
+    sew.run(Params.load(project / "params.yaml"))
+    adapter = torch.load(project / "data" / "models" / "adapter.pt", weights_only=True)["state_dict"]
+    return adapter, pd.read_parquet(project / "data" / "labels" / "refined.parquet")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kept", [False, True])
+def test_a_dropped_method_trains_as_the_known_labels_alone_and_a_kept_one_as_without_the_gate(
+        masked, tmp_path, monkeypatch, kept):
+    from stages import sew
+
+    project = shutil.copytree(masked, tmp_path / "p", symlinks=True)
+    for name in ("data/models/adapter.pt", "data/labels/refined.parquet"):  # DVC links them into the cache
+        (project / name).unlink(missing_ok=True)
+    calls = []
+
+    def decided(fit, *args, **kwargs):
+        calls.append(1)
+        return GateResult(kept, 0.5, 0.6, 3)
+
+    monkeypatch.setattr(sew, "held_out_method_gate", decided)
+    adapter, refined = _sew(project, monkeypatch, mode="held_out")
+    assert calls == [1]
+    monkeypatch.undo()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["method"] = "label_distribution" if kept else "none"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    same_adapter, same_refined = _sew(project, monkeypatch, mode="none")  # no gate: the method always trains
+    assert all(torch.equal(adapter[k], same_adapter[k]) for k in adapter)
+    assert np.array_equal(np.stack(refined.refined), np.stack(same_refined.refined))
+    ablated = yaml.safe_load((project / "params.yaml").read_text())
+    ablated["method"] = "none" if kept else "label_distribution"
+    (project / "params.yaml").write_text(yaml.safe_dump(ablated, sort_keys=False))
+    other, _ = _sew(project, monkeypatch, mode="none")
+    assert not all(torch.equal(adapter[k], other[k]) for k in adapter)  # the two runs differ: the test can fail
+
+
+@pytest.mark.e2e
+def test_the_stage_measures_the_method_and_says_what_it_decided(masked, tmp_path):
+    project = shutil.copytree(masked, tmp_path / "p", symlinks=True)
+    for name in ("data/models/adapter.pt", "data/labels/refined.parquet"):
+        (project / name).unlink(missing_ok=True)
+    out = sh("mlpl sew", project).stdout
+    verdict = json.loads(pq.read_schema(project / "data" / "labels" / "refined.parquet").metadata[b"method_gate"])
+    assert f"gate: label_distribution ranks the {verdict['probe_entries']} held-out known entries" in out
+    assert verdict["probe_entries"] > 0 and verdict["kept"] == (verdict["method_ap"] >= verdict["baseline_ap"])
+    assert not (project / "data" / ".sew.work").exists()  # the probes' checkpoints and the measurement go too
