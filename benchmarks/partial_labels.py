@@ -86,7 +86,7 @@ PAPER_BASELINES = {"large_loss_an": "an", "plmcl_paper": "pbce", "g2netpl_paper"
 FIGURES = {"corrected": "labels.corrected.map", "refined": "labels.refined.map", "student": "test.student.map",
            "ceiling": "test.ceiling.map", "gap_closure": "gap_closure", "raised": "transfer.raised",
            "raised_right": "transfer.raised_right", "lowered": "transfer.lowered",
-           "lowered_right": "transfer.lowered_right"}
+           "lowered_right": "transfer.lowered_right", "gate_kept": "method_gate.kept"}
 
 
 def figures(metrics: dict) -> dict[str, float]:
@@ -124,8 +124,10 @@ def row(name: str, figs: dict[str, dict]) -> str:
         f = figs.get(key)
         return mean_sd(f)
 
+    kept = figs.get("gate_kept")  # sew's held-out gate: on how many draws the method trained
+    gate = f"{round(kept['mean'] * len(kept['values']))} of {len(kept['values'])}" if kept else "—"
     return f"| {name} | " + " | ".join(cell(k) for k in ("corrected", "refined", "student", "raised_right",
-                                                          "lowered_right")) + " |"
+                                                          "lowered_right")) + f" | {gate} |"
 
 
 def main() -> None:
@@ -173,8 +175,8 @@ def main() -> None:
              for r in args.ratios}
     print(f"\nratio {args.ratio}, seeds {args.seeds} (mean ± sd)\n")
     print("| method | corrected (train mAP) | refined (train mAP) | student (test mAP) | raised right "
-          "| lowered right |")
-    print("|---|---|---|---|---|---|")
+          "| lowered right | gate kept |")
+    print("|---|---|---|---|---|---|---|")
     for name, figs in methods.items():
         print(row(name, figs))
     if sweep:
