@@ -115,6 +115,16 @@ def online_transfer(settings: Any, adapter: Adapter, frozen: np.ndarray) -> Onli
     return settings.transfer(adapter) if transfer_on(settings, frozen) else None
 
 
+def select_images(split: TrainSplit, features: dict[str, np.ndarray] | None, keep: np.ndarray
+                  ) -> tuple[TrainSplit, dict[str, np.ndarray] | None]:
+    """The images `keep` (bool [N]) selects, in order, and their tower features (each array's first axis)."""
+    idx = np.flatnonzero(keep)
+    part = replace(split, rows=split.rows[idx], image_ids=[split.image_ids[i] for i in idx],
+                   paths=[split.paths[i] for i in idx], z0=split.z0[idx],
+                   host_boxes=None if split.host_boxes is None else split.host_boxes[idx])
+    return part, None if features is None else {name: array[idx] for name, array in features.items()}
+
+
 def composite_inputs(model: nn.Module | None, split: TrainSplit, features: dict[str, np.ndarray] | None,
                      settings: SewSettings, pool: np.ndarray, host_weights: np.ndarray | None = None
                      ) -> tuple[SewDataset, nn.Module | None, tuple[torch.Tensor, torch.Tensor] | None]:

@@ -86,7 +86,6 @@ class Correction(Settings):
 @dataclass
 class Corrected:
     target: np.ndarray  # [N, C] corrected logits, known entries written over
-    pseudo: np.ndarray  # [N, C] the same before the known entries are written over (what an unknown entry carries)
     raised: np.ndarray  # bool [N, C]: unknown entries a transfer raised
     lowered: np.ndarray  # bool [N, C]: unknown entries a transfer lowered
     store: dict  # the prototypes and similarities to keep (data/prototypes.zarr)
@@ -120,7 +119,6 @@ def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarra
         target = apply_transfer(target, moved.raised, moved.lowered, transfer.raise_logit)
         raised, lowered = raised | moved.raised, lowered | moved.lowered
         store.update(moved.store)
-    pseudo = target
     if any_known:  # partial labels: what is known is never guessed
         target = apply_known_labels(target, known, labels)
-    return Corrected(target, pseudo, raised, lowered, store)
+    return Corrected(target, raised, lowered, store)

@@ -1,5 +1,5 @@
-"""Stage `correct`: initial labels (+ known labels) → data/labels/corrected.parquet (column `corrected`; `pseudo`,
-the same before the known entries are written over, for sew's held-out gate) and data/prototypes.zarr.
+"""Stage `correct`: initial labels (+ known labels) → data/labels/corrected.parquet (column `corrected`)
+and data/prototypes.zarr.
 
 With known labels (ratio > 0) the `correct`-role methods (`method: prototypes`, `cooccurrence`) transfer them
 to unknown entries (pipeline.transfer); known entries are then written over everything, so they always win.
@@ -35,8 +35,7 @@ def run(params: Params) -> None:
     write_small_store(PROTOTYPES, out.store, {**{name: name in ran for name, cls in METHODS.items()
                                                  if cls.ROLE == "correct"}, "classes": initial.classes})
     write_table(CORRECTED, {"image_id": initial.column("image_id"), "split": split, "corrected": out.target,
-                            "pseudo": out.pseudo, "raised": out.raised.astype(np.int8),
-                            "lowered": out.lowered.astype(np.int8)},
+                            "raised": out.raised.astype(np.int8), "lowered": out.lowered.astype(np.int8)},
                 initial.classes)
     up, down = out.raised, out.lowered
     print(f"corrected {correction.source} with {correction.method} on top-{correction.beta}; {int(known.sum())} "

@@ -1,5 +1,8 @@
 """Stage `sew`: corrected labels → multi-object blend adaptation with EM (TailorCLIP Algorithm 1) →
-data/models/adapter.pt and data/labels/refined.parquet (Z after EM)."""
+data/models/adapter.pt and data/labels/refined.parquet (Z after EM).
+
+With `unknown: pseudo` and a method of sew chosen, its held-out gate (pipeline.method_gate) first decides
+whether the method trains."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from pipeline.adaptation import (
     needs_host_boxes,
     plain_logits,
     read_train_split,
+    select_images,
     tower_inputs,
 )
 from pipeline.adapter import AdapterOptions
@@ -79,27 +83,29 @@ def run(params: Params) -> None:
     descriptor = backbone_descriptor(p.section("backbone").build(BackboneSettings), TEACHER_DESCRIPTOR)
     model, features = tower_inputs(settings, descriptor, split, FEATURES)
 
-    def fit(chosen: AdapterRecipe, targets: np.ndarray, known: np.ndarray, work: str):
+    def fit(chosen: AdapterRecipe, keep: np.ndarray, work: str):
+        """Train `chosen` on the images `keep` selects (fit_adapter's result)."""
+        part, part_features = (split, features) if keep.all() else select_images(split, features, keep)
         # in the papers' settings a label distribution spreads over the known positives only, never CLIP's
-        positives = np.where(known, targets, -1.0) if chosen.rule.paper_setting else targets
-        return fit_adapter(model, descriptor, split, targets, known, chosen, work_dir("sew") / work, "sew",
-                           chosen.rule.entry_weights(positives, SCORES, split.rows), features)
+        positives = np.where(known, targets, -1.0)[keep] if chosen.rule.paper_setting else targets[keep]
+        return fit_adapter(
+            model, descriptor, part, targets[keep], known[keep], chosen, work_dir("sew") / work, "sew",
+            chosen.rule.entry_weights(positives, SCORES, part.rows), part_features)
 
-    verdict = {}
+    everything, verdict = np.ones(len(split.rows), bool), {}
     if gated(recipe, baseline, gate, known):
-        def probe_fit(with_method: bool, targets: np.ndarray, known: np.ndarray) -> np.ndarray:
-            chosen = recipe if with_method else baseline
-            adapter = fit(chosen, targets, known, "probe_method" if with_method else "probe_baseline")[1]
-            return plain_logits(model, adapter, split, features, settings)
+        def probe_fit(with_method: bool, train: np.ndarray) -> np.ndarray:
+            adapter = fit(recipe if with_method else baseline, train, f"probe_{with_method}")[1]
+            held_out, held_out_features = select_images(split, features, ~train)
+            return plain_logits(model, adapter, held_out, held_out_features, settings)
 
-        pseudo = corrected.column("pseudo")[split.rows]
-        run_id = fingerprint(repr(recipe), repr(baseline), asdict(gate), targets, pseudo, known, split.image_ids)
-        result = held_out_method_gate(probe_fit, targets, pseudo, known, gate.probe, settings.seed,
+        run_id = fingerprint(repr(recipe), repr(baseline), asdict(gate), targets, known, split.image_ids)
+        result = held_out_method_gate(probe_fit, targets > 0, known, gate.probe, settings.seed,
                                       work_dir("sew") / "gate.json", run_id)
         print(result.line(method_names(recipe)))
         verdict = {"method_gate": json.dumps(asdict(result))}
         recipe = recipe if result.kept else baseline
-    spec, adapter, refined, raised, lowered = fit(recipe, targets, known, "")
+    spec, adapter, refined, raised, lowered = fit(recipe, everything, "")
     save_checkpoint(ADAPTER, spec, adapter)
     write_table(REFINED, {"image_id": corrected.column("image_id")[split.rows],
                           "split": corrected.column("split")[split.rows], "refined": refined,

@@ -11,84 +11,81 @@ import torch
 import yaml
 
 from benchmarks.project import sh
-from pipeline.method_gate import GateResult, held_out_method_gate, probe_ap, probe_entries
+from pipeline.method_gate import GateResult, held_out_method_gate, probe_ap, probe_images
 from pipeline.metrics import average_precision
 
 
-def test_the_probe_is_a_seeded_share_of_the_known_entries():
-    known = np.random.default_rng(1).random((400, 5)) < 0.3
-    probe = probe_entries(known, 0.5, seed=3)
-    assert not (probe & ~known).any()  # only known entries are hidden
-    assert abs(probe.sum() / known.sum() - 0.5) < 0.05
-    assert np.array_equal(probe, probe_entries(known, 0.5, seed=3))
-    assert not np.array_equal(probe, probe_entries(known, 0.5, seed=4))
+def test_the_probe_is_a_seeded_share_of_the_train_images():
+    held = probe_images(1000, 0.3, seed=3)
+    assert held.sum() == 300
+    assert np.array_equal(held, probe_images(1000, 0.3, seed=3))
+    assert not np.array_equal(held, probe_images(1000, 0.3, seed=4))
+    assert probe_images(3, 0.01, 0).sum() == 1 and probe_images(3, 0.99, 0).sum() == 2  # never none, never all
 
 
-def test_probe_ap_is_the_mean_class_ap_over_the_probe_entries_only():
+def test_probe_ap_is_the_mean_class_ap_over_the_known_entries_only():
     truth = np.array([[1, 1, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]], bool)
     logits = np.array([[0.9, 0.2, 0.1], [0.8, 0.3, 0.2], [0.1, 0.4, 0.3], [0.5, 0.25, 0.9]], np.float32)
-    probe = np.array([[1, 1, 1], [1, 1, 1], [1, 0, 1], [0, 1, 1]], bool)
-    # class 0 over rows 0–2, class 1 over rows 0, 1, 3; class 2 has one probe positive (row 3), ranked first
+    known = np.array([[1, 1, 1], [1, 1, 1], [1, 0, 1], [0, 1, 1]], bool)
+    # class 0 over rows 0–2, class 1 over rows 0, 1, 3; class 2 has one known positive (row 3), ranked first
     ap0 = average_precision(np.array([1, 0, 1], bool), logits[:3, 0])
     ap1 = average_precision(np.array([1, 1, 0], bool), logits[[0, 1, 3], 1])
     assert ap0 < 1 and ap1 < 1
-    assert probe_ap(logits, truth, probe) == pytest.approx(np.mean([ap0, ap1, 1.0]))
-    # a class whose probe holds no negative (or no positive) is left out, not counted as 0 or 1
-    only_positive = probe.copy()
+    assert probe_ap(logits, truth, known) == pytest.approx(np.mean([ap0, ap1, 1.0]))
+    # a class whose known entries hold no negative (or no positive) is left out, not counted as 0 or 1
+    only_positive = known.copy()
     only_positive[:, 1] = [True, True, True, False]
     assert probe_ap(logits, truth, only_positive) == pytest.approx(np.mean([ap0, 1.0]))
-    assert np.isnan(probe_ap(logits, truth, np.zeros_like(probe)))
+    assert np.isnan(probe_ap(logits, truth, np.zeros_like(known)))
 
 
 def _labels(n: int = 300, c: int = 4, seed: int = 0):
     rng = np.random.default_rng(seed)
-    truth = rng.random((n, c)) < 0.3
-    known = rng.random((n, c)) < 0.4
-    pseudo = np.where(truth, 1.0, -1.0) + rng.normal(0, 1.5, (n, c))  # noisy pseudo labels
-    targets = np.where(known, np.where(truth, 9.2, -9.2), pseudo).astype(np.float32)
-    return truth, known, pseudo.astype(np.float32), targets
+    return rng.random((n, c)) < 0.3, rng.random((n, c)) < 0.4  # truth, known
 
 
-def test_the_gate_trains_both_with_the_probe_hidden_and_keeps_the_better_ranking():
-    truth, known, pseudo, targets = _labels()
-    probe = probe_entries(known, 0.5, 7)
+def test_the_gate_holds_the_probe_out_of_both_trainings_and_keeps_the_better_ranking():
+    truth, known = _labels()
+    held = probe_images(len(truth), 0.3, 7)
     seen = []
 
-    def fit(with_method, fit_targets, visible):
+    def fit(with_method, train):
         seen.append(with_method)
-        # what both trainings see: the probe hidden from the known entries, carrying its pseudo labels
-        assert np.array_equal(visible, known & ~probe)
-        assert np.array_equal(fit_targets, np.where(probe, pseudo, targets))
+        assert np.array_equal(train, ~held)  # both train on the same images, the probe's held out
         noise = np.random.default_rng(int(with_method)).normal(0, 0.1 if with_method else 3.0, truth.shape)
-        return truth + noise  # the method's adapter ranks the truth far better
+        return (truth + noise)[~train]  # the method's adapter ranks the held-out images far better
 
-    result = held_out_method_gate(fit, targets, pseudo, known, 0.5, 7)
+    result = held_out_method_gate(fit, truth, known, 0.3, 7)
     assert sorted(seen) == [False, True] and result.kept and result.method_ap > result.baseline_ap
-    assert result.probe_entries == int(probe.sum())
-    worse = held_out_method_gate(lambda m, t, k: fit(not m, t, k), targets, pseudo, known, 0.5, 7)
+    assert result.probe_images == 90 and result.probe_entries == int(known[held].sum())
+    worse = held_out_method_gate(lambda m, t: fit(not m, t), truth, known, 0.3, 7)
     assert not worse.kept and worse.method_ap < worse.baseline_ap
+    # only the known entries count: the same logits with the unknown entries' truth flipped decide the same
+    flipped = np.where(known, truth, ~truth)
+    again = held_out_method_gate(lambda m, t: fit(m, t), flipped, known, 0.3, 7)
+    assert again == result
 
 
 def test_the_gate_keeps_what_it_measured_across_a_restart(tmp_path):
-    truth, known, pseudo, targets = _labels()
+    truth, known = _labels()
     cache = tmp_path / "gate.json"
-    first = held_out_method_gate(lambda m, t, k: truth * (1.0 if m else -1.0), targets, pseudo, known, 0.5, 0,
-                                 cache, "run-a")
+
+    def ranks(sign):
+        return lambda m, train: (truth * (sign if m else -sign))[~train].astype(float)
+
+    first = held_out_method_gate(ranks(1.0), truth, known, 0.3, 0, cache, "run-a")
 
     def never(*_):
         raise AssertionError("a finished measurement is trained again")
 
-    assert held_out_method_gate(never, targets, pseudo, known, 0.5, 0, cache, "run-a") == first
-    # another run's file is not this run's measurement
-    again = held_out_method_gate(lambda m, t, k: truth * (-1.0 if m else 1.0), targets, pseudo, known, 0.5, 0,
-                                 cache, "run-b")
+    assert held_out_method_gate(never, truth, known, 0.3, 0, cache, "run-a") == first
+    again = held_out_method_gate(ranks(-1.0), truth, known, 0.3, 0, cache, "run-b")  # another run's file
     assert first.kept and not again.kept
 
 
 def test_without_a_measurable_class_the_chosen_method_stays():
-    _, known, pseudo, targets = _labels()
-    targets = np.where(known, -9.2, targets).astype(np.float32)  # no known positive anywhere
-    result = held_out_method_gate(lambda m, t, k: np.zeros(t.shape), targets, pseudo, known, 0.5, 0)
+    truth, known = _labels()
+    result = held_out_method_gate(lambda m, t: np.zeros((int((~t).sum()), 4)), truth & False, known, 0.3, 0)
     assert result.kept and np.isnan(result.method_ap)
 
 
@@ -130,7 +127,7 @@ def test_a_dropped_method_trains_as_the_known_labels_alone_and_a_kept_one_as_wit
 
     def decided(fit, *args, **kwargs):
         calls.append(1)
-        return GateResult(kept, 0.5, 0.6, 3)
+        return GateResult(kept, 0.5, 0.6, 3, 5)
 
     monkeypatch.setattr(sew, "held_out_method_gate", decided)
     adapter, refined = _sew(project, monkeypatch, mode="held_out")
@@ -156,6 +153,8 @@ def test_the_stage_measures_the_method_and_says_what_it_decided(masked, tmp_path
         (project / name).unlink(missing_ok=True)
     out = sh("mlpl sew", project).stdout
     verdict = json.loads(pq.read_schema(project / "data" / "labels" / "refined.parquet").metadata[b"method_gate"])
-    assert f"gate: label_distribution ranks the {verdict['probe_entries']} held-out known entries" in out
-    assert verdict["probe_entries"] > 0 and verdict["kept"] == (verdict["method_ap"] >= verdict["baseline_ap"])
+    assert (f"gate: on {verdict['probe_images']} held-out train images ({verdict['probe_entries']} known entries) "
+            "the adapter with label_distribution ranks at") in out
+    assert verdict["probe_images"] == 7 and verdict["probe_entries"] > 0  # 0.3 of the 24 train images
+    assert verdict["kept"] == (verdict["method_ap"] >= verdict["baseline_ap"])
     assert not (project / "data" / ".sew.work").exists()  # the probes' checkpoints and the measurement go too
