@@ -37,6 +37,7 @@ from pipeline.settings import Settings, setting
 from pipeline.storage import atomic_path
 
 GATES = ("held_out", "none")
+METADATA_KEY = "method_gate"  # the refined label table's metadata key of the verdict (GateResult)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,15 @@ class GateResult:
     baseline_ap: float  # ... with the known labels alone
     probe_images: int  # how many train images the probe held out
     probe_entries: int  # their known entries, which the two adapters are measured on
+
+    def metadata(self) -> dict[str, str]:
+        """The verdict as the refined label table's schema metadata (read back by `of_table`)."""
+        return {METADATA_KEY: json.dumps(asdict(self))}
+
+    @classmethod
+    def of_table(cls, metadata: dict[str, str]) -> GateResult | None:
+        """The verdict a label table's metadata keeps, or None where the gate did not decide."""
+        return cls(**json.loads(metadata[METADATA_KEY])) if METADATA_KEY in metadata else None
 
     def line(self, name: str) -> str:
         verdict = "kept" if self.kept else "dropped: the run trains on the known labels alone"

@@ -7,7 +7,6 @@ CNN by CDUL's own procedure on CDUL's initial labels (pipeline.cdul_student: the
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import numpy as np
@@ -15,6 +14,7 @@ from tqdm import tqdm
 
 from pipeline.cdul_student import CdulTraining, train_cdul_student
 from pipeline.images import ResizedImages
+from pipeline.method_gate import GateResult
 from pipeline.method_registry import MethodSet
 from pipeline.models import DistillSettings, SmallCNNSpec, save_checkpoint, student_of_adapter, write_checkpoint
 from pipeline.progress import progress_bar
@@ -47,8 +47,8 @@ def check(params: Params) -> tuple[str, StudentTraining, CdulTraining, MethodSet
 
 def gated_rule(methods: MethodSet, refined: Table) -> Rule:
     """The chosen rule, unless sew's held-out gate dropped the methods (pipeline.method_gate): then none."""
-    verdict = refined.metadata.get("method_gate")
-    return methods.rule if verdict is None or json.loads(verdict)["kept"] else methods.base_rule
+    verdict = GateResult.of_table(refined.metadata)
+    return methods.rule if verdict is None or verdict.kept else methods.base_rule
 
 
 def rows_and_paths(manifest: Table, image_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:

@@ -3,7 +3,6 @@ reports/metrics.json, reports/plots/, reports/report.html."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import ClassVar
@@ -23,6 +22,7 @@ from pipeline.evaluation import (
     write_plots,
 )
 from pipeline.features import read_test_grid
+from pipeline.method_gate import GateResult
 from pipeline.metrics import per_class_ap
 from pipeline.models import ModelSpec, NoModel, load_adapter, module_of, read_spec, read_student_spec
 from pipeline.report import render_report, report_figures, standalone_svg
@@ -102,10 +102,11 @@ def run(params: Params) -> None:
                 if table.has(name):
                     entries[rows] |= table.column(name).astype(bool)
         metrics["transfer"] = transfer_precision(truth[train], moved["raised"][train], moved["lowered"][train])
-    if "method_gate" in tables[REFINED].metadata:  # sew's held-out gate (pipeline.method_gate): kept 1 or 0
-        verdict = json.loads(tables[REFINED].metadata["method_gate"])
-        metrics["method_gate"] = {"kept": int(verdict["kept"]), **{  # NaN: no class the probe could measure
-            k: None if np.isnan(verdict[k]) else verdict[k] for k in ("method_ap", "baseline_ap")}}
+    verdict = GateResult.of_table(tables[REFINED].metadata)  # sew's held-out gate, where it decided
+    if verdict is not None:  # NaN: no class the probe could measure
+        metrics["method_gate"] = {"kept": int(verdict.kept), **{
+            k: None if np.isnan(v) else v for k, v in (("method_ap", verdict.method_ap),
+                                                       ("baseline_ap", verdict.baseline_ap))}}
     store = open_store(SCORES, required=("global",))
     z0 = np.asarray(store["global"][:], dtype=np.float32)
     # the figures differ by the machine the scores were computed on: say which (docs/outputs.md)

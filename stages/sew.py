@@ -6,7 +6,6 @@ whether the method trains."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import numpy as np
@@ -103,7 +102,7 @@ def run(params: Params) -> None:
         result = held_out_method_gate(probe_fit, targets > 0, known, gate.probe, settings.seed,
                                       work_dir("sew") / "gate.json", run_id)
         print(result.line(method_names(recipe)))
-        verdict = {"method_gate": json.dumps(asdict(result))}
+        verdict = result.metadata()
         recipe = recipe if result.kept else baseline
     spec, adapter, refined, raised, lowered = fit(recipe, everything, "")
     save_checkpoint(ADAPTER, spec, adapter)

@@ -79,6 +79,8 @@ def test_the_gate_keeps_what_it_measured_across_a_restart(tmp_path):
         raise AssertionError("a finished measurement is trained again")
 
     assert held_out_method_gate(never, truth, known, 0.3, 0, cache, "run-a") == first
+    # the verdict a label table keeps is the one measured; a table the gate never decided keeps none
+    assert GateResult.of_table(first.metadata()) == first and GateResult.of_table({"classes": "[]"}) is None
     again = held_out_method_gate(ranks(-1.0), truth, known, 0.3, 0, cache, "run-b")  # another run's file
     assert first.kept and not again.kept
 
