@@ -86,11 +86,13 @@ PAPER_BASELINES = {"large_loss_an": "an", "plmcl_paper": "pbce", "g2netpl_paper"
 FIGURES = {"corrected": "labels.corrected.map", "refined": "labels.refined.map", "student": "test.student.map",
            "ceiling": "test.ceiling.map", "gap_closure": "gap_closure", "raised": "transfer.raised",
            "raised_right": "transfer.raised_right", "lowered": "transfer.lowered",
-           "lowered_right": "transfer.lowered_right", "gate_kept": "method_gate.kept"}
+           "lowered_right": "transfer.lowered_right", "gate_kept": "method_gate.kept",
+           "gate_method_ap": "method_gate.method_ap", "gate_baseline_ap": "method_gate.baseline_ap",
+           "gate_lead_sd": "method_gate.lead_sd"}
 
 
 def figures(metrics: dict) -> dict[str, float]:
-    return {name: float(metrics[key]) for name, key in FIGURES.items() if key in metrics}
+    return {name: float(metrics[key]) for name, key in FIGURES.items() if metrics.get(key) is not None}
 
 
 def checks(methods: dict[str, dict], sweep: dict[float, dict]) -> dict[str, bool]:

@@ -106,7 +106,8 @@ def run(params: Params) -> None:
     if verdict is not None:  # NaN: no class the probe could measure
         metrics["method_gate"] = {"kept": int(verdict.kept), **{
             k: None if np.isnan(v) else v for k, v in (("method_ap", verdict.method_ap),
-                                                       ("baseline_ap", verdict.baseline_ap))}}
+                                                       ("baseline_ap", verdict.baseline_ap),
+                                                       ("lead_sd", verdict.lead_sd))}, "margin": verdict.margin}
     store = open_store(SCORES, required=("global",))
     z0 = np.asarray(store["global"][:], dtype=np.float32)
     # the figures differ by the machine the scores were computed on: say which (docs/outputs.md)

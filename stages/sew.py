@@ -99,7 +99,7 @@ def run(params: Params) -> None:
             return plain_logits(model, adapter, held_out, held_out_features, settings)
 
         run_id = fingerprint(repr(recipe), repr(baseline), asdict(gate), targets, known, split.image_ids)
-        result = held_out_method_gate(probe_fit, targets > 0, known, gate.probe, settings.seed,
+        result = held_out_method_gate(probe_fit, targets > 0, known, gate, settings.seed,
                                       work_dir("sew") / "gate.json", run_id)
         print(result.line(method_names(recipe)))
         verdict = result.metadata()
