@@ -91,12 +91,15 @@ def textured_gradient(rng: np.random.Generator, size: int, c0: np.ndarray, c1: n
     """A size×size background: a linear gradient from colour c0 to c1 at a random angle, plus a
     low-frequency texture of amplitude `texture`. [size, size, 3] float"""
     angle = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
-    t = np.cos(angle) * xx + np.sin(angle) * yy
+    # x (columns) and y (rows) on one axis: each term below depends on one of them, so it is computed once per
+    # row or column and broadcast, the same floating-point operations per pixel as on the full grids
+    axis = np.arange(size) / max(size - 1, 1)
+    x, y = axis[None, :], axis[:, None]
+    t = np.cos(angle) * x + np.sin(angle) * y
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     freq = rng.uniform(2, 5, size=2)
     phase = rng.uniform(0, 2 * np.pi, size=2)
-    wave = texture * np.sin(2 * np.pi * freq[0] * xx + phase[0]) * np.sin(2 * np.pi * freq[1] * yy + phase[1])
+    wave = texture * np.sin(2 * np.pi * freq[0] * x + phase[0]) * np.sin(2 * np.pi * freq[1] * y + phase[1])
     return c0 + (c1 - c0) * t[..., None] + wave[..., None]
 
 
