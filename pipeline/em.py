@@ -87,7 +87,9 @@ class EmState:
     `z0` [N, C]: the initial logits (known entries keep them; in the papers' settings the unknown ones are 0);
     `keep`: the known entries; `z`: the estimator Z; `pseudo`: the unknown entries trained on their pseudo
     label; `started`: whether a rule's ŷ exists (plmcl, g2netpl); `y_prev`: the rule's ŷ(t − 1); `y_hat`: the
-    rule's ŷ(t) where it feeds the E-step (`unknown: pseudo`; Z holds it where the rule replaces the E-step).
+    rule's ŷ(t) where it feeds the E-step (`unknown: pseudo`; Z holds it where the rule replaces the E-step);
+    `known_weight` [N, C]: each entry's BCE weight by whether it is known (`sew.known_weight`), or None where
+    all weigh alike (the papers' settings, nothing known, or everything).
     """
 
     z0: torch.Tensor
@@ -97,9 +99,10 @@ class EmState:
     started: bool
     y_prev: np.ndarray
     y_hat: np.ndarray
+    known_weight: torch.Tensor | None = None
 
     @classmethod
-    def initial(cls, z_init: np.ndarray, frozen: np.ndarray, paper: bool) -> EmState:
+    def initial(cls, z_init: np.ndarray, frozen: np.ndarray, paper: bool, known_weight: float = 1.0) -> EmState:
         keep = torch.tensor(np.asarray(frozen), dtype=torch.bool)
         z0 = torch.tensor(np.asarray(z_init), dtype=torch.float32)
         if paper:  # the papers' settings: no CLIP label anywhere, the unknown entries start at ½
@@ -108,7 +111,9 @@ class EmState:
         # CLIP labels are ŷ(0)); in the papers' settings none until a rule's labels start from the network's outputs
         pseudo = ~keep if not paper else torch.zeros_like(keep)
         y0 = torch.sigmoid(z0).numpy().astype(np.float64)
-        return cls(z0, keep, torch.nn.Parameter(z0.clone()), pseudo, not paper, y0, y0.copy())
+        weighs = not paper and known_weight != 1.0 and bool(keep.any()) and not bool(keep.all())
+        weight = torch.where(keep, known_weight, 1.0).float() if weighs else None
+        return cls(z0, keep, torch.nn.Parameter(z0.clone()), pseudo, not paper, y0, y0.copy(), weight)
 
     def refined(self) -> np.ndarray:
         """Z with the known entries as given. [N, C]"""
@@ -160,10 +165,11 @@ def save_em(checkpointer: Checkpointer, epoch: int, state: EmState, adapter: tor
 
 def composite_targets(state: EmState, sources: torch.Tensor, classes: torch.Tensor, hidden: torch.Tensor | None,
                       w_all: torch.Tensor | None, rule: Rule
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """A batch's labels from Z (eq. 13, 18): (zs, the logits of the composite labels with 0 where no
     source labels an entry; targets σ(zs); labelled, the entries with a target; the entries' loss weights
-    or None). In the papers' settings the host's unknown entries without a pseudo label carry none
+    or None; their BCE weights by whether they are known, the most weighted source that labels each, or
+    None). In the papers' settings the host's unknown entries without a pseudo label carry none
     (`ignore`) or are negatives (`negative`), and PLMCL's λ weighs the pseudo-labelled ones."""
     keep, z0, z = state.keep, state.z0, state.z
     rows = sources.clamp(min=0)  # gather the batch's rows first: never touch all N × C per step
@@ -171,6 +177,8 @@ def composite_targets(state: EmState, sources: torch.Tensor, classes: torch.Tens
     labelled = torch.isfinite(zs)
     zs = torch.where(labelled, zs, torch.zeros_like(zs))
     w = None if w_all is None else max_over_sources(w_all[rows], sources, classes, hidden).clamp(min=0)
+    wk = (None if state.known_weight is None
+          else max_over_sources(state.known_weight[rows], sources, classes, hidden).clamp(min=0))
     targets = torch.sigmoid(zs).detach()
     if rule.paper_setting:  # plain images only (fit_adapter): the host's row is the whole label
         host_known, host_pseudo = keep[sources[:, 0]], state.pseudo[sources[:, 0]]
@@ -178,7 +186,7 @@ def composite_targets(state: EmState, sources: torch.Tensor, classes: torch.Tens
         if rule.pseudo_weight != 1.0:
             lam = torch.where(host_pseudo & ~host_known, rule.pseudo_weight, 1.0)
             w = lam if w is None else w * lam
-    return zs, targets, labelled, w
+    return zs, targets, labelled, w, wk
 
 
 def rule_label_step(state: EmState, predictions: np.ndarray, rule: Rule, epoch: int,
@@ -225,7 +233,8 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     no source labels (hidden host labels) carry no loss. E-step: `settings.e_step` (see the module
     docstring). Entries where `frozen` is True (known labels) keep z_init. The visual tower stays frozen;
     with estimator_lr 0 (backprop) or e_weight 0 (predictions) this is plain distillation of fixed labels.
-    A partial-label `rule` (pipeline.rules) weights the M-step. `plmcl` and `g2netpl` update their labels ŷ
+    A partial-label `rule` (pipeline.rules) weights the M-step; with `unknown: pseudo` a known entry's BCE weighs
+    `settings.known_weight` pseudo-labelled ones. `plmcl` and `g2netpl` update their labels ŷ
     after each epoch, on predictions for the images without overlays: in the papers' settings (and with
     `e_step: backprop` or `e_weight: 0`) ŷ replaces the E-step and Z follows it; with `unknown: pseudo` and the
     predictions E-step, ŷ starts from the corrected CLIP labels and the E-step takes it as its prediction
@@ -241,7 +250,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     """
     torch.manual_seed(settings.seed)
     paper = rule.paper_setting
-    state = EmState.initial(z_init, frozen, paper)
+    state = EmState.initial(z_init, frozen, paper, settings.known_weight)
     w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
     predictions_e_step = settings.e_step == "predictions" and settings.e_weight > 0 and not paper
     feeds_e_step = rule.UPDATES_LABELS and predictions_e_step  # the rule's ŷ is the E-step's prediction
@@ -274,7 +283,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
                 feats = encode_batch(visual, normalizer, dataset, images)
             out = adapter_pass(adapter, feats)
             hidden = hidden if hidden.shape[-1] else None
-            zs, targets, labelled, w = composite_targets(state, sources, classes, hidden, w_all, rule)
+            zs, targets, labelled, w, wk = composite_targets(state, sources, classes, hidden, w_all, rule)
             transfer_loss = None
             if transfer is not None:
                 overlaid = source_mask(sources[:, 1:], classes[:, 1:], zs.shape[-1]).any(1)
@@ -286,7 +295,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
                 transfer_loss = moved.loss
             embeddings = out.class_features.mean(1) if rule.REPRESENTATION else None  # only a rule that reads them
             m_loss = training_loss(out.logits, embeddings, targets, state.keep[sources[:, 0]], rule, epoch, w,
-                                   labelled)
+                                   labelled, wk)
             loss = m_loss if transfer_loss is None else m_loss + transfer_loss
             if backprop:  # eq. 19: the composite labels learn from the adapter's predictions
                 e_loss = F.binary_cross_entropy_with_logits(zs, torch.sigmoid(out.logits).detach(), reduction="none")

@@ -154,12 +154,16 @@ def rule_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, 
 
 def training_loss(logits: torch.Tensor, embeddings: torch.Tensor | None, targets: torch.Tensor,
                   known: torch.Tensor, rule: Rule, epoch: int, weights: torch.Tensor | None = None,
-                  labelled: torch.Tensor | None = None) -> torch.Tensor:
+                  labelled: torch.Tensor | None = None, known_weights: torch.Tensor | None = None) -> torch.Tensor:
     """`rule_loss`, plus the rule's `representation_loss` on the image representations `embeddings` [B, D] for
-    a REPRESENTATION rule, which takes the entry `weights` (the BCE is then plain)."""
+    a REPRESENTATION rule, which takes the entry `weights` (the BCE then has only `known_weights`).
+    `known_weights` (like logits, or None): the BCE's weight of each entry by whether it is known
+    (`sew.known_weight`), on top of the rule's."""
     if not rule.REPRESENTATION:
+        if known_weights is not None:
+            weights = known_weights if weights is None else weights * known_weights
         return rule_loss(logits, targets, known, rule, epoch, weights, labelled)
-    return (rule_loss(logits, targets, known, rule, epoch, None, labelled)
+    return (rule_loss(logits, targets, known, rule, epoch, known_weights, labelled)
             + rule.representation_loss(embeddings, targets, labelled, weights))
 
 

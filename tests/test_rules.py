@@ -173,3 +173,27 @@ def test_curriculum_and_lambda_apply_where_the_papers_do():
         Rule(unknown="maybe")
     with pytest.raises(ValueError, match=r"plmcl.eta must be in \[0.0, 1.0\]"):  # a rule's keys name its section
         Plmcl(eta=2.0)
+
+
+def test_known_weights_weigh_the_bce_beside_the_rules_own_weights():
+    """`sew.known_weight`: with no rule the BCE is the known-weighted mean; a REPRESENTATION rule (label
+    distributions) keeps its weights for its contrastive loss and its BCE takes the known weights alone."""
+    torch.manual_seed(0)
+    logits, targets = torch.randn(4, 3), torch.rand(4, 3)
+    known = torch.zeros(4, 3, dtype=torch.bool)
+    known[0] = True
+    kw = torch.where(known, 3.0, 1.0)
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    got = R.training_loss(logits, None, targets, known, NO_RULE, 0, known_weights=kw)
+    assert torch.allclose(got, (bce * kw).sum() / kw.sum())
+    assert not torch.allclose(got, bce.mean())  # the known row counts three times
+    rule_w = torch.rand(4, 3)
+    both = R.training_loss(logits, None, targets, known, NO_RULE, 0, rule_w, known_weights=kw)
+    assert torch.allclose(both, (bce * rule_w * kw).sum() / (rule_w * kw).sum())
+    assert torch.equal(R.training_loss(logits, None, targets, known, NO_RULE, 0), F.binary_cross_entropy_with_logits(
+        logits, targets))  # without known weights: the rule-free loss, bit for bit
+    ld = LabelDistribution()
+    emb = torch.randn(4, 5)
+    got = R.training_loss(logits, emb, targets, known, ld, 0, rule_w, known_weights=kw)
+    expected = (bce * kw).sum() / kw.sum() + ld.representation_loss(emb, targets, None, rule_w)
+    assert torch.allclose(got, expected)

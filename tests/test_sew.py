@@ -337,3 +337,40 @@ def test_with_pseudo_labels_a_rule_feeds_the_e_step(tiny_model, image_paths):
     assert np.allclose(out["copy"], out["none"], atol=1e-3)
     assert not np.allclose(out["plmcl"], out["none"], atol=1e-2)
     assert np.array_equal(out["plmcl"][frozen], z[frozen])
+
+
+def test_known_entries_weigh_known_weight_only_beside_pseudo_labels():
+    from pipeline.em import EmState
+
+    z = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    frozen = np.zeros_like(z, bool)
+    frozen[:2, 0] = True
+    state = EmState.initial(z, frozen, paper=False, known_weight=3.0)
+    assert torch.equal(state.known_weight, torch.where(torch.from_numpy(frozen), 3.0, 1.0))
+    assert EmState.initial(z, frozen, paper=True, known_weight=3.0).known_weight is None  # the papers' losses
+    assert EmState.initial(z, frozen, paper=False, known_weight=1.0).known_weight is None
+    for nothing_or_all in (np.zeros_like(frozen), np.ones_like(frozen)):  # ratio 0, or the ceiling's true labels
+        assert EmState.initial(z, nothing_or_all, paper=False, known_weight=3.0).known_weight is None
+
+
+def test_known_weight_pulls_the_adapter_to_the_known_labels_and_changes_nothing_where_none_is_known(
+        tiny_model, image_paths):
+    """Class 0 is known present on half the images and pseudo-labelled absent on the other half: the adapter's
+    class-0 probability follows the weighted share, ½ with equal weights, 8/9 with known_weight 8."""
+    labels = np.random.default_rng(2).normal(size=(10, 3)).astype(np.float32)
+    frozen = np.zeros_like(labels, bool)
+    frozen[:5, 0] = True
+    labels[:5, 0], labels[5:, 0] = 6.0, -6.0
+    ds = SewDataset(image_paths, 32, np.arange(10), SewSettings(max_overlays=0))
+    out, states = {}, {}
+    for name, known, weight in (("k1", frozen, 1.0), ("k8", frozen, 8.0), ("none1", np.zeros_like(frozen), 1.0),
+                                ("none8", np.zeros_like(frozen), 8.0)):
+        s = SewSettings(epochs=3, batch_size=4, max_overlays=0, e_weight=0.0, lr=0.01, known_weight=weight)
+        torch.manual_seed(0)
+        adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
+        train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, labels, known, s)
+        out[name] = torch.sigmoid(torch.from_numpy(
+            predict_hosts(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, 4))).numpy()
+        states[name] = adapter.state_dict()
+    assert out["k8"][:, 0].mean() > out["k1"][:, 0].mean() + 0.1
+    assert all(torch.equal(states["none1"][k], states["none8"][k]) for k in states["none1"])  # bit for bit
