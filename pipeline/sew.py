@@ -35,8 +35,9 @@ to lower even the ceiling trained on true labels:
 - `known_weight` (ours): with `unknown: pseudo`, a known entry's BCE weighs this many pseudo-labelled ones. The
   paper has no known labels; our known entries are exact and CLIP's pseudo labels are not, and with equal
   weights nine pseudo-labelled entries outvote each known one. A composite's entry weighs as the most weighted
-  source that labels it (as its label is the max over them). Chosen on contexts world 2, ratio 0.1, draw seeds
-  0–2 (student 0.9066 at 1, 0.9231 at 2, 0.9305 at 3, 0.9291 at 5; README).
+  source that labels it (as its label is the max over them). On contexts world 2 (the tuning world), ratio 0.1,
+  draw seeds 0–2, in-process: student 0.9066 at 1, 0.9231 at 2, 0.9305 at 3, 0.9291 at 5. The default stays 1
+  until the held-out worlds (0, 1) and the AVX2 fp32 path are measured.
 - `composites: features` (ours, pipeline.features): the paper pastes in pixels and sends every composite
   through the frozen tower; we paste the overlay's stored grid features over whole cells of the host's
   (FeatureSewDataset, sew_features), with the same draws of overlays, placement and hidden labels, so no
@@ -94,7 +95,7 @@ class SewSettings(Settings):
     weight_decay: float = setting(1e-4, ge=0.0)
     seed: int = setting(0)
     plain_epochs: int = setting(0, ge=0)  # the last epochs without overlays (ours; the paper: 0)
-    known_weight: float = setting(3.0, gt=0.0)  # unknown: pseudo: a known entry's BCE weight (a pseudo label's: 1)
+    known_weight: float = setting(1.0, gt=0.0)  # unknown: pseudo: a known entry's BCE weight (a pseudo label's: 1)
     image_size: int = setting(192, ge=8)  # the frozen tower sees the images at this side (px)
     num_workers: int = setting(0, ge=0)  # DataLoader workers decoding images (pixel composites)
 
