@@ -36,8 +36,9 @@ to lower even the ceiling trained on true labels:
   paper has no known labels; our known entries are exact and CLIP's pseudo labels are not, and with equal
   weights nine pseudo-labelled entries outvote each known one. A composite's entry weighs as the most weighted
   source that labels it (as its label is the max over them). On contexts world 2 (the tuning world), ratio 0.1,
-  draw seeds 0–2, in-process: student 0.9066 at 1, 0.9231 at 2, 0.9305 at 3, 0.9291 at 5. The default stays 1
-  until the held-out worlds (0, 1) and the AVX2 fp32 path are measured.
+  draw seeds 0–2, in-process: student 0.9066 at 1, 0.9231 at 2, 0.9305 at 3, 0.9291 at 5. At 3 on the held-out
+  worlds: +0.011 (world 0) and +0.003 (world 1) in bf16, +0.002 (world 0) and −0.007 (world 1, more than the
+  baseline's sd) on the AVX2 fp32 path (README), so the default stays 1.
 - `composites: features` (ours, pipeline.features): the paper pastes in pixels and sends every composite
   through the frozen tower; we paste the overlay's stored grid features over whole cells of the host's
   (FeatureSewDataset, sew_features), with the same draws of overlays, placement and hidden labels, so no
