@@ -11,8 +11,10 @@ reads `ratio`, `seed`, `unknown` or a method). The rows, in TailorCLIP's groups:
 - fully supervised: `ceiling` (the adapter on the true labels, from the `ours` runs);
 - weakly supervised at `--ratio`, each method in its paper's setting (top-level `unknown`: no CLIP label):
   `pbce` (partial BCE) and `an` (assume negative), then LL-R on AN, PLMCL, G2NetPL, HST and TRM-ML on partial
-  BCE; `mulsupconld` is its paper's setting, every label known (`ratio` 1.0), over dataset seeds (the
-  known-label draw is then fixed), against the ceiling's plain BCE of the same runs (`ceiling_bce`);
+  BCE; PLMCL's own setting (000 §III.A, `known: single_positive`: a `--ratio` share of the images knows one
+  positive each, the rest are unlabelled) as `plmcl_single` against AN there (`an_single`); `mulsupconld`
+  is its paper's setting, every label known (`ratio` 1.0), over dataset seeds (the known-label draw is then
+  fixed), against the ceiling's plain BCE of the same runs (`ceiling_bce`);
 - without labels: `zero_shot` (CLIP's global scores), `cdul_estimator` (CDUL's global-local aggregate),
   `cdul_student` (CDUL's student: a classifier on the estimator's labels, refined by gradient alignment,
   `distill.student: cdul`), `ours` (the student at ratio 0);
@@ -65,7 +67,8 @@ EXPERIMENTS: dict[str, tuple[float | None, list[str], bool]] = {
     "cdul_student": (0.0, ["distill.student=cdul"], False),
     "mulsupconld": (1.0, ["method=label_distribution"], True),
     **{name: (None, METHODS[name], False) for name in
-       ("pbce", "an", "large_loss_an", "plmcl_paper", "g2netpl_paper", "hst_paper", "trm_paper")},
+       ("pbce", "an", "large_loss_an", "plmcl_paper", "g2netpl_paper", "hst_paper", "trm_paper", "an_single",
+        "plmcl_single")},
     "ours_known": (None, [], False),
     **{f"ours_{name}": (None, METHODS[name], False) for name in
        ("plmcl", "g2netpl", "large_loss", "label_distribution", "hst", "hst_ist", "trm", "cooccurrence_dtl",
@@ -78,7 +81,9 @@ ROWS: dict[str, Row] = {
     "pbce": Row(WEAK, "pbce", "student", "partial BCE (Durand et al. 2019)"),
     "an": Row(WEAK, "an", "student", "assume negative (Cole et al. 2021)"),
     "large_loss_an": Row(WEAK, "large_loss_an", "student", "LL-R on AN"),
-    "plmcl_paper": Row(WEAK, "plmcl_paper", "student", "PLMCL"),
+    "plmcl_paper": Row(WEAK, "plmcl_paper", "student", "PLMCL, on partial BCE"),
+    "an_single": Row(WEAK, "an_single", "student", "AN, one known positive on a share of the images"),
+    "plmcl_single": Row(WEAK, "plmcl_single", "student", "PLMCL in its own setting (000 §III.A), on AN"),
     "g2netpl_paper": Row(WEAK, "g2netpl_paper", "student", "G2NetPL"),
     "hst_paper": Row(WEAK, "hst_paper", "student", "HST"),
     "trm_paper": Row(WEAK, "trm_paper", "student", "TRM-ML"),
@@ -95,7 +100,7 @@ ROWS: dict[str, Row] = {
 }
 # each weakly supervised method against its own setting's baseline
 SETTING_BASELINE = {"large_loss_an": "an", "plmcl_paper": "pbce", "g2netpl_paper": "pbce", "hst_paper": "pbce",
-                    "trm_paper": "pbce", "mulsupconld": "ceiling_bce"}
+                    "trm_paper": "pbce", "mulsupconld": "ceiling_bce", "plmcl_single": "an_single"}
 FIGURES = {"student": "map", "cf1": "cf1", "of1": "of1"}
 
 

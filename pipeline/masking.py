@@ -6,6 +6,10 @@ Top-level `known` says where the known train entries come from:
 - `answers`: the entries a person answered (data/answers.parquet, e.g. from a review of the pseudo labels),
   their value the answer;
 - `answers+random`: both; where an answered entry is also drawn, the answer wins;
+- `single_positive`: the setting of PLMCL (summary paper 000 §III.A: "a fraction of images carries a single
+  observed positive and the remainder are entirely unlabeled"): a seeded `ratio` share of the train images
+  each knows one of its true positives, drawn uniformly; every other entry is unknown. An image without a
+  positive stays unlabelled;
 - `uncertain`: the simulation of a review (issue 27): the `budget` share of train entries a review would
   show first, the ones whose answer would help most (`review_order`: the least sure, a rare class's first,
   ranked again with the answers so far), answered from the ground truth by an oracle person. It ranks
@@ -28,7 +32,7 @@ from pipeline.logits import calibrate_per_class, sigmoid
 from pipeline.settings import Settings, setting
 from pipeline.storage import DataError
 
-KNOWN_SOURCES = ("random", "answers", "answers+random", "uncertain")
+KNOWN_SOURCES = ("random", "answers", "answers+random", "single_positive", "uncertain")
 # the per-class shift of `review_order`: a class's median train entry sits at −REVIEW_MARGIN, as the default
 # `correct.margin` puts it in the labels `correct` writes (before their top-β correction)
 REVIEW_MARGIN = 1.0
@@ -47,7 +51,9 @@ ANSWERS_SCHEMA = pa.schema([("image_id", pa.string()), ("class", pa.string()), (
 class MaskSettings(Settings):
     """The top-level keys of the known labels."""
 
-    ratio: float = setting(0.0, ge=0.0, le=1.0)  # fraction of train label entries drawn as known (random)
+    # fraction of train label entries drawn as known (random); of train images with one known positive
+    # (single_positive)
+    ratio: float = setting(0.0, ge=0.0, le=1.0)
     seed: int = setting(0)
     known: str = setting("random", choices=KNOWN_SOURCES)  # where known entries come from
     budget: float = setting(0.0, ge=0.0, le=1.0)  # share of train entries answered (known: uncertain)
@@ -55,6 +61,10 @@ class MaskSettings(Settings):
     @property
     def draws(self) -> bool:
         return self.known in ("random", "answers+random")
+
+    @property
+    def single_positive(self) -> bool:
+        return self.known == "single_positive"
 
     @property
     def reads_answers(self) -> bool:
@@ -149,6 +159,25 @@ def observed_mask(n_images: int, n_classes: int, is_train: np.ndarray, ratio: fl
     return known.astype(np.int8)
 
 
+def single_positive_mask(truth: np.ndarray, is_train: np.ndarray, ratio: float, seed: int) -> np.ndarray:
+    """int8 [N, C]: 1 at one true positive of each labelled image, 0 elsewhere. A train image is labelled with
+    probability `ratio`; its known positive is drawn uniformly among its true positives (an image without one
+    stays unlabelled). Both draws depend on neither `ratio` nor each other, so the images labelled at 0.1 are
+    a subset of those at 0.3, each with the same positive: ablations over ratio are nested."""
+    MaskSettings(ratio, seed)  # the one definition of the valid range
+    positive = np.asarray(truth) > 0
+    n = positive.shape[0]
+    labelled = np.random.default_rng(np.random.SeedSequence([seed, 3])).random(n) < ratio
+    labelled &= np.asarray(is_train, bool) & positive.any(1)
+    # a uniform pick among each image's positives: the positive with the largest uniform key
+    keys = np.random.default_rng(np.random.SeedSequence([seed, 4])).random(positive.shape)
+    pick = np.argmax(np.where(positive, keys, -1.0), axis=1)
+    known = np.zeros(positive.shape, np.int8)
+    rows = np.flatnonzero(labelled)
+    known[rows, pick[rows]] = 1
+    return known
+
+
 def empty_answers() -> pa.Table:
     return ANSWERS_SCHEMA.empty_table()
 
@@ -189,7 +218,8 @@ def known_labels(settings: MaskSettings, truth: np.ndarray | None, is_train: np.
     """(known int8 [N, C], their labels int8 [N, C], 0 where unknown): the random draw (`ratio`, `seed`,
     values from `truth`) and/or the answers (answered, label), answers winning where both know an entry; or,
     for `known: uncertain`, the `budget` entries a simulated review of the `initial` logits answers
-    (`reviewed_mask`), valued from `truth`."""
+    (`reviewed_mask`), valued from `truth`; for `known: single_positive`, one true positive of each image of
+    a `ratio` share (`single_positive_mask`)."""
     n, c = (truth.shape if truth is not None else answers[0].shape)
     known, labels = np.zeros((n, c), np.int8), np.zeros((n, c), np.int8)
     if settings.reviews:
@@ -198,10 +228,13 @@ def known_labels(settings: MaskSettings, truth: np.ndarray | None, is_train: np.
                             "dataset has none; review them yourself (known: answers)")
         known = reviewed_mask(initial, is_train, settings.budget, truth)
         return known, np.where(known > 0, (truth > 0).astype(np.int8), 0).astype(np.int8)
+    if (settings.draws or settings.single_positive) and settings.ratio > 0 and truth is None:
+        raise DataError(f"ratio {settings.ratio} draws known labels from the ground truth, and this dataset "
+                        "has none; set known: answers (answers by a person) or ratio: 0")
+    if settings.single_positive and settings.ratio > 0:
+        known = single_positive_mask(truth, is_train, settings.ratio, settings.seed)
+        return known, known.copy()
     if settings.draws and settings.ratio > 0:
-        if truth is None:
-            raise DataError(f"ratio {settings.ratio} draws known labels from the ground truth, and this dataset "
-                            "has none; set known: answers (answers by a person) or ratio: 0")
         known = observed_mask(n, c, is_train, settings.ratio, settings.seed)
         labels = np.where(known > 0, (truth > 0).astype(np.int8), 0).astype(np.int8)
     if settings.reads_answers and answers is not None:

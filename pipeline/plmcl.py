@@ -9,6 +9,10 @@ with network predictions" made explicit. In the papers' settings (`unknown: igno
 the network's outputs after its first epoch (§III.A), and the network trains on ŷ. With `unknown: pseudo` (ours,
 a setting the summary does not test) ŷ(0) is the corrected CLIP label and ŷ is the prediction of TailorCLIP's
 E-step (pipeline.em.rule_prediction_step): trained on every epoch, it cost the student 0.08 there.
+The known labels of PLMCL's own setting (§III.A: "a fraction of images carries a single observed positive and
+the remainder are entirely unlabeled") are top-level `known: single_positive` (pipeline.masking); there it
+runs on `unknown: negative`, so the first epoch is AN's (Cole et al. 2021) and ŷ(0) its outputs: on `ignore`
+that epoch would see positives alone and start every ŷ near 1.
 The loss L_sne(p, y ⊙ ŷ) + λ·L_ae(ŷ) is the BCE over the known entries plus λ (`weight`) times the BCE of the
 pseudo-labelled ones. The confidence-aware curriculum τ(t) (`curriculum`, papers' settings only) is garbled in
 the summary ("a per-class threshold based on the expected prediction margin"); ours is

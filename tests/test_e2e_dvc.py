@@ -271,6 +271,8 @@ def test_invalid_params_fail_before_anything_is_touched(project):
     # the papers' settings train on known labels alone: at ratio 0 there are none
     out = _refused_repro(project, lambda params: params.update(unknown="ignore"))
     assert "unknown: ignore trains on the known labels alone, and ratio: 0 knows none" in out
+    out = _refused_repro(project, lambda params: params.update(unknown="negative", known="single_positive"))
+    assert "unknown: negative trains on the known labels alone, and ratio: 0 knows none" in out
     out = _refused_repro(project, lambda params: params.update(known="uncertain"))
     assert "known: uncertain answers the budget share of the train entries, and budget: 0 is none" in out
     assert snapshot() == before

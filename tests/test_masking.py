@@ -26,6 +26,35 @@ def test_bad_ratio():
         observed_mask(3, 2, np.ones(3, bool), 1.5, 0)
 
 
+def test_single_positive_labels_a_ratio_of_the_images_with_one_of_their_positives():
+    """PLMCL's setting (000 §III.A): a labelled image knows exactly one true positive, drawn among its
+    positives; everything else is unknown; labelled images are nested across ratios, with the same positive."""
+    from pipeline.masking import MaskSettings, known_labels
+    from pipeline.storage import DataError
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((3000, 8)) < 0.3).astype(np.int8)
+    truth[:50] = 0  # images with no positive have none to show
+    train = np.ones(3000, bool)
+    train[2500:] = False
+    known, labels = known_labels(MaskSettings(ratio=0.2, seed=5, known="single_positive"), truth, train)
+    rows = known.sum(1)
+    assert set(np.unique(rows)) == {0, 1}
+    assert np.array_equal(labels, known) and (known <= truth).all()  # the one known entry is a true positive
+    assert not known[2500:].any() and not known[:50].any()
+    assert rows[50:2500].mean() == pytest.approx(0.2, abs=0.025)
+    # the positive is drawn among the image's positives, not always the first of them
+    picked = known.argmax(1)[rows > 0]
+    first = truth.argmax(1)[rows > 0]
+    assert (picked != first).mean() > 0.3
+    more, _ = known_labels(MaskSettings(ratio=0.5, seed=5, known="single_positive"), truth, train)
+    assert (more >= known).all() and more.sum() > 2 * known.sum()
+    other, _ = known_labels(MaskSettings(ratio=0.2, seed=6, known="single_positive"), truth, train)
+    assert not np.array_equal(other, known)
+    with pytest.raises(DataError, match="ground truth"):
+        known_labels(MaskSettings(ratio=0.2, known="single_positive"), None, train, (known, labels))
+
+
 def _answers(path, rows):
     import datetime
 
