@@ -67,6 +67,11 @@ class MaskSettings(Settings):
         return self.known == "single_positive"
 
     @property
+    def knows_nothing(self) -> bool:
+        """No entry can be known: the known labels come from `ratio` alone, and it is 0."""
+        return self.known in ("random", "single_positive") and self.ratio == 0
+
+    @property
     def reads_answers(self) -> bool:
         return self.known in ("answers", "answers+random")
 

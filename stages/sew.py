@@ -53,7 +53,7 @@ def check(params: Params) -> tuple[AdapterRecipe, AdapterRecipe, MethodGate]:
     methods = build_methods(params, ("rule", "online"))
     rule = methods.rule
     mask = params.build(MaskSettings)
-    if rule.paper_setting and mask.known in ("random", "single_positive") and mask.ratio == 0:
+    if rule.paper_setting and mask.knows_nothing:
         raise ParamsError(f"unknown: {rule.unknown} trains on the known labels alone, and ratio: 0 knows none; "
                           "set ratio > 0, known: answers, or unknown: pseudo to train on CLIP's pseudo labels")
     settings, options = p.build(SewSettings), p.section("adapter").build(AdapterOptions)
