@@ -220,6 +220,109 @@ def rule_prediction_step(state: EmState, predictions: np.ndarray, rule: Rule) ->
     state.y_prev, state.y_hat = state.y_hat, new
 
 
+@dataclass(frozen=True)
+class EmPlan:
+    """Which label steps a run of `train_adapter_em` takes, from the sew settings and the rule.
+
+    `paper`: the papers' settings (no CLIP label, no E-step); `predictions_e_step`: the E-step mixes the
+    adapter's predictions into Z at `settings.e_step_epochs`; `feeds_e_step`: a rule's ŷ is that prediction
+    (`unknown: pseudo`); `replaces_e_step`: the rule's ŷ is Z itself; `backprop`: eq. 19's E-step, Z learning
+    by gradient beside the adapter."""
+
+    paper: bool
+    predictions_e_step: bool
+    feeds_e_step: bool
+    replaces_e_step: bool
+    backprop: bool
+
+    @classmethod
+    def of(cls, settings: SewSettings, rule: Rule) -> EmPlan:
+        paper = rule.paper_setting
+        predictions = settings.e_step == "predictions" and settings.e_weight > 0 and not paper
+        feeds = rule.UPDATES_LABELS and predictions
+        return cls(paper, predictions, feeds, rule.UPDATES_LABELS and not feeds,
+                   settings.e_step == "backprop" and not rule.UPDATES_LABELS and not paper)
+
+
+@dataclass(frozen=True)
+class EmRun:
+    """One EM run's fixed parts, which every step reads: the frozen tower (None on stored features) and its
+    normalizer, the adapter, its composites, the rule, the transfer and its known signs, the rule's entry
+    weights [N, C], the settings and the plan."""
+
+    visual: torch.nn.Module | None
+    normalizer: tuple[torch.Tensor, torch.Tensor] | None
+    adapter: torch.nn.Module
+    dataset: SewDataset
+    settings: SewSettings
+    rule: Rule
+    plan: EmPlan
+    transfer: OnlineTransfer | None
+    host_sign: torch.Tensor | None
+    w_all: torch.Tensor | None
+
+    def plain_predictions(self) -> np.ndarray:
+        """The adapter's logits on the images without overlays. [N, C]"""
+        return predict_hosts(self.visual, self.normalizer, self.adapter, self.dataset, self.settings.batch_size)
+
+    def loader(self, epoch: int, num_workers: int) -> DataLoader:
+        """The epoch's composites in a seeded order."""
+        order = torch.Generator().manual_seed(self.settings.seed * 1000 + epoch)
+        return DataLoader(self.dataset, batch_size=self.settings.batch_size, shuffle=True, generator=order,
+                          num_workers=num_workers, drop_last=len(self.dataset) > self.settings.batch_size)
+
+    def transfer_epoch_start(self, epoch: int) -> None:
+        """The transfer sees the known positives' class features on the plain images."""
+        if self.transfer is None:
+            return
+        sign = self.host_sign
+        self.transfer.epoch_start(epoch, lambda: map_hosts(  # only the known positives' rows: never all N × C
+            lambda f, batch: self.adapter.class_features(f)[sign[batch] > 0], self.visual, self.normalizer,
+            self.adapter, self.dataset, self.settings.batch_size), sign)
+
+
+def m_step_loss(run: EmRun, state: EmState, batch: tuple, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the batch's loss, its M-step part): the BCE against the composite labels from Z under the rule (eq.
+    20), the transfer's losses and the targets it moves, and eq. 19's E-step loss under `backprop`."""
+    images, sources, classes, hidden = batch
+    with torch.no_grad():
+        feats = encode_batch(run.visual, run.normalizer, run.dataset, images)
+    out = adapter_pass(run.adapter, feats)
+    hidden = hidden if hidden.shape[-1] else None
+    zs, targets, labelled, w, wk = composite_targets(state, sources, classes, hidden, run.w_all, run.rule)
+    transfer_loss = None
+    if run.transfer is not None:
+        overlaid = source_mask(sources[:, 1:], classes[:, 1:], zs.shape[-1]).any(1)
+        sign = composite_known_sign(run.host_sign[sources[:, 0]], overlaid, hidden)
+        moved = run.transfer.step(out, sign, targets, labelled, epoch)
+        if run.plan.paper:  # what the transfer labels is a target even where `ignore` gives none
+            labelled = labelled | moved.raised | moved.lowered
+        targets = apply_targets(targets, moved, labelled, run.transfer.raise_logit)
+        transfer_loss = moved.loss
+    embeddings = out.class_features.mean(1) if run.rule.REPRESENTATION else None  # only a rule that reads them
+    m_loss = training_loss(out.logits, embeddings, targets, state.keep[sources[:, 0]], run.rule, epoch, w,
+                           labelled, wk)
+    loss = m_loss if transfer_loss is None else m_loss + transfer_loss
+    if run.plan.backprop:  # eq. 19: the composite labels learn from the adapter's predictions
+        e_loss = F.binary_cross_entropy_with_logits(zs, torch.sigmoid(out.logits).detach(), reduction="none")
+        loss = loss + (e_loss * labelled).sum() / labelled.sum().clamp(min=1)
+    return loss, m_loss
+
+
+def label_steps(run: EmRun, state: EmState, epoch: int) -> None:
+    """The epoch-end label steps: the rule's ŷ (replacing the E-step, or feeding it), then the predictions
+    E-step where this epoch ends one."""
+    plan, settings = run.plan, run.settings
+    if plan.replaces_e_step:
+        rule_label_step(state, run.plain_predictions(), run.rule, epoch, settings)
+    if plan.feeds_e_step and epoch + 1 <= max(settings.e_step_epochs):  # ŷ only matters up to the last E-step
+        rule_prediction_step(state, run.plain_predictions(), run.rule)
+    if plan.predictions_e_step and epoch + 1 in settings.e_step_epochs:
+        predictions = logit(state.y_hat, EPS).astype(np.float32) if plan.feeds_e_step else run.plain_predictions()
+        with torch.no_grad():  # any later epochs' composites take their labels from the refined Z
+            state.z.copy_(torch.from_numpy(e_step(state.z0.numpy(), predictions, settings.e_weight)))
+
+
 def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, torch.Tensor],
                      adapter: torch.nn.Module, dataset: SewDataset, z_init: np.ndarray, frozen: np.ndarray,
                      settings: SewSettings, num_workers: int = 0,
@@ -229,10 +332,11 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
                      ) -> np.ndarray:
     """Train `adapter` on composites and the estimator Z jointly (Algorithm 1); returns refined Z.
 
-    M-step: BCE(p, stop σ(z_s)) trains the adapter (eq. 20), with z_s the composite label from Z; entries
-    no source labels (hidden host labels) carry no loss. E-step: `settings.e_step` (see the module
-    docstring). Entries where `frozen` is True (known labels) keep z_init. The visual tower stays frozen;
-    with estimator_lr 0 (backprop) or e_weight 0 (predictions) this is plain distillation of fixed labels.
+    M-step (`m_step_loss`): BCE(p, stop σ(z_s)) trains the adapter (eq. 20), with z_s the composite label
+    from Z; entries no source labels (hidden host labels) carry no loss. E-step (`label_steps`):
+    `settings.e_step` (see the module docstring). Entries where `frozen` is True (known labels) keep z_init.
+    The visual tower stays frozen; with estimator_lr 0 (backprop) or e_weight 0 (predictions) this is plain
+    distillation of fixed labels.
     A partial-label `rule` (pipeline.rules) weights the M-step; with `unknown: pseudo` a known entry's BCE weighs
     `settings.known_weight` pseudo-labelled ones. `plmcl` and `g2netpl` update their labels ŷ
     after each epoch, on predictions for the images without overlays: in the papers' settings (and with
@@ -249,74 +353,35 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     the start of every epoch.
     """
     torch.manual_seed(settings.seed)
-    paper = rule.paper_setting
-    state = EmState.initial(z_init, frozen, paper, settings.known_weight)
+    plan = EmPlan.of(settings, rule)
+    state = EmState.initial(z_init, frozen, plan.paper, settings.known_weight)
     w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
-    predictions_e_step = settings.e_step == "predictions" and settings.e_weight > 0 and not paper
-    feeds_e_step = rule.UPDATES_LABELS and predictions_e_step  # the rule's ŷ is the E-step's prediction
-    replaces_e_step = rule.UPDATES_LABELS and not feeds_e_step
-    backprop = settings.e_step == "backprop" and not rule.UPDATES_LABELS and not paper
     opt, scheduled = em_optimizer(adapter, state.z, settings, transfer)
     host_sign = None if transfer is None else known_sign_of(state.z0, state.keep)
+    run = EmRun(visual, normalizer, adapter, dataset, settings, rule, plan, transfer, host_sign, w_all)
     if visual is not None:
         visual.eval()
-
-    def plain_predictions() -> np.ndarray:
-        return predict_hosts(visual, normalizer, adapter, dataset, settings.batch_size)
-
     start = restore_em(checkpointer, state, adapter, opt, transfer)
     for epoch in range(start, settings.epochs):
         dataset.epoch = epoch
-        order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
-        loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, generator=order,
-                            num_workers=num_workers, drop_last=len(dataset) > settings.batch_size)
-        if transfer is not None:
-            transfer.epoch_start(epoch, lambda: map_hosts(  # only the known positives' rows: never all N × C
-                lambda f, batch: adapter.class_features(f)[host_sign[batch] > 0], visual, normalizer, adapter, dataset,
-                settings.batch_size), host_sign)
+        loader = run.loader(epoch, num_workers)
+        run.transfer_epoch_start(epoch)
         adapter.train()
-        for step, (images, sources, classes, hidden) in enumerate(loader):
+        for step, batch in enumerate(loader):
             lr = settings.adapter_lr(epoch * len(loader) + step, settings.epochs * len(loader))
             for g in scheduled:
                 opt.param_groups[g]["lr"] = lr
-            with torch.no_grad():
-                feats = encode_batch(visual, normalizer, dataset, images)
-            out = adapter_pass(adapter, feats)
-            hidden = hidden if hidden.shape[-1] else None
-            zs, targets, labelled, w, wk = composite_targets(state, sources, classes, hidden, w_all, rule)
-            transfer_loss = None
-            if transfer is not None:
-                overlaid = source_mask(sources[:, 1:], classes[:, 1:], zs.shape[-1]).any(1)
-                sign = composite_known_sign(host_sign[sources[:, 0]], overlaid, hidden)
-                moved = transfer.step(out, sign, targets, labelled, epoch)
-                if paper:  # what the transfer labels is a target even where `ignore` gives none
-                    labelled = labelled | moved.raised | moved.lowered
-                targets = apply_targets(targets, moved, labelled, transfer.raise_logit)
-                transfer_loss = moved.loss
-            embeddings = out.class_features.mean(1) if rule.REPRESENTATION else None  # only a rule that reads them
-            m_loss = training_loss(out.logits, embeddings, targets, state.keep[sources[:, 0]], rule, epoch, w,
-                                   labelled, wk)
-            loss = m_loss if transfer_loss is None else m_loss + transfer_loss
-            if backprop:  # eq. 19: the composite labels learn from the adapter's predictions
-                e_loss = F.binary_cross_entropy_with_logits(zs, torch.sigmoid(out.logits).detach(), reduction="none")
-                loss = loss + (e_loss * labelled).sum() / labelled.sum().clamp(min=1)
+            loss, m_loss = m_step_loss(run, state, batch, epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if on_step is not None:
                 on_step(epoch, step, m_loss.item())
-        if replaces_e_step:
-            rule_label_step(state, plain_predictions(), rule, epoch, settings)
-        if feeds_e_step and epoch + 1 <= max(settings.e_step_epochs):  # ŷ only matters up to the last E-step
-            rule_prediction_step(state, plain_predictions(), rule)
-        if predictions_e_step and epoch + 1 in settings.e_step_epochs:
-            predictions = logit(state.y_hat, EPS).astype(np.float32) if feeds_e_step else plain_predictions()
-            with torch.no_grad():  # any later epochs' composites take their labels from the refined Z
-                state.z.copy_(torch.from_numpy(e_step(state.z0.numpy(), predictions, settings.e_weight)))
+        label_steps(run, state, epoch)
         if checkpointer is not None and checkpointer.due(epoch) and epoch + 1 < settings.epochs:
             save_em(checkpointer, epoch, state, adapter, opt, transfer)
     adapter.eval()
-    if paper and not rule.UPDATES_LABELS:  # the method's labels of the unknown entries: the trained network's
+    if plan.paper and not rule.UPDATES_LABELS:  # the method's labels of the unknown entries: the trained network's
         with torch.no_grad():
-            state.z.copy_(torch.from_numpy(plain_predictions()))
+            state.z.copy_(torch.from_numpy(run.plain_predictions()))
     return state.refined()
