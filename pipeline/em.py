@@ -1,8 +1,8 @@
 """The EM of the sew stage (TailorCLIP §3.5, Algorithm 1): the adapter's M-steps on the composites of
 pipeline.sew and the E-steps that refine the pseudo labels Z, with the training rules (pipeline.rules) and the
 known-label transfers (pipeline.online_transfer: HST, TRM-ML) plugged into the loop. The settings are
-pipeline.sew.SewSettings (`e_step`, `e_weight`, `e_rounds`, `em_epochs`: that module's docstring says what
-each changes from the paper).
+pipeline.sew.SewSettings (`e_step`, `e_weight`, `e_rounds`, `em_epochs`, `refined_from`: that module's docstring
+says what each changes from the paper).
 
 Kept apart from the composites so that the stages that only encode images (`features`) never depend on a
 training rule or a transfer: a method edit reruns `sew`, never the frozen tower's features.
@@ -227,13 +227,15 @@ class EmPlan:
     `paper`: the papers' settings (no CLIP label, no E-step); `predictions_e_step`: the E-step mixes the
     adapter's predictions into Z at `settings.e_step_epochs`; `feeds_e_step`: a rule's ŷ is that prediction
     (`unknown: pseudo`); `replaces_e_step`: the rule's ŷ is Z itself; `backprop`: eq. 19's E-step, Z learning
-    by gradient beside the adapter."""
+    by gradient beside the adapter; `final_e_step`: the refined labels come from one more predictions E-step
+    with the final adapter (`sew.refined_from: final`)."""
 
     paper: bool
     predictions_e_step: bool
     feeds_e_step: bool
     replaces_e_step: bool
     backprop: bool
+    final_e_step: bool = False
 
     @classmethod
     def of(cls, settings: SewSettings, rule: Rule) -> EmPlan:
@@ -241,7 +243,8 @@ class EmPlan:
         predictions = settings.e_step == "predictions" and settings.e_weight > 0 and not paper
         feeds = rule.UPDATES_LABELS and predictions
         return cls(paper, predictions, feeds, rule.UPDATES_LABELS and not feeds,
-                   settings.e_step == "backprop" and not rule.UPDATES_LABELS and not paper)
+                   settings.e_step == "backprop" and not rule.UPDATES_LABELS and not paper,
+                   predictions and settings.refined_from == "final")
 
 
 @dataclass(frozen=True)
@@ -384,4 +387,7 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     if plan.paper and not rule.UPDATES_LABELS:  # the method's labels of the unknown entries: the trained network's
         with torch.no_grad():
             state.z.copy_(torch.from_numpy(run.plain_predictions()))
+    if plan.final_e_step:  # the labels a user takes away: Z⁰ mixed with the final adapter's logits
+        with torch.no_grad():
+            state.z.copy_(torch.from_numpy(e_step(state.z0.numpy(), run.plain_predictions(), settings.e_weight)))
     return state.refined()

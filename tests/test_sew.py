@@ -238,6 +238,26 @@ def test_em_epochs_refine_early_and_train_on_the_refined_labels_after(tiny_model
     assert np.array_equal(runs[3][0], runs[1][0]) and not np.allclose(runs[3][1], runs[1][1])
 
 
+def test_refined_from_final_mixes_the_final_adapter_into_z0_and_trains_the_same(tiny_model, image_paths):
+    z = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    frozen = np.zeros_like(z, bool)
+    frozen[0] = True
+    runs = {}
+    for source in ("em", "final"):
+        torch.manual_seed(0)
+        adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
+        s = SewSettings(epochs=3, em_epochs=1, batch_size=4, max_overlays=1, e_weight=0.6, refined_from=source)
+        ds = SewDataset(image_paths, 32, np.arange(10), s)
+        refined = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen, s)
+        runs[source] = refined, predict_hosts(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, 4)
+    (em, p_em), (final, p_final) = runs["em"], runs["final"]
+    assert np.array_equal(p_em, p_final)  # the same training: only the labels written differ
+    assert np.allclose(final[1:], e_step(z, p_final, 0.6)[1:], atol=1e-5) and np.array_equal(final[0], z[0])
+    assert not np.allclose(final, em)  # em: the adapter of epoch 1 made them
+    with pytest.raises(ValueError, match="refined_from"):
+        SewSettings(refined_from="last")
+
+
 @pytest.mark.parametrize("rule", RULES[1:])
 def test_every_rule_keeps_known_labels_and_trains(tiny_model, image_paths, rule):
     torch.manual_seed(0)
