@@ -65,7 +65,8 @@ class Row:
 EXPERIMENTS: dict[str, tuple[float | None, list[str], bool]] = {
     "ours": (0.0, [], False),
     "cdul_student": (0.0, ["distill.student=cdul"], False),
-    "mulsupconld": (1.0, ["method=label_distribution"], True),
+    # its paper trains with the loss, no held-out gate deciding whether to (the gate would probe known labels)
+    "mulsupconld": (1.0, ["method=label_distribution", "method_gate.mode=none"], True),
     **{name: (None, METHODS[name], False) for name in
        ("pbce", "an", "large_loss_an", "plmcl_paper", "g2netpl_paper", "hst_paper", "trm_paper", "an_single",
         "plmcl_single")},
