@@ -29,11 +29,12 @@ to lower even the ceiling trained on true labels:
   Z for the rest (M-steps only, Algorithm 1's alternation ending on an M-step). Refining from the adapter
   of epoch 8 and training it to epoch 32 on the refined labels gives the labels of an 8-epoch run and a
   better student than either 8 or 32 epochs of EM (README).
-- `refined_from` (ours): the refined labels `sew` writes. `em`: Z as the last E-step left it, the labels the
-  later epochs trained on; `final`: one more E-step with the final adapter, Z⁰ mixed with its logits on the
-  plain images at `e_weight`. Training is the same either way (the adapter and the student do not change);
-  the final adapter has trained twice as long, on the refined labels, and ranks the train entries better
-  than the adapter of the last E-step.
+- `refined_from` (ours): the refined labels `sew` writes. `em` (the paper's): Z as the last E-step left it,
+  the labels the later epochs trained on; `final` (the default): one more E-step with the final adapter, Z⁰
+  mixed with its logits on the plain images at `e_weight`. Training is the same either way (the adapter and
+  the student do not change); the final adapter has trained twice as long, the second half on the refined
+  labels, and ranks the train entries better than the adapter of the last E-step (refined +0.0010 on
+  dataset seeds 0–2, on every seed; README).
 - `plain_epochs` (ours): the last epochs train on the plain images only, so the adapter ends on the
   distribution it is tested on; the composites of the earlier epochs have taught it the small and
   partly covered objects.
@@ -94,7 +95,7 @@ class SewSettings(Settings):
     e_weight: float = setting(0.5, ge=0.0, le=1.0)  # predictions: weight of the adapter's logits in the E-step
     e_rounds: int = setting(1, ge=1)  # predictions: E-steps, evenly spaced over the EM epochs (the last after the last)
     em_epochs: int | None = setting(8, ge=1, auto=True)  # E-steps fall in the first min(this, epochs); auto: all
-    refined_from: str = setting("em", choices=REFINED_FROM)  # predictions: the refined labels' E-step (docstring)
+    refined_from: str = setting("final", choices=REFINED_FROM)  # predictions: the refined labels' E-step (docstring)
     epochs: int = setting(16, ge=1)
     batch_size: int = setting(32, ge=2)
     lr: float = setting(2e-3, ge=0.0)  # adapter (the peak with a cosine schedule)

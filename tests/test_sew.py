@@ -230,11 +230,12 @@ def test_em_epochs_refine_early_and_train_on_the_refined_labels_after(tiny_model
     for epochs, em in ((1, None), (3, 1)):
         torch.manual_seed(0)
         adapter = adapter_for(tiny_model, 3, 32, hidden=16, heads=2)
-        s = SewSettings(epochs=epochs, em_epochs=em, batch_size=4, max_overlays=1, e_weight=0.6, lr_schedule="constant")
+        s = SewSettings(epochs=epochs, em_epochs=em, batch_size=4, max_overlays=1, e_weight=0.6, lr_schedule="constant",
+                        refined_from="em")
         ds = SewDataset(image_paths, 32, np.arange(10), s)
         refined = train_adapter_em(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, z, frozen, s)
         runs[epochs] = refined, predict_hosts(tiny_model.visual, clip.normalizer_of(tiny_model), adapter, ds, 4)
-    # the labels are those of the one-epoch run; the adapter trained two more epochs on them
+    # with refined_from: em the labels are those of the one-epoch run; the adapter trained two more epochs on them
     assert np.array_equal(runs[3][0], runs[1][0]) and not np.allclose(runs[3][1], runs[1][1])
 
 
@@ -345,7 +346,7 @@ def test_with_pseudo_labels_a_rule_feeds_the_e_step(tiny_model, image_paths):
     z = np.random.default_rng(1).normal(size=(10, 3)).astype(np.float32)
     frozen = np.zeros_like(z, bool)
     frozen[::2, 0] = True
-    s = SewSettings(epochs=3, em_epochs=2, batch_size=4, max_overlays=1)
+    s = SewSettings(epochs=3, em_epochs=2, batch_size=4, max_overlays=1, refined_from="em")  # the E-step's labels
     ds = SewDataset(image_paths, 32, np.arange(10), s)
     out = {}
     for name, rule in (("none", make_rule("none")), ("copy", Plmcl(eta=1.0, alpha=0.5, beta=0.5)),
