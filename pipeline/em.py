@@ -235,7 +235,7 @@ class EmPlan:
     feeds_e_step: bool
     replaces_e_step: bool
     backprop: bool
-    final_e_step: bool = False
+    final_e_step: bool
 
     @classmethod
     def of(cls, settings: SewSettings, rule: Rule) -> EmPlan:
@@ -339,7 +339,8 @@ def train_adapter_em(visual: torch.nn.Module, normalizer: tuple[torch.Tensor, to
     from Z; entries no source labels (hidden host labels) carry no loss. E-step (`label_steps`):
     `settings.e_step` (see the module docstring). Entries where `frozen` is True (known labels) keep z_init.
     The visual tower stays frozen; with estimator_lr 0 (backprop) or e_weight 0 (predictions) this is plain
-    distillation of fixed labels.
+    distillation of fixed labels. Under `sew.refined_from: final` the returned Z is one more predictions
+    E-step, with the adapter that finished training; the training itself is the same.
     A partial-label `rule` (pipeline.rules) weights the M-step; with `unknown: pseudo` a known entry's BCE weighs
     `settings.known_weight` pseudo-labelled ones. `plmcl` and `g2netpl` update their labels ŷ
     after each epoch, on predictions for the images without overlays: in the papers' settings (and with
