@@ -228,7 +228,8 @@ class EmPlan:
     adapter's predictions into Z at `settings.e_step_epochs`; `feeds_e_step`: a rule's ŷ is that prediction
     (`unknown: pseudo`); `replaces_e_step`: the rule's ŷ is Z itself; `backprop`: eq. 19's E-step, Z learning
     by gradient beside the adapter; `final_e_step`: the refined labels come from one more predictions E-step
-    with the final adapter (`sew.refined_from: final`)."""
+    with the final adapter (`sew.refined_from: final`), unless the last E-step already mixed in that adapter's
+    own predictions (after the last epoch, with no rule's ŷ in their place): it would recompute the same Z."""
 
     paper: bool
     predictions_e_step: bool
@@ -244,7 +245,8 @@ class EmPlan:
         feeds = rule.UPDATES_LABELS and predictions
         return cls(paper, predictions, feeds, rule.UPDATES_LABELS and not feeds,
                    settings.e_step == "backprop" and not rule.UPDATES_LABELS and not paper,
-                   predictions and settings.refined_from == "final")
+                   predictions and settings.refined_from == "final"
+                   and (feeds or max(settings.e_step_epochs) < settings.epochs))
 
 
 @dataclass(frozen=True)

@@ -257,6 +257,14 @@ def test_refined_from_final_mixes_the_final_adapter_into_z0_and_trains_the_same(
     assert not np.allclose(final, em)  # em: the adapter of epoch 1 made them
     with pytest.raises(ValueError, match="refined_from"):
         SewSettings(refined_from="last")
+    # where the last E-step came after the last epoch from the adapter's own predictions, it is the final one
+    from pipeline.em import EmPlan
+    from pipeline.plmcl import Plmcl
+
+    assert EmPlan.of(SewSettings(epochs=3, em_epochs=1), make_rule("none")).final_e_step
+    assert not EmPlan.of(SewSettings(epochs=3, em_epochs=None), make_rule("none")).final_e_step
+    assert not EmPlan.of(SewSettings(epochs=3, em_epochs=1, refined_from="em"), make_rule("none")).final_e_step
+    assert EmPlan.of(SewSettings(epochs=3, em_epochs=None), Plmcl()).final_e_step  # that E-step took ŷ instead
 
 
 @pytest.mark.parametrize("rule", RULES[1:])
