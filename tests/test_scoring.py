@@ -78,6 +78,19 @@ def test_resume_is_byte_identical(tiny_model, tiny_tokenizer, images, tmp_path):
         assert a[k].tobytes() == b[k].tobytes(), k
 
 
+def test_resume_drops_a_killed_runs_half_written_chunk(tiny_model, tiny_tokenizer, images, tmp_path):
+    assert run(tiny_model, tiny_tokenizer, images, tmp_path / "full")
+    assert not run(tiny_model, tiny_tokenizer, images, tmp_path / "part", max_shards=1)
+    # what zarr's LocalStore leaves when SIGKILL lands between writing a chunk's temp file and renaming it
+    orphan = tmp_path / "part" / "store.zarr" / "crops" / "c" / "1" / "0" / "0.4a3a1c51a92d457f.partial"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"")
+    assert run(tiny_model, tiny_tokenizer, images, tmp_path / "part")
+    files = {w: {p.relative_to(tmp_path / w / "store.zarr"): p.read_bytes()
+                 for p in (tmp_path / w / "store.zarr").rglob("*") if p.is_file()} for w in ("full", "part")}
+    assert files["part"] == files["full"]
+
+
 def markers(work):
     return sorted(p.name for p in (work / "done").iterdir())
 

@@ -141,8 +141,21 @@ def resume_state(store_path: Path, done_dir: Path, fp: str, log) -> set[int] | N
     if old != fp:
         log(f"discarding partial scores in {store_path.parent}: written with other settings")
         return None
+    remove_orphan_writes(store_path)
     done = done_shards(done_dir)
     if done:
         log(f"resuming: {len(done)} shard(s) already scored in {store_path.parent}")
     return done
+
+
+def remove_orphan_writes(store_path: Path) -> int:
+    """Delete the temporary files of chunk writes a killed run left behind; returns how many.
+
+    Zarr's LocalStore writes a chunk to `<chunk>.<uuid>.partial` and renames it into place; a SIGKILL
+    between the two leaves the `.partial` file. Its shard was never marked done, so it is rewritten on
+    resume, and the orphan would otherwise ship inside the finished store."""
+    orphans = list(store_path.rglob("*.partial"))
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return len(orphans)
 
