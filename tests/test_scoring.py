@@ -45,7 +45,7 @@ def run(model, tok, images, work, **kw):
                    batch_images=kw.pop("batch_images", 3), batch_views=kw.pop("batch_views", None),
                    precision=kw.pop("precision", "auto"))
     return score_to_store(model, text, images, [p.stem for p in images], job, work, {"model": "tiny"},
-                          progress=False, log=lambda m: None, **kw)
+                          progress=False, log=kw.pop("log", lambda m: None), **kw)
 
 
 def read(work):
@@ -85,7 +85,9 @@ def test_resume_drops_a_killed_runs_half_written_chunk(tiny_model, tiny_tokenize
     orphan = tmp_path / "part" / "store.zarr" / "crops" / "c" / "1" / "0" / "0.4a3a1c51a92d457f.partial"
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"")
-    assert run(tiny_model, tiny_tokenizer, images, tmp_path / "part")
+    logged = []
+    assert run(tiny_model, tiny_tokenizer, images, tmp_path / "part", log=logged.append)
+    assert any("removed 1 half-written chunk file" in line for line in logged), logged
     files = {w: {p.relative_to(tmp_path / w / "store.zarr"): p.read_bytes()
                  for p in (tmp_path / w / "store.zarr").rglob("*") if p.is_file()} for w in ("full", "part")}
     assert files["part"] == files["full"]

@@ -141,7 +141,9 @@ def resume_state(store_path: Path, done_dir: Path, fp: str, log) -> set[int] | N
     if old != fp:
         log(f"discarding partial scores in {store_path.parent}: written with other settings")
         return None
-    remove_orphan_writes(store_path)
+    orphans = remove_orphan_writes(store_path)
+    if orphans:
+        log(f"removed {orphans} half-written chunk file(s) a killed run left in {store_path}")
     done = done_shards(done_dir)
     if done:
         log(f"resuming: {len(done)} shard(s) already scored in {store_path.parent}")
