@@ -246,7 +246,7 @@ class EmPlan:
         return cls(paper, predictions, feeds, rule.UPDATES_LABELS and not feeds,
                    settings.e_step == "backprop" and not rule.UPDATES_LABELS and not paper,
                    predictions and settings.refined_from == "final"
-                   and (feeds or max(settings.e_step_epochs) < settings.epochs))
+                   and (feeds or settings.em_span < settings.epochs))
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ from PIL import Image
 
 from pipeline import clip
 from pipeline.adapter import adapter_for
-from pipeline.em import e_step, predict_hosts, train_adapter_em
+from pipeline.em import EmPlan, e_step, predict_hosts, train_adapter_em
 from pipeline.methods import RULES
+from pipeline.plmcl import Plmcl
 from pipeline.sew import (
     SewDataset,
     SewSettings,
@@ -258,9 +259,6 @@ def test_refined_from_final_mixes_the_final_adapter_into_z0_and_trains_the_same(
     with pytest.raises(ValueError, match="refined_from"):
         SewSettings(refined_from="last")
     # where the last E-step came after the last epoch from the adapter's own predictions, it is the final one
-    from pipeline.em import EmPlan
-    from pipeline.plmcl import Plmcl
-
     assert EmPlan.of(SewSettings(epochs=3, em_epochs=1), make_rule("none")).final_e_step
     assert not EmPlan.of(SewSettings(epochs=3, em_epochs=None), make_rule("none")).final_e_step
     assert not EmPlan.of(SewSettings(epochs=3, em_epochs=1, refined_from="em"), make_rule("none")).final_e_step
@@ -349,7 +347,6 @@ def test_with_pseudo_labels_a_rule_feeds_the_e_step(tiny_model, image_paths):
     """`unknown: pseudo`: PLMCL's ŷ (from the corrected labels) is the E-step's prediction, not the adapter's
     target every epoch. With η = 1 and no momentum ŷ is the last predictions themselves, so the refined labels
     are those of no rule; the default PLMCL smooths them into other labels."""
-    from pipeline.plmcl import Plmcl
 
     z = np.random.default_rng(1).normal(size=(10, 3)).astype(np.float32)
     frozen = np.zeros_like(z, bool)
