@@ -320,7 +320,7 @@ def label_steps(run: EmRun, state: EmState, epoch: int) -> None:
     plan, settings = run.plan, run.settings
     if plan.replaces_e_step:
         rule_label_step(state, run.plain_predictions(), run.rule, epoch, settings)
-    if plan.feeds_e_step and epoch + 1 <= max(settings.e_step_epochs):  # ŷ only matters up to the last E-step
+    if plan.feeds_e_step and epoch + 1 <= settings.em_span:  # ŷ only matters up to the last E-step
         rule_prediction_step(state, run.plain_predictions(), run.rule)
     if plan.predictions_e_step and epoch + 1 in settings.e_step_epochs:
         predictions = logit(state.y_hat, EPS).astype(np.float32) if plan.feeds_e_step else run.plain_predictions()
