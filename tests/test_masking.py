@@ -195,6 +195,21 @@ def test_answers_recalibrate_their_class_only():
     assert (np.diff(p[:, 0]) > 0).all()
 
 
+def test_answers_a_rare_class_separates_well_calibrate_it_and_do_not_run_off():
+    """A rare class whose answered positives sit far above its shifted 0 and whose negatives reach up to them
+    (as a class's known entries do when its pseudo labels rank well): the fit must put its answered positives
+    near P = 1 and its negatives near 0. An undamped Newton from (a, b) = (1, 0) overshot here to a ≈ 0.1,
+    b ≈ −200 and gave every entry P ≈ 0."""
+    from pipeline.masking import answer_calibration
+
+    x = np.concatenate([np.linspace(-5, 4, 85), np.linspace(4.5, 9, 15)])[:, None]
+    labels = (np.arange(100) >= 85).astype(np.int8)[:, None]
+    p = answer_calibration(x, np.ones((100, 1), bool), labels)[:, 0]
+    assert p[85:].mean() > 0.8 and p[:85].mean() < 0.1
+    assert p[84] < 0.5 < p[86]  # its 0.5 falls where the answers turn present
+    assert (np.diff(p) >= 0).all()
+
+
 def test_a_review_in_rounds_finds_where_a_frequent_class_turns_absent():
     """A class present in three quarters of the images: the median shift puts its 0.5 far too high. Answered
     in one batch, the budget goes to entries that are all present; one at a time, the answers move the order
