@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.calibration import logistic_fit
 from pipeline.logits import calibrate_per_class, sigmoid
 from pipeline.settings import Settings, setting
 from pipeline.storage import DataError
@@ -36,9 +37,6 @@ KNOWN_SOURCES = ("random", "answers", "answers+random", "single_positive", "unce
 # the per-class shift of `review_order`: a class's median train entry sits at −REVIEW_MARGIN, as the default
 # `correct.margin` puts it in the labels `correct` writes (before their top-β correction)
 REVIEW_MARGIN = 1.0
-# `answer_calibration`: the precision of the prior that keeps a class's σ(x) until its answers say otherwise
-REVIEW_PRIOR = 0.1
-MIN_SLOPE = 0.1  # the least slope a of that fit: a higher logit never means a lower P(present)
 # the review page ranks its queue again after this many answers, and a simulated review (`known: uncertain`)
 # answers its budget in batches of this size; chosen on the contexts benchmark's dataset seed 0 (README)
 REVIEW_BATCH = 20
@@ -81,13 +79,12 @@ class MaskSettings(Settings):
         return self.known == "uncertain"
 
 
-def answer_calibration(x: np.ndarray, answered: np.ndarray, labels: np.ndarray, prior: float = REVIEW_PRIOR,
-                       steps: int = 50) -> np.ndarray:
+def answer_calibration(x: np.ndarray, answered: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """P(present) [N, C] of every entry, per class σ(a·x + b) fitted to the class's answered entries.
 
     `x` [N, C] are the review's shifted logits (`review_order`); `answered` bool [N, C], `labels` their 0/1
-    answers. The fit is a logistic regression on x with a Gaussian prior of precision `prior` around (a, b) =
-    (1, 0), at its posterior mode with a ≥ MIN_SLOPE (`_posterior_mode`), so a class without answers keeps
+    answers. The fit (`logistic_fit`) is a logistic regression on x with a Gaussian prior around (a, b) =
+    (1, 0), at its posterior mode with a ≥ MIN_SLOPE, so a class without answers keeps
     σ(x), and the answers move it to where they put the class's 0.5: a class whose answers near its shifted
     0 are mostly present has more positives than the median shift assumed."""
     x = np.asarray(x, np.float64)
@@ -96,46 +93,9 @@ def answer_calibration(x: np.ndarray, answered: np.ndarray, labels: np.ndarray, 
     p = sigmoid(np.clip(x, -50.0, 50.0))
     for c in np.flatnonzero(answered.any(0)):
         rows = answered[:, c]
-        a, b = _posterior_mode(x[rows, c], labels[rows, c], prior, steps)
+        a, b = logistic_fit(x[rows, c], labels[rows, c])
         p[:, c] = sigmoid(np.clip(a * x[:, c] + b, -50.0, 50.0))
     return p
-
-
-def _posterior_mode(x: np.ndarray, t: np.ndarray, prior: float, steps: int) -> tuple[float, float]:
-    """(a, b) maximising Σ log-likelihood of the answers t under σ(a·x + b) − prior/2 ‖(a, b) − (1, 0)‖², with
-    a ≥ MIN_SLOPE (answers of one kind must not turn the order of the logits round).
-
-    Newton's steps halve until the objective falls: a full step from (1, 0) overshoots on answers the logits
-    separate well (a class's known entries, all present above some x), and before the halving the fit ran off
-    to a ≈ 0.1, b ≈ −200 (every entry of the class at P ≈ 0) or to a flat σ(0.1·x) (every entry at ½: the
-    review spent its budget there). The objective is convex, so where the free mode has a < MIN_SLOPE the
-    bounded one lies on a = MIN_SLOPE, and only b is fitted there."""
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    centre = np.array([1.0, 0.0])
-
-    def loss(w: np.ndarray) -> float:
-        z = design @ w  # −log-likelihood, stably: log(1 + e^z) − t·z
-        return float(np.sum(np.logaddexp(0.0, z) - t * z) + 0.5 * prior * np.sum((w - centre) ** 2))
-
-    def fit(w: np.ndarray, free: np.ndarray) -> np.ndarray:
-        for _ in range(steps):
-            q = sigmoid(np.clip(design @ w, -50.0, 50.0))
-            grad = (design.T @ (q - t) + prior * (w - centre))[free]
-            hess = ((design * (q * (1 - q))[:, None]).T @ design + prior * np.eye(2))[np.ix_(free, free)]
-            step = np.zeros(2)
-            step[free] = np.linalg.solve(hess, grad)
-            now, scale = loss(w), 1.0
-            while scale > 1e-6 and loss(w - scale * step) > now:
-                scale /= 2
-            w = w - scale * step
-            if np.abs(scale * step).max() < 1e-9:
-                break
-        return w
-
-    w = fit(centre.copy(), np.array([True, True]))
-    if w[0] < MIN_SLOPE:
-        w = fit(np.array([MIN_SLOPE, w[1]]), np.array([False, True]))
-    return float(w[0]), float(w[1])
 
 
 def review_order(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray | None = None,

@@ -61,7 +61,8 @@ def test_median_calibration_moves_each_class_not_its_ranking():
     assert mean_ap(y, out) == mean_ap(y, z)
 
 
-def test_test_rows_never_shape_the_train_labels():
+@pytest.mark.parametrize("calibration", ["median", "known"])
+def test_test_rows_never_shape_the_train_labels(calibration):
     """The calibration's medians and the prototype bank's top-up come from the train rows: changing the test
     rows' scores and embeddings leaves every train row's corrected label as it was."""
     from pipeline.cooccurrence import CooccurrenceTransfer
@@ -79,7 +80,7 @@ def test_test_rows_never_shape_the_train_labels():
     other_initial, other_emb = initial.copy(), emb.copy()
     other_initial[~train] += 5.0  # test images that score far higher, and look elsewhere
     other_emb[~train] = rng.normal(size=(int((~train).sum()), d)) * 10
-    correction = Correction(method="sqrt", calibration="median")
+    correction = Correction(method="sqrt", calibration=calibration)
     protos = PrototypeTransfer(ThresholdRule("ema", batch_size=16), k=2, bank=30)
     outs = [correct_with_known(z, known, labels, correction, [protos, CooccurrenceTransfer(ThresholdRule("dtl"))],
                                embeddings=lambda e=e: (e, text), train=train)
@@ -89,6 +90,37 @@ def test_test_rows_never_shape_the_train_labels():
     # without the train rows named, the test rows shift the medians: the test above can fail
     shifted = [correct_with_known(z, known, labels, correction) for z in (initial, other_initial)]
     assert not np.array_equal(shifted[0].target[train], shifted[1].target[train])
+
+
+def test_known_calibration_fits_each_class_to_its_known_entries():
+    """`calibration: known`: a class whose entries are present with probability σ(2·z − 3) at their shifted logit
+    z gets a·z + b with (a, b) near (2, −3), fitted on its random known entries, so σ of an unknown entry's
+    label is its chance of being present; no class's ranking moves; a class with too few known positives keeps
+    the median shift; with nothing known the calibration is the median's, to the bit."""
+    from pipeline.correct import KNOWN_MIN_EACH, Correction, correct_with_known
+    from pipeline.logits import calibrate_per_class, sigmoid
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    initial = rng.normal(0.7, 2.0, size=(n, 2)).astype(np.float32)
+    z = calibrate_per_class(initial, 1.0)[:, 0]  # the median shift, which `known` starts from
+    labels = np.stack([rng.random(n) < sigmoid(2 * z - 3), np.arange(n) < 40], 1).astype(np.int8)
+    known = rng.random((n, 2)) < 0.1
+    known[:40, 1] = np.arange(40) < KNOWN_MIN_EACH - 1  # class 1: too few known positives to fit
+    median = correct_with_known(initial, known, labels, Correction(method="none", calibration="median")).target
+    fitted = correct_with_known(initial, known, labels, Correction(method="none", calibration="known")).target
+    unknown = ~known[:, 0]
+    a, b = np.polyfit(z[unknown], fitted[unknown, 0], 1)
+    assert abs(a - 2) < 0.3 and abs(b + 3) < 0.4
+    order = np.argsort(z[unknown], kind="stable")
+    assert (np.diff(fitted[unknown, 0][order]) >= 0).all()  # no entry of the class overtakes another
+    assert abs(sigmoid(fitted[unknown, 0]).mean() - labels[unknown, 0].mean()) < 0.02  # calibrated
+    assert abs(sigmoid(median[unknown, 0]).mean() - labels[unknown, 0].mean()) > 0.05  # the shift was not
+    assert np.array_equal(fitted[:, 1], median[:, 1])  # too few known positives: the shift stays
+    assert np.array_equal(fitted[known], median[known])  # known entries at ±9.2 either way
+    nothing = np.zeros_like(known)
+    assert np.array_equal(correct_with_known(initial, nothing, labels, Correction(calibration="known")).target,
+                          correct_with_known(initial, nothing, labels, Correction(calibration="median")).target)
 
 
 def test_a_gated_transfer_reads_the_embeddings_once():
