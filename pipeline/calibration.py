@@ -55,18 +55,21 @@ def logistic_fit(x: np.ndarray, t: np.ndarray, prior: float = FIT_PRIOR, min_slo
     return float(w[0]), float(w[1])
 
 
-def calibrate_to_known(z: np.ndarray, known: np.ndarray, labels: np.ndarray, min_each: int) -> np.ndarray:
-    """z [N, C] with each class's logits mapped to a·z + b, `logistic_fit` on the class's known entries
+def calibrate_to_known(z: np.ndarray, known: np.ndarray, labels: np.ndarray, min_each: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(z [N, C] with each class's logits mapped to a·z + b, `logistic_fit` on the class's known entries
     (`known` bool [N, C], `labels` their 0/1 values), so that σ of a logit is the share of known entries
     present at it. A class with fewer than `min_each` known positives or known negatives keeps its logits:
-    a fit to one kind of label only says how far to push the whole class, which the prior alone decides."""
+    a fit to one kind of label only says how far to push the whole class, which the prior alone decides;
+    bool [C]: the classes fitted)."""
     z = np.asarray(z, np.float32)
     known, labels = np.asarray(known, bool), np.asarray(labels, np.float64)
-    out = z.copy()
+    out, fitted = z.copy(), np.zeros(z.shape[1], bool)
     for c in np.flatnonzero(known.any(0)):
         t = labels[known[:, c], c]
         if min(t.sum(), len(t) - t.sum()) < min_each:
             continue
         a, b = logistic_fit(z[known[:, c], c], t)
         out[:, c] = (a * z[:, c].astype(np.float64) + b).astype(np.float32)
-    return out
+        fitted[c] = True
+    return out, fitted

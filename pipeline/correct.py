@@ -90,7 +90,7 @@ class Correction(Settings):
     method: str = setting("sqrt", choices=METHODS)
     beta: int = setting(1, ge=0)
     hard_threshold: float = setting(0.5, ge=0.0, le=1.0)
-    calibration: str = setting("median", choices=CALIBRATIONS)
+    calibration: str = setting("known", choices=CALIBRATIONS)
     margin: float = setting(1.0, ge=0.0)
 
     SECTION: ClassVar[str] = "correct"
@@ -102,6 +102,7 @@ class Corrected:
     raised: np.ndarray  # bool [N, C]: unknown entries a transfer raised
     lowered: np.ndarray  # bool [N, C]: unknown entries a transfer lowered
     store: dict  # the prototypes and similarities to keep (data/prototypes.zarr)
+    calibrated: np.ndarray | None = None  # bool [C]: the classes `calibration: known` fitted (None: no fit ran)
 
 
 def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarray, correction: Correction,
@@ -124,9 +125,10 @@ def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarra
         target = calibrate_per_class(target, c.margin, train)
     known = np.asarray(known, bool)
     any_known = bool(known.any())
+    calibrated = None
     if c.calibration == "known" and any_known:
-        fitted = known if train is None else known & np.asarray(train, bool)[:, None]
-        target = calibrate_to_known(target, fitted, labels, KNOWN_MIN_EACH)
+        rows = known if train is None else known & np.asarray(train, bool)[:, None]
+        target, calibrated = calibrate_to_known(target, rows, labels, KNOWN_MIN_EACH)
     raised = np.zeros(known.shape, bool)
     lowered = raised.copy()
     store: dict = {}
@@ -138,4 +140,4 @@ def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarra
         store.update(moved.store)
     if any_known:  # partial labels: what is known is never guessed
         target = apply_known_labels(target, known, labels)
-    return Corrected(target, raised, lowered, store)
+    return Corrected(target, raised, lowered, store, calibrated)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.correct import Correction, correct_with_known
+from pipeline.correct import KNOWN_MIN_EACH, Correction, correct_with_known
 from pipeline.methods import METHODS
 from pipeline.metrics import inversions
 from pipeline.storage import Table, scored_embeddings, write_small_store, write_table
@@ -41,6 +41,11 @@ def run(params: Params) -> None:
     print(f"corrected {correction.source} with {correction.method} on top-{correction.beta}; {int(known.sum())} "
           f"known entries fixed; {int(up.sum())} unknown entries raised, {int(down.sum())} lowered by transfer "
           f"→ {CORRECTED}")
+    if out.calibrated is not None:
+        left = [c for c, fitted in zip(initial.classes, out.calibrated, strict=True) if not fitted]
+        print(f"calibration known: {len(out.calibrated) - len(left)} of {len(out.calibrated)} classes fitted to "
+              "their known train entries" + (f"; {', '.join(left)} (fewer than {KNOWN_MIN_EACH} known positives "
+                                             "or negatives) keep the median shift" if left else ""))
     for t in transfers:  # a gated method: where its moves survived its held-out check
         if f"{t.SECTION}_gate" in out.store:
             kept = out.store[f"{t.SECTION}_gate"].astype(bool)

@@ -108,7 +108,9 @@ def test_known_calibration_fits_each_class_to_its_known_entries():
     known = rng.random((n, 2)) < 0.1
     known[:40, 1] = np.arange(40) < KNOWN_MIN_EACH - 1  # class 1: too few known positives to fit
     median = correct_with_known(initial, known, labels, Correction(method="none", calibration="median")).target
-    fitted = correct_with_known(initial, known, labels, Correction(method="none", calibration="known")).target
+    out = correct_with_known(initial, known, labels, Correction(method="none", calibration="known"))
+    fitted = out.target
+    assert out.calibrated.tolist() == [True, False]
     unknown = ~known[:, 0]
     a, b = np.polyfit(z[unknown], fitted[unknown, 0], 1)
     assert abs(a - 2) < 0.3 and abs(b + 3) < 0.4

@@ -202,7 +202,10 @@ def test_the_stage_measures_the_method_and_says_what_it_decided(masked, tmp_path
     assert (f"gate: on {verdict['probe_images']} held-out train images ({verdict['probe_entries']} known entries) "
             "the adapter with label_distribution ranks at") in out
     assert verdict["probe_images"] == 7 and verdict["probe_entries"] > 0  # 0.3 of the 24 train images
-    assert verdict["margin"] == 1.0 and verdict["lead_sd"] > 0
+    assert verdict["margin"] == 1.0
+    # the bootstrap's sd is 0 only where the lead never varies: both adapters rank every resample alike (on
+    # this tiny probe of 7 images both may rank each class's few known entries perfectly)
+    assert verdict["lead_sd"] > 0 or verdict["method_ap"] == verdict["baseline_ap"], verdict
     lead = verdict["method_ap"] - verdict["baseline_ap"]
     assert verdict["kept"] == (lead > 0 and lead >= verdict["lead_sd"])
     assert not (project / "data" / ".sew.work").exists()  # the probes' checkpoints and the measurement go too
