@@ -60,9 +60,11 @@ def calibrate_to_known(z: np.ndarray, known: np.ndarray, labels: np.ndarray, min
     """(z [N, C] with each class's logits mapped to a·z + b, `logistic_fit` on the class's known entries
     (`known` bool [N, C], `labels` their 0/1 values), so that σ of a logit is the share of known entries
     present at it. A class with fewer than `min_each` known positives or known negatives keeps its logits:
-    a fit to one kind of label only says how far to push the whole class, which the prior alone decides;
-    bool [C]: the classes fitted)."""
-    z = np.asarray(z, np.float32)
+    a fit to one kind of label only says how far to push the whole class, which the prior alone decides
+    (min_each 0 fits every class with a known entry); bool [C]: the classes fitted). float32 z stays float32,
+    float64 stays float64."""
+    z = np.asarray(z)
+    z = z if z.dtype == np.float64 else z.astype(np.float32)
     known, labels = np.asarray(known, bool), np.asarray(labels, np.float64)
     out, fitted = z.copy(), np.zeros(z.shape[1], bool)
     for c in np.flatnonzero(known.any(0)):
@@ -70,6 +72,6 @@ def calibrate_to_known(z: np.ndarray, known: np.ndarray, labels: np.ndarray, min
         if min(t.sum(), len(t) - t.sum()) < min_each:
             continue
         a, b = logistic_fit(z[known[:, c], c], t)
-        out[:, c] = (a * z[:, c].astype(np.float64) + b).astype(np.float32)
+        out[:, c] = a * z[:, c].astype(np.float64) + b
         fitted[c] = True
     return out, fitted

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.calibration import logistic_fit
+from pipeline.calibration import calibrate_to_known
 from pipeline.logits import calibrate_per_class, sigmoid
 from pipeline.settings import Settings, setting
 from pipeline.storage import DataError
@@ -83,19 +83,12 @@ def answer_calibration(x: np.ndarray, answered: np.ndarray, labels: np.ndarray) 
     """P(present) [N, C] of every entry, per class σ(a·x + b) fitted to the class's answered entries.
 
     `x` [N, C] are the review's shifted logits (`review_order`); `answered` bool [N, C], `labels` their 0/1
-    answers. The fit (`logistic_fit`) is a logistic regression on x with a Gaussian prior around (a, b) =
-    (1, 0), at its posterior mode with a ≥ MIN_SLOPE, so a class without answers keeps
-    σ(x), and the answers move it to where they put the class's 0.5: a class whose answers near its shifted
-    0 are mostly present has more positives than the median shift assumed."""
-    x = np.asarray(x, np.float64)
-    answered = np.asarray(answered, bool)
-    labels = np.asarray(labels, np.float64)
-    p = sigmoid(np.clip(x, -50.0, 50.0))
-    for c in np.flatnonzero(answered.any(0)):
-        rows = answered[:, c]
-        a, b = logistic_fit(x[rows, c], labels[rows, c])
-        p[:, c] = sigmoid(np.clip(a * x[:, c] + b, -50.0, 50.0))
-    return p
+    answers. The fit (`calibrate_to_known`, on every class with an answer) is a logistic regression on x with a
+    Gaussian prior around (a, b) = (1, 0), at its posterior mode with a ≥ MIN_SLOPE, so a class without answers
+    keeps σ(x), and the answers move it to where they put the class's 0.5: a class whose answers near its
+    shifted 0 are mostly present has more positives than the median shift assumed."""
+    fitted, _ = calibrate_to_known(np.asarray(x, np.float64), answered, labels, min_each=0)
+    return sigmoid(np.clip(fitted, -50.0, 50.0))
 
 
 def review_order(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray | None = None,
