@@ -63,7 +63,7 @@ class AdapterOptions(Settings):
     """Section `sew.adapter`: the adapter's size; the rest of pipeline.adapter.AdapterConfig follows the tower."""
 
     hidden: int = setting(128, ge=1)
-    layers: int = setting(1, ge=1)
+    layers: int = setting(2, ge=1)
     heads: int = setting(4, ge=1)
     residual: float = setting(0.2, ge=0.0, le=1.0)  # share of the bottleneck output in the residual mix
 

@@ -96,7 +96,7 @@ class SewSettings(Settings):
     e_rounds: int = setting(1, ge=1)  # predictions: E-steps, evenly spaced over the EM epochs (the last after the last)
     em_epochs: int | None = setting(8, ge=1, auto=True)  # E-steps fall in the first min(this, epochs); auto: all
     refined_from: str = setting("final", choices=REFINED_FROM)  # predictions: the refined labels' E-step (docstring)
-    epochs: int = setting(16, ge=1)
+    epochs: int = setting(24, ge=1)
     batch_size: int = setting(32, ge=2)
     lr: float = setting(2e-3, ge=0.0)  # adapter (the peak with a cosine schedule)
     lr_schedule: str = setting("cosine", choices=LR_SCHEDULES)  # cosine: the adapter's lr decays to 0 by the end
