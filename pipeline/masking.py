@@ -87,8 +87,8 @@ def answer_calibration(x: np.ndarray, answered: np.ndarray, labels: np.ndarray) 
     Gaussian prior around (a, b) = (1, 0), at its posterior mode with a ≥ MIN_SLOPE, so a class without answers
     keeps σ(x), and the answers move it to where they put the class's 0.5: a class whose answers near its
     shifted 0 are mostly present has more positives than the median shift assumed."""
-    fitted, _ = calibrate_to_known(np.asarray(x, np.float64), answered, labels, min_each=0)
-    return sigmoid(np.clip(fitted, -50.0, 50.0))
+    z, _ = calibrate_to_known(np.asarray(x, np.float64), answered, labels, min_each=0)
+    return sigmoid(np.clip(z, -50.0, 50.0))
 
 
 def review_order(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray | None = None,
