@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: repro test test-fast lint env
+.PHONY: repro test test-fast lint env screenshots
 
 env: $(STAMP)
 
@@ -20,7 +20,11 @@ repro: $(STAMP)
 	dvc repro
 
 lint: $(STAMP)
-	ruff check pipeline stages tests benchmarks
+	ruff check pipeline stages tests benchmarks docs
+
+# The README's screenshots of the report and the DVC plots, from the built project (headless Chromium).
+screenshots: $(STAMP)
+	python docs/screenshots.py
 
 # Two workers, one test file each and one thread each (tests/conftest.py): the end-to-end files spend much of
 # their time starting processes, which overlaps well on 2 cores; module fixtures stay in one worker, and the

@@ -42,15 +42,20 @@ def image_id(rel: Path) -> str:
 
 
 def image_ids(rel: list[Path]) -> tuple[list[str], list[Issue]]:
-    """The ids of files `rel` (paths under the folder): without the suffix, except where two files would share
-    one (`a.png`, `a.jpg`): those keep their suffix, and each is reported as a `duplicate_id` issue, kept."""
+    """The ids of files `rel` (paths under the folder): without the suffix, except where that id would name two
+    files (`a.png`, `a.jpg`; or `a.png.jpg`, whose bare id is the other's path): those keep their suffix (a
+    path, unique), and each is reported as a `duplicate_id` issue, kept."""
     bare = [image_id(r) for r in rel]
     counts: dict[str, int] = {}
     for i in bare:
         counts[i] = counts.get(i, 0) + 1
-    ids = [r.as_posix() if counts[b] > 1 else b for r, b in zip(rel, bare, strict=True)]
-    issues = [Issue(i, r.as_posix(), "duplicate_id", f"'{b}' names {counts[b]} files: the id keeps the suffix",
-                    "kept") for i, r, b in zip(ids, rel, bare, strict=True) if counts[b] > 1]
+    paths = {r.as_posix() for r in rel}
+    clash = [counts[b] > 1 or b in paths for b in bare]
+    ids = [r.as_posix() if c else b for r, b, c in zip(rel, bare, clash, strict=True)]
+    issues = [Issue(i, r.as_posix(), "duplicate_id",
+                    f"'{b}' names {counts[b]} files: the id keeps the suffix" if counts[b] > 1 else
+                    f"'{b}' is also another file's name: the id keeps the suffix", "kept")
+              for i, r, b, c in zip(ids, rel, bare, clash, strict=True) if c]
     return ids, issues
 
 

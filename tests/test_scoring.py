@@ -135,6 +135,23 @@ def test_precision_resolution():
     assert cpu_has_native_bf16({"avx2", "avx512f", "avx512_bf16"}) and cpu_has_native_bf16({"amx_bf16"})
 
 
+def test_cpu_class_names_the_limits_held_on_mkl_and_onednn(monkeypatch):
+    from pipeline.scoring.device import cpu_class, library_isa_limits
+
+    assert library_isa_limits({}) == "" and library_isa_limits({"MKL_ENABLE_INSTRUCTIONS": ""}) == ""
+    assert library_isa_limits({"MKL_ENABLE_INSTRUCTIONS": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                               "DNNL_MAX_CPU_ISA": "AVX512_CORE"}) == "MKL AVX2, oneDNN AVX2"
+    assert library_isa_limits({"DNNL_MAX_CPU_ISA": "avx2"}) == "oneDNN AVX2"
+    for variable in ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(variable, raising=False)
+    plain = cpu_class(torch.device("cpu"))
+    assert "(" not in plain and plain.endswith("bf16")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    # the two fp32 paths of an AVX-512 machine (ATen alone held to AVX2, or every library) read differently
+    assert cpu_class(torch.device("cpu")) == plain.replace(" kernels,", " kernels (MKL AVX2, oneDNN AVX2),")
+
+
 def test_forced_bf16_is_recorded_and_close_to_fp32(tiny_model, tiny_tokenizer, images, tmp_path):
     assert run(tiny_model, tiny_tokenizer, images, tmp_path / "fp32", precision="fp32")
     assert run(tiny_model, tiny_tokenizer, images, tmp_path / "bf16", precision="bf16")

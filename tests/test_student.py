@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -270,6 +272,17 @@ def test_predict_names_every_file_once_counts_what_it_skips_and_flags_small_imag
     assert np.allclose(alone.logits[0], df.logits[df.image_id == "img1"].item(), atol=1e-5)
     r = CliRunner().invoke(app, ["predict", str(folder / "notes.txt"), "--model", str(model)])
     assert r.exit_code == 2 and "not an image file" in r.output
+
+
+def test_predict_ids_are_unique_when_a_bare_id_is_another_files_name():
+    from stages.predict import image_ids
+
+    rel = [Path("a.jpg"), Path("a.png"), Path("a.png.jpg"), Path("b.png"), Path("c.png.jpg")]
+    ids, issues = image_ids(rel)
+    # a.png.jpg's bare id would be a.png, which another file's id already is: it keeps its suffix too
+    assert ids == ["a.jpg", "a.png", "a.png.jpg", "b", "c.png"] and len(set(ids)) == len(ids)
+    assert [(i.path, i.kind) for i in issues] == [("a.jpg", "duplicate_id"), ("a.png", "duplicate_id"),
+                                                  ("a.png.jpg", "duplicate_id")]
 
 
 def test_predict_fail_decodes_everything_before_any_inference(tmp_path, tiny_model, monkeypatch):

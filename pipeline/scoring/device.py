@@ -10,6 +10,7 @@ a machine would use without scoring anything (docs/design.md#scale, docs/scaling
 from __future__ import annotations
 
 import math
+import os
 import platform
 from pathlib import Path
 
@@ -54,14 +55,32 @@ def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
     return False
 
 
+# the variables that hold MKL's and oneDNN's kernels below the CPU's own level (ATEN_CPU_CAPABILITY holds ATen's,
+# which torch reports itself): with all three at AVX2 an AVX-512 machine computes as an AVX2-only one does
+LIBRARY_ISA_VARIABLES = (("MKL", "MKL_ENABLE_INSTRUCTIONS"), ("oneDNN", "ONEDNN_MAX_CPU_ISA"),
+                         ("oneDNN", "DNNL_MAX_CPU_ISA"))
+
+
+def library_isa_limits(environ: dict[str, str] | None = None) -> str:
+    """The limits set on MKL's and oneDNN's kernels, e.g. `MKL AVX2, oneDNN AVX2`; empty where none is set."""
+    environ = os.environ if environ is None else environ
+    limits: dict[str, str] = {}
+    for library, variable in LIBRARY_ISA_VARIABLES:
+        if environ.get(variable) and library not in limits:
+            limits[library] = environ[variable].upper()
+    return ", ".join(f"{library} {isa}" for library, isa in limits.items())
+
+
 def cpu_class(device: torch.device) -> str:
     """The class of machine the scores were computed on, as the figures differ by it: on a CPU, torch's kernel
-    level (`AVX2`, `AVX512`; ATEN_CPU_CAPABILITY can lower it) and whether it multiplies bf16 natively; on a
-    GPU, its name."""
+    level (`AVX2`, `AVX512`; ATEN_CPU_CAPABILITY can lower it), the limits set on MKL's and oneDNN's kernels
+    where there are any, and whether it multiplies bf16 natively; on a GPU, its name."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
-    return f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} kernels, {bf16}"
+    limits = library_isa_limits()
+    held = f" ({limits})" if limits else ""
+    return f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()} kernels{held}, {bf16}"
 
 
 def resolve_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
