@@ -176,14 +176,18 @@ def project_dir(keep: Path | None, prefix: str) -> Path:
     return project
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_project_options(ap)
     ap.add_argument("--seeds", type=int, nargs="+", default=list(HELD_OUT_SEEDS),
                     help=f"dataset.seed values (default: the held-out {list(HELD_OUT_SEEDS)}; the defaults were "
                          f"chosen on {list(TUNING_SEEDS)})")
     add_queue_options(ap)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     start = time.perf_counter()
     project = project_dir(args.keep, "mlpl-ladder-")
     try:
