@@ -123,8 +123,8 @@ def test_the_pseudo_label_path_never_reads_the_true_labels(project):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    outputs = ["data/labels/initial.parquet", "data/labels/corrected.parquet", "data/labels/refined.parquet",
-               "data/models/adapter.pt", "data/models/student.pt"]
+    outputs = ["data/labels/initial.parquet", "data/prepared/observed.parquet", "data/labels/corrected.parquet",
+               "data/labels/refined.parquet", "data/models/adapter.pt", "data/models/student.pt"]
     before = {o: (project / o).read_bytes() for o in outputs}
     manifest = project / "data" / "prepared" / "manifest.parquet"
     table = pq.read_table(manifest)
@@ -134,7 +134,7 @@ def test_the_pseudo_label_path_never_reads_the_true_labels(project):
     assert not shuffled.column("labels").equals(table.column("labels"))
     manifest.chmod(0o644)
     pq.write_table(shuffled, manifest)
-    sh("mlpl init && mlpl correct && mlpl sew && mlpl distill", project)
+    sh("mlpl init && mlpl mask && mlpl correct && mlpl sew && mlpl distill", project)
     assert {o: (project / o).read_bytes() for o in outputs} == before
 
 
