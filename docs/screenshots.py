@@ -26,7 +26,9 @@ def main() -> None:
         raise SystemExit(f"{report} not found: run `make repro` first")
     screenshot(report, ROOT / "docs" / "report.png", *SHOTS["report.png"])
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["dvc", "plots", "show", "-o", tmp], cwd=ROOT, check=True, capture_output=True)
+        r = subprocess.run(["dvc", "plots", "show", "-o", tmp], cwd=ROOT, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"dvc plots show failed ({r.returncode}):\n{r.stderr[-2000:]}")
         screenshot(Path(tmp) / "index.html", ROOT / "docs" / "dvc_plots.png", *SHOTS["dvc_plots.png"])
     print("docs/report.png, docs/dvc_plots.png refreshed from reports/ and `dvc plots show`")
 

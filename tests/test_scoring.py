@@ -136,13 +136,13 @@ def test_precision_resolution():
 
 
 def test_cpu_class_names_the_limits_held_on_mkl_and_onednn(monkeypatch):
-    from pipeline.scoring.device import cpu_class, library_isa_limits
+    from pipeline.scoring.device import LIBRARY_ISA_VARIABLES, cpu_class, library_isa_limits
 
     assert library_isa_limits({}) == "" and library_isa_limits({"MKL_ENABLE_INSTRUCTIONS": ""}) == ""
     assert library_isa_limits({"MKL_ENABLE_INSTRUCTIONS": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
                                "DNNL_MAX_CPU_ISA": "AVX512_CORE"}) == "MKL AVX2, oneDNN AVX2"
     assert library_isa_limits({"DNNL_MAX_CPU_ISA": "avx2"}) == "oneDNN AVX2"
-    for variable in ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+    for _, variable in LIBRARY_ISA_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     plain = cpu_class(torch.device("cpu"))
     assert "(" not in plain and plain.endswith("bf16")
