@@ -3,13 +3,16 @@
 - CSV `image,labels,split`: `image` is the image's path relative to the dataset root, `labels` the classes
   at or above the probability threshold joined by ';' — the `dataset.format: folder` input of this
   pipeline, so an export can be read back as a labelled dataset.
-- COCO-style JSON: `info` (what was exported: the label table, threshold, params digest), `images` (id,
+- COCO-style JSON: `info` (what was exported: the label table, threshold, the digest of the params of the run
+  that wrote it, as dvc.lock records them), `images` (id,
   file_name, width, height), `categories` (id from 1, name, supercategory) and one annotation per (image,
   class) label with its `score` (probability); image-level, so no `bbox`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -76,3 +79,20 @@ def coco_dict(paths: Sequence[str], logits: np.ndarray, classes: Sequence[str], 
                     "score": round(float(probs[r, c]), 6)} for n, (r, c) in enumerate(zip(rows, cols, strict=True))]
     return {"info": {"description": "mlpl pseudo labels", "threshold": threshold, **(info or {})}, "images": images,
             "categories": categories, "annotations": annotations}
+
+
+def locked_params(lock: Mapping, out: str, out_md5: str) -> dict[str, object] | None:
+    """The params of the run that wrote the output `out` (whose file now has md5 `out_md5`), as the parsed
+    dvc.lock `lock` records them: every stage's params, `file:key` → value. None where the lock does not
+    describe this file (written outside `dvc repro`, or changed since): params.yaml as it is now may not be
+    what made it."""
+    stages = lock.get("stages") or {}
+    if out_md5 not in [o.get("md5") for s in stages.values() for o in s.get("outs") or [] if o.get("path") == out]:
+        return None
+    return {f"{file}:{key}": value for s in stages.values() for file, values in (s.get("params") or {}).items()
+            for key, value in values.items()}
+
+
+def params_digest(params: Mapping[str, object]) -> str:
+    """sha256 of params' content (key order does not count)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()

@@ -5,20 +5,11 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import typer.core
-
-
-def _warning_line(message, category, filename, lineno, line=None) -> str:
-    """A warning as one line for a person at a terminal (a deprecated key), without Python's source trace."""
-    return f"warning: {message}\n"
-
-
-warnings.formatwarning = _warning_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   rich_markup_mode=None,  # click's plain help: no `<bool>` / `{arg}` placeholders
@@ -215,14 +206,28 @@ def review(port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1."
 
 @app.command("info")
 def info() -> None:
-    """Print the dataset, the teacher and the cached artifacts with their sizes (run from the project root)."""
+    """Print the dataset, the teacher and the cached artifacts with their sizes (from the project's root or
+    any folder in it)."""
     from stages import info as info_stage
 
-    if not (Path("dvc.yaml").is_file() and Path("params.yaml").is_file()):
-        typer.secho(f"mlpl info: {Path.cwd()} is not an mlpl project (no dvc.yaml and params.yaml here); run it "
-                    "from the project's root", fg=typer.colors.RED, err=True)
+    root = project_root(Path.cwd())
+    if root is None:
+        typer.secho(f"mlpl info: {Path.cwd()} is not in an mlpl project (no dvc.yaml and params.yaml here or in a "
+                    "folder above); run it in the project", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
+    if root != Path.cwd().resolve():
+        print(f"project: {root}")
+        os.chdir(root)  # the project's paths are relative to its root, as in dvc.yaml
     info_stage.run()
+
+
+def project_root(start: Path) -> Path | None:
+    """The nearest folder at or above `start` holding both dvc.yaml and params.yaml (as DVC finds its repo
+    from a subfolder); None where there is none."""
+    for folder in (start.resolve(), *start.resolve().parents):
+        if (folder / "dvc.yaml").is_file() and (folder / "params.yaml").is_file():
+            return folder
+    return None
 
 
 def workspace_code(cwd: Path | None = None) -> Path | None:

@@ -68,12 +68,31 @@ class ParamsError(ValueError):
     pass
 
 
+class DeprecatedKey(FutureWarning):
+    """A params key under its old name: still read, with one line saying what to write instead."""
+
+
+_format_warning = warnings.formatwarning
+
+
+def _one_line_for_deprecated_keys(message, category, filename, lineno, line=None) -> str:
+    """A deprecated key is one line for the person who wrote the params, wherever the stage runs (the CLI, a
+    benchmark calling a stage in-process): the source line that warned means nothing to them. Every other
+    warning keeps Python's format."""
+    if issubclass(category, DeprecatedKey):
+        return f"warning: {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _one_line_for_deprecated_keys
+
+
 def deprecated(notice: str) -> None:
     """Say `notice` (a deprecated key, and what to write instead) once per process, however many checks read
-    the key; the command line prints it as one line (stages.cli)."""
+    the key, as one line (`DeprecatedKey`)."""
     if notice not in _DEPRECATION_NOTICES:
         _DEPRECATION_NOTICES.add(notice)
-        warnings.warn(notice, FutureWarning, stacklevel=3)
+        warnings.warn(notice, DeprecatedKey, stacklevel=3)
 
 
 S = TypeVar("S", bound=Settings)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.correct import KNOWN_MIN_EACH, Correction, correct_with_known
+from pipeline.correct import KNOWN_MIN_EACH, Correction, correct_with_known, train_label_figures
 from pipeline.methods import METHODS
-from pipeline.metrics import inversions
 from pipeline.storage import Table, scored_embeddings, write_small_store, write_table
 from stages.common import CORRECTED, INITIAL, MANIFEST, OBSERVED, PROTOTYPES, SCORES, Params
 from stages.method_params import build_methods
@@ -53,12 +52,9 @@ def run(params: Params) -> None:
             print(f"{t.NAME}: moves kept in {int(kept.sum())} of {len(kept)} classes, where they raised the AP "
                   f"of the held-out known entries ({names})")
     if manifest.has("labels"):  # a person tuning β wants to see at once what the correction did to the order
-        train = split == "train"
-        truth = manifest.column("labels")
-        print(f"train inversions: {inversions(truth[train], source[train])} before, "
-              f"{inversions(truth[train], out.target[train])} after")
-        up, down = up & train[:, None], down & train[:, None]  # figures about train labels: train rows only
-        if up.any():
-            print(f"raised train entries truly positive: {truth[up].mean():.3f}")
-        if down.any():
-            print(f"lowered train entries truly negative: {1 - truth[down].mean():.3f}")
+        f = train_label_figures(manifest.column("labels"), source, out.target, out, split == "train")
+        print(f"train inversions: {f['inversions_before']} before, {f['inversions_after']} after")
+        if f["raised_truly_positive"] is not None:
+            print(f"raised train entries truly positive: {f['raised_truly_positive']:.3f}")
+        if f["lowered_truly_negative"] is not None:
+            print(f"lowered train entries truly negative: {f['lowered_truly_negative']:.3f}")

@@ -145,3 +145,27 @@ def test_a_gated_transfer_reads_the_embeddings_once():
                              Correction(), [PrototypeTransfer(ThresholdRule("ema", batch_size=16), k=2, bank=30,
                                                               gate="held_out", gate_folds=4)], embeddings)
     assert "prototypes_gate" in out.store and len(reads) == 1
+
+
+def test_the_printed_figures_about_train_labels_read_train_rows_only():
+    """`mlpl correct`'s console figures (inversions, share of raised entries truly positive, of lowered ones
+    truly negative) come from the train rows: any truth on the test rows leaves them as they were."""
+    from pipeline.correct import Corrected, train_label_figures
+
+    rng = np.random.default_rng(0)
+    n, c = 40, 3
+    train = np.arange(n) < 25
+    truth = (rng.random((n, c)) < 0.4).astype(np.int8)
+    before = rng.normal(size=(n, c))
+    after = before + rng.normal(size=(n, c))
+    moved = Corrected(after, rng.random((n, c)) < 0.3, rng.random((n, c)) < 0.3, {})
+    figures = train_label_figures(truth, before, after, moved, train)
+    assert None not in figures.values()
+    other = truth.copy()
+    other[~train] = 1 - other[~train]  # every test label flipped
+    assert train_label_figures(other, before, after, moved, train) == figures
+    other[0] = 1 - other[0]  # one train image's labels flipped: the figures see it
+    assert train_label_figures(other, before, after, moved, train) != figures
+    still = Corrected(after, np.zeros((n, c), bool), moved.lowered & ~train[:, None], {})
+    assert train_label_figures(truth, before, after, still, train)["raised_truly_positive"] is None
+    assert train_label_figures(truth, before, after, still, train)["lowered_truly_negative"] is None

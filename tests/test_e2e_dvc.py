@@ -55,6 +55,8 @@ def test_repro_builds_everything(built, project):
     info = sh("mlpl info", project).stdout
     assert "data/scores.zarr" in info and "missing" not in info
     assert "labels per image: mean" in info and "co-occurring pairs" in info  # the ground truth's structure
+    # from a folder inside the project, as DVC works: the same, after the line naming the project
+    assert sh("mlpl info", project / "reports").stdout == f"project: {project.resolve()}\n{info}"
 
 
 def test_second_repro_does_nothing(project):
@@ -146,6 +148,16 @@ def test_export_names_what_it_exported(project):
     first = d["images"][0]
     assert first["width"] == first["height"] == 32  # the tiny scenes
     assert d["info"]["labels"].startswith("refined") and len(d["info"]["params_sha256"]) == 64
+    # the run's params, not params.yaml's as it is now: an edit not yet run changes nothing
+    params = (project / "params.yaml").read_text()
+    edited = re.sub(r"^ratio: .*$", "ratio: 0.5", params, count=1, flags=re.M)
+    assert edited != params
+    (project / "params.yaml").write_text(edited)
+    try:
+        sh("mlpl export --out again.json --threshold 1.0", project)
+    finally:
+        (project / "params.yaml").write_text(params)
+    assert json.loads((project / "again.json").read_text())["info"] == d["info"]
     assert d["categories"][0]["supercategory"] == "object"
     empty = len(d["images"]) - len({a["image_id"] for a in d["annotations"]})
     assert f"warning: {empty} of {len(d['images'])} images have no label" in r.stdout
@@ -314,11 +326,26 @@ def test_report_and_dvc_plots_render_offline_in_a_browser(project, tmp_path):
     page = tmp_path / "plots" / "index.html"
     assert "cdn.jsdelivr" not in page.read_text()
     dom = rendered_dom(page)
-    charts = dom.count('class="marks"')  # vega-embed's rendered canvas or svg, one per plot
+    charts = dom.count('class="marks"')  # vega-embed's rendered svg, one per plot
     assert charts == 3, dom[:3000]
     # stage order kept, readable axis titles, one colour per model
     for text in ("Pseudo-label ladder", "train mAP", "Micro-averaged precision-recall"):
         assert text in page.read_text()
+    # the ladder's axis starts near its lowest rung, not at 0, so a step of 0.01 shows; AP stays within [0, 1]
+    ladder = [float(row.split(",")[1]) for row in (project / "reports/plots/ladder.csv").read_text().split()[1:]]
+    ticks = _axis_ticks(dom, "ladder")
+    assert min(ladder) - 0.1 < ticks[0] <= min(ladder) and max(ladder) <= ticks[-1] <= 1.0, (ticks, ladder)
+    assert ticks[1] - ticks[0] <= 0.05, ticks  # a tick every 0.05 or closer
+    ap = _axis_ticks(dom, "per_class_ap")
+    assert 0 <= ap[0] and ap[-1] <= 1.0, ap
+
+
+def _axis_ticks(dom: str, plot: str) -> list[float]:
+    """The numeric axis labels of one `dvc plots show` chart (rendered as svg by the project's templates)."""
+    chart = dom[dom.index(f'id="{plot}"'):]
+    chart = chart[:chart.index("</svg>", chart.index('class="marks"'))]
+    labels = re.findall(r"<text[^>]*>([^<]*)</text>", "".join(re.findall(r'role-axis-label"[^>]*>(.*?)</g>', chart)))
+    return [float(t) for t in labels if re.fullmatch(r"-?[0-9.]+", t)]
 
 
 def _documented(doc: str) -> dict[str, list[tuple[list[str], bool]]]:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from pipeline.datasets import read_folder
-from pipeline.export import coco_dict, csv_rows, export_format, unlabelled
+from pipeline.export import coco_dict, csv_rows, export_format, locked_params, params_digest, unlabelled
 
 
 def test_csv_export_reads_back_as_a_folder_dataset(tmp_path):
@@ -50,3 +50,17 @@ def test_export_format_follows_the_suffix_and_a_mismatch_is_an_error():
     with pytest.raises(ValueError, match="--format must be one of"):
         export_format("a.csv", "xml")
     assert unlabelled(np.array([[2.0, -1.0], [-3.0, -0.5], [-1.0, -2.0]]), 0.5) == 2
+
+
+def test_the_params_digest_is_the_runs_as_dvc_lock_records_them():
+    lock = {"stages": {
+        "mask": {"params": {"params.yaml": {"ratio": 0.1, "seed": 0}}, "outs": [{"path": "o.parquet", "md5": "aa"}]},
+        "sew": {"params": {"params.yaml": {"sew.lr": 0.002}}, "outs": [{"path": "r.parquet", "md5": "bb"}]}}}
+    params = locked_params(lock, "r.parquet", "bb")
+    assert params == {"params.yaml:ratio": 0.1, "params.yaml:seed": 0, "params.yaml:sew.lr": 0.002}
+    assert locked_params(lock, "r.parquet", "cc") is None  # the file changed since the run: its params unknown
+    assert locked_params(lock, "x.parquet", "bb") is None and locked_params({}, "r.parquet", "bb") is None
+    other = {"stages": {**lock["stages"], "sew": {**lock["stages"]["sew"],
+                                                  "params": {"params.yaml": {"sew.lr": 0.001}}}}}
+    assert params_digest(params) != params_digest(locked_params(other, "r.parquet", "bb"))
+    assert params_digest(params) == params_digest(dict(reversed(params.items())))  # order does not count

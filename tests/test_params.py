@@ -96,6 +96,17 @@ def test_an_old_key_beside_its_new_name_is_one_error_and_a_lone_one_a_single_lin
                        capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert r.stderr.splitlines() == ["warning: params.yaml: 'sew.L' is deprecated, write 'sew.max_overlays'"]
+    # the same line where a stage runs in-process without the CLI (a benchmark, a notebook); other warnings
+    # keep Python's format, with the file and line that warned
+    code = ("import warnings; from pathlib import Path; from stages.common import Params; "
+            "from pipeline.sew import SewSettings; Params.load(Path('params.yaml')).section('sew').build(SewSettings); "
+            "warnings.warn('other', UserWarning)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == "warning: params.yaml: 'sew.L' is deprecated, write 'sew.max_overlays'"
+    assert len(lines) == 2 and lines[1].endswith("UserWarning: other") and lines[1].startswith("<string>:1:")
 
 
 def test_info_outside_a_project_says_so_and_exits_2(tmp_path, monkeypatch):
@@ -105,7 +116,7 @@ def test_info_outside_a_project_says_so_and_exits_2(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(app, ["info"])
-    assert r.exit_code == 2 and "is not an mlpl project" in r.output
+    assert r.exit_code == 2 and "is not in an mlpl project" in r.output
 
 
 def test_stages_validate_once_per_params_content(tmp_path, monkeypatch):
