@@ -145,16 +145,16 @@ def correct_with_known(initial: np.ndarray, known: np.ndarray, labels: np.ndarra
     return Corrected(target, raised, lowered, store, calibrated)
 
 
-def train_label_figures(truth: np.ndarray, before: np.ndarray, after: np.ndarray, corrected: Corrected,
+def train_label_figures(truth: np.ndarray, before: np.ndarray, corrected: Corrected,
                         train: np.ndarray) -> dict[str, float | int | None]:
     """What `mlpl correct` prints about the train labels it made, from the train rows only (a test row's
     truth never enters a figure about train labels): the ranking inversions against `truth` of `before`
-    (the source rung) and `after` (the corrected logits), and the share of raised entries truly positive and of
+    (the source rung) and of the corrected logits, and the share of raised entries truly positive and of
     lowered entries truly negative (None where no entry moved)."""
     train = np.asarray(train, bool)
     truth = np.asarray(truth)
     up, down = corrected.raised & train[:, None], corrected.lowered & train[:, None]
     return {"inversions_before": inversions(truth[train], before[train]),
-            "inversions_after": inversions(truth[train], after[train]),
+            "inversions_after": inversions(truth[train], corrected.target[train]),
             "raised_truly_positive": float(truth[up].mean()) if up.any() else None,
             "lowered_truly_negative": float(1 - truth[down].mean()) if down.any() else None}

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -92,7 +90,3 @@ def locked_params(lock: Mapping, out: str, out_md5: str) -> dict[str, object] | 
     return {f"{file}:{key}": value for s in stages.values() for file, values in (s.get("params") or {}).items()
             for key, value in values.items()}
 
-
-def params_digest(params: Mapping[str, object]) -> str:
-    """sha256 of params' content (key order does not count)."""
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()

@@ -68,6 +68,11 @@ class ParamsError(ValueError):
     pass
 
 
+def params_digest(params: Any) -> str:
+    """sha256 of params' content (key order does not count): `Params.digest`, and an export's run params."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
 class DeprecatedKey(FutureWarning):
     """A params key under its old name: still read, with one line saying what to write instead."""
 
@@ -145,7 +150,7 @@ class Params:
 
     def digest(self) -> str:
         """sha256 of the params' content (not of the file's bytes: comments and key order do not count)."""
-        return hashlib.sha256(json.dumps(self._data, sort_keys=True, default=str).encode()).hexdigest()
+        return params_digest(self._data)
 
     def audited(self) -> Params:
         """The same params, with a fresh audit (see the class docstring)."""

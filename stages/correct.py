@@ -52,7 +52,7 @@ def run(params: Params) -> None:
             print(f"{t.NAME}: moves kept in {int(kept.sum())} of {len(kept)} classes, where they raised the AP "
                   f"of the held-out known entries ({names})")
     if manifest.has("labels"):  # a person tuning β wants to see at once what the correction did to the order
-        f = train_label_figures(manifest.column("labels"), source, out.target, out, split == "train")
+        f = train_label_figures(manifest.column("labels"), source, out, split == "train")
         print(f"train inversions: {f['inversions_before']} before, {f['inversions_after']} after")
         if f["raised_truly_positive"] is not None:
             print(f"raised train entries truly positive: {f['raised_truly_positive']:.3f}")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.export import coco_dict, csv_rows, export_format, locked_params, params_digest, unlabelled
+from pipeline.export import coco_dict, csv_rows, export_format, locked_params, unlabelled
 from pipeline.images import image_size_of
 from pipeline.storage import Table, atomic_path, manifest_paths, manifest_rows
-from stages.common import LABEL_COLUMNS, MANIFEST
+from stages.common import LABEL_COLUMNS, MANIFEST, params_digest
 
 
 def run_params_digest(table: Path, lock_file: Path = Path("dvc.lock")) -> str | None:

@@ -159,13 +159,13 @@ def test_the_printed_figures_about_train_labels_read_train_rows_only():
     before = rng.normal(size=(n, c))
     after = before + rng.normal(size=(n, c))
     moved = Corrected(after, rng.random((n, c)) < 0.3, rng.random((n, c)) < 0.3, {})
-    figures = train_label_figures(truth, before, after, moved, train)
+    figures = train_label_figures(truth, before, moved, train)
     assert None not in figures.values()
     other = truth.copy()
     other[~train] = 1 - other[~train]  # every test label flipped
-    assert train_label_figures(other, before, after, moved, train) == figures
+    assert train_label_figures(other, before, moved, train) == figures
     other[0] = 1 - other[0]  # one train image's labels flipped: the figures see it
-    assert train_label_figures(other, before, after, moved, train) != figures
+    assert train_label_figures(other, before, moved, train) != figures
     still = Corrected(after, np.zeros((n, c), bool), moved.lowered & ~train[:, None], {})
-    assert train_label_figures(truth, before, after, still, train)["raised_truly_positive"] is None
-    assert train_label_figures(truth, before, after, still, train)["lowered_truly_negative"] is None
+    assert train_label_figures(truth, before, still, train)["raised_truly_positive"] is None
+    assert train_label_figures(truth, before, still, train)["lowered_truly_negative"] is None

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from pipeline.datasets import read_folder
-from pipeline.export import coco_dict, csv_rows, export_format, locked_params, params_digest, unlabelled
+from pipeline.export import coco_dict, csv_rows, export_format, locked_params, unlabelled
+from stages.common import params_digest
 
 
 def test_csv_export_reads_back_as_a_folder_dataset(tmp_path):
