@@ -26,12 +26,13 @@ lint: $(STAMP)
 screenshots: $(STAMP)
 	python docs/screenshots.py
 
-# Two workers, one test file each and one thread each (tests/conftest.py): the end-to-end files spend much of
-# their time starting processes, which overlaps well on 2 cores; module fixtures stay in one worker, and the
+# Two workers, one test file each and one thread each, taking the files in tests/conftest.py's FILE_ORDER
+# (longest first; xdist's default would order them by their number of tests): the end-to-end files spend much
+# of their time starting processes, which overlaps well on 2 cores; module fixtures stay in one worker, and the
 # tiny project is built once per session for both (`tiny_build`). The 15 slowest tests are listed at the end:
 # where the 12-minute budget goes.
 test: $(STAMP) lint
-	pytest -q -n 2 --dist loadfile --durations=15
+	pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # Unit tests only: everything not marked `e2e` (the tests that drive the real dvc/mlpl CLI in a temporary
 # project or train for long), in under 2 min on 2 cores.

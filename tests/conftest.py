@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+from benchmarks.project import sh
+
 os.environ.setdefault("TQDM_DISABLE", "1")
 # Under pytest-xdist (`make test`: two workers on two cores) each worker, and every process it starts (the
 # tests' dvc/mlpl commands inherit the environment), computes on one thread: two threads each oversubscribe
@@ -49,13 +51,37 @@ def tiny_build(tmp_path_factory):
     return build_once(root / "tiny-build")
 
 
-def pytest_collection_modifyitems(items):
-    """Run order for `make test`'s two workers, which take whole files in this order: first the file that
-    builds the session's tiny project (`tiny_build`; also the longest), then the files that never need it, then
-    the others that copy it, so that the other worker is not left waiting for the build."""
-    def rank(item) -> int:
-        if item.path.name == "test_e2e_dvc.py":
-            return 0
-        return 2 if "tiny_build" in getattr(item, "fixturenames", ()) else 1
+@pytest.fixture(scope="module")
+def built(tiny_build, tmp_path_factory):
+    """The end-to-end module's copy of the tiny project reproduced from scratch and committed (dvc.lock with
+    it): (project, what its `dvc repro` printed). A module that defines a `project` of its own uses that."""
+    return tiny_build.copy_to(tmp_path_factory.mktemp("proj") / "p"), tiny_build.repro_stdout
 
-    items.sort(key=rank)  # stable: pytest's order within each rank
+
+@pytest.fixture
+def project(built):
+    """The built project back at its committed baseline (params.yaml, dvc.lock and the outputs), whatever an earlier
+    test left there (an experiment's params and outputs, a deleted store): every test starts from the same state,
+    alone (`pytest -k`) or after the others. `reset --hard`, not `checkout -- .`: DVC autostages the dvc.lock a
+    repro writes, and a checkout from the index would keep it."""
+    project, _ = built
+    sh("git reset -q --hard && dvc checkout -q --force", project)
+    return project
+
+
+# `make test`'s file order (`--dist loadfile --no-loadscope-reorder`: each of the two workers takes whole files,
+# the next one in this order whenever it runs low): the file that builds the session's tiny project
+# (`tiny_build`) beside one that never needs it, then the longest first (seconds on a 2-core AVX2-only EPYC:
+# ~230, ~240, ~190, ~90, ~80, ~70, ~30), the rest in pytest's order. Longest first leaves the short unit-test files
+# to fill the end of the run instead of one long file running alone.
+FILE_ORDER = ("test_e2e_dvc.py", "test_e2e_teacher.py", "test_e2e_ablations.py", "test_kill_resume.py",
+              "test_e2e_experiments.py", "test_torchrun.py", "test_e2e_remote.py", "test_method_gate.py",
+              "test_e2e_faults.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return FILE_ORDER.index(name) if name in FILE_ORDER else len(FILE_ORDER)
+
+    items.sort(key=rank)  # stable: pytest's order within a file and among the rest

@@ -161,10 +161,9 @@ def test_parallel_queue_equals_sequential_runs(project):
             break
         time.sleep(2)
     assert "Failed" not in status and "Success" in status, status
-    for ratio in ("2", "4"):
-        sh(f"dvc exp run -S ratio=0.{ratio} -n seq-{ratio}", project)
-        sh("git checkout -q -- params.yaml", project)
+    # one of the two again alone, in the workspace: runs side by side that shared a file or a cache entry
+    # would differ from it (a third run keeps the test to ~90 s; the two parallel runs must still differ)
+    sh("dvc exp run -S ratio=0.4 -n seq-4", project)
     metrics = named_metrics(json.loads(sh("dvc exp show --json", project).stdout))
-    for ratio in ("2", "4"):
-        assert metrics[f"par-{ratio}"] == metrics[f"seq-{ratio}"], ratio
+    assert metrics["par-4"] == metrics["seq-4"]
     assert metrics["par-2"] != metrics["par-4"]  # the ratio matters: the comparison is not vacuous
