@@ -71,9 +71,9 @@ def project(built):
 
 # `make test`'s file order (`--dist loadfile --no-loadscope-reorder`: each of the two workers takes whole files,
 # the next one in this order whenever it runs low): the file that builds the session's tiny project
-# (`tiny_build`) beside one that never needs it, then the longest first (seconds on a 2-core AVX2-only EPYC:
-# ~230, ~240, ~190, ~90, ~80, ~70, ~30), the rest in pytest's order. Longest first leaves the short unit-test files
-# to fill the end of the run instead of one long file running alone.
+# (`tiny_build`) beside one that never needs it, then the longest first (on a 2-core AVX2-only EPYC the
+# ablations, kill/resume and experiments files take 3–4 min each, the next four 1–2 min), the rest in pytest's
+# order: the short unit-test files fill the end of the run instead of one long file running alone.
 FILE_ORDER = ("test_e2e_dvc.py", "test_e2e_teacher.py", "test_e2e_ablations.py", "test_kill_resume.py",
               "test_e2e_experiments.py", "test_torchrun.py", "test_e2e_remote.py", "test_method_gate.py",
               "test_e2e_faults.py")

@@ -8,9 +8,6 @@ from filelock import FileLock
 
 from benchmarks.project import make_project, sh
 
-ALL_STAGES = {"validate", "prepare", "mask", "teacher", "score", "init", "correct", "features", "sew", "ceiling",
-              "distill", "evaluate"}  # dvc.yaml's
-
 
 @dataclass(frozen=True)
 class BuiltProject:
