@@ -164,6 +164,7 @@ def test_parallel_queue_equals_sequential_runs(project):
     # one of the two again alone, in the workspace: runs side by side that shared a file or a cache entry
     # would differ from it (a third run keeps the test to ~90 s; the two parallel runs must still differ)
     sh("dvc exp run -S ratio=0.4 -n seq-4", project)
+    sh("git checkout -q -- params.yaml", project)  # the module's project back at its own params, as before
     metrics = named_metrics(json.loads(sh("dvc exp show --json", project).stdout))
     assert metrics["par-4"] == metrics["seq-4"]
     assert metrics["par-2"] != metrics["par-4"]  # the ratio matters: the comparison is not vacuous
