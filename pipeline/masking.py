@@ -12,9 +12,9 @@ Top-level `known` says where the known train entries come from:
   positive stays unlabelled;
 - `uncertain`: the simulation of a review (issue 27): the `budget` share of train entries a review would
   show first, the ones whose answer would help most (`review_order`: the least sure, a rare class's first,
-  ranked again with the answers so far), answered from the ground truth by an oracle person. It ranks
-  from the `init` stage's labels, upstream of `mask`, so the DAG stays acyclic (a real review ranks the
-  refined labels of a previous run).
+  the classes sharing the budget, ranked again with the answers so far), answered from the ground truth by
+  an oracle person. It ranks from the `init` stage's labels, upstream of `mask`, so the DAG stays acyclic
+  (a real review ranks the refined labels of a previous run).
 Known entries are known wherever they came from: every partial-label method and the known-label baseline
 use them alike.
 """
@@ -101,7 +101,11 @@ def review_order(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray 
     so far (`answered`, `labels`) recalibrate that shift into P(present) (`answer_calibration`). An entry's
     gain is p(1 − p), how unsure the labels are of it, over its class's expected share of positives (the
     mean p over the train entries): a class's AP is the mean precision over its positives, so a wrong label
-    moves a rare class's AP more. Answered entries leave the order; ties keep row-major order."""
+    moves a rare class's AP more. The classes share the review as seats are apportioned by D'Hondt's rule:
+    a class's k-th answer (counting those it has) weighs its gain by 1/k, because what a class's answers
+    mostly buy is its calibration (`correct.calibration: known` fits each class to its known entries), which
+    its first answers inform most; without it one class whose P(present) sits near ½ over many entries took
+    most of a 2 % review (README). Answered entries leave the order; ties keep row-major order."""
     if (answered is None) != (labels is None):
         raise ValueError("review_order takes the answered entries and their labels together")
     train = np.asarray(is_train, bool)
@@ -112,7 +116,14 @@ def review_order(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray 
     share = p[train].mean(0, keepdims=True) if train.any() else np.ones((1, p.shape[1]))
     gain = p * (1 - p) / np.maximum(share, 1e-6)
     open_ = train[:, None] & ~answered
-    flat = np.where(open_, -gain, np.inf).ravel()
+    # per class, its open entries by gain (ties row-major), the j-th (from 0) after the class's a answers
+    # weighted 1 / (a + j + 1)
+    by_class = np.argsort(np.where(open_, -gain, np.inf), axis=0, kind="stable")
+    seat = np.empty(gain.shape, np.float64)
+    np.put_along_axis(seat, by_class, np.arange(gain.shape[0], dtype=np.float64)[:, None], axis=0)
+    had = (answered & train[:, None]).sum(0, keepdims=True)
+    priority = gain / (had + seat + 1)
+    flat = np.where(open_, -priority, np.inf).ravel()
     order = np.argsort(flat, kind="stable")
     return order[: int(open_.sum())]
 

@@ -4,7 +4,8 @@ answers kept on disk as they come.
 The order is `masking.review_order`, the one definition of "whose answer helps most" that `known: uncertain`
 simulates: per class the logits are shifted so the class's median train entry sits at −1, the answers so far
 recalibrate that shift into P(present), and the entries with the largest p(1 − p) over their class's share
-of positives come first (the least sure, a rare class's first). An answered entry leaves the queue; each
+of positives come first (the least sure, a rare class's first), the classes sharing the queue by D'Hondt's
+rule (a class's k-th answer weighs its gain by 1/k). An answered entry leaves the queue; each
 request ranks the rest with the answers so far, and the page asks again every `masking.REVIEW_BATCH`
 answers. The page shows the refined labels of the last run (`data/labels/refined.parquet`); the answers
 file is the one `mask` reads with `known: answers` (columns in docs/outputs.md), so a fix flows back into

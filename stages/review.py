@@ -24,7 +24,8 @@ PAGE = Path(__file__).with_name("review.html")
 RANKING = ("the answer that helps most first: per class the refined logits are shifted so that the class's median "
            "train entry sits at −1, your answers so far recalibrate that into P(present), and the entries with the "
            "largest p(1 − p) over their class's share of positives come first (the least sure, a rare class's "
-           f"first); the rest is ranked again every {REVIEW_BATCH} answers")
+           "first), the classes sharing the queue as seats by D'Hondt's rule (a class's k-th answer counts 1/k); "
+           f"the rest is ranked again every {REVIEW_BATCH} answers")
 
 
 def create_app(answers: Path = ANSWERS, limit: int = 1000) -> Flask:

@@ -167,16 +167,40 @@ def test_a_simulated_review_answers_the_least_sure_train_entries_from_the_truth(
 
 def test_a_rare_classs_unsure_entry_comes_before_a_frequent_ones():
     """At the same shifted logit (as unsure), the entry of the class with the smaller expected share of
-    positives comes first: a wrong label moves a rare class's AP more."""
+    positives comes first: a wrong label moves a rare class's AP more; the classes then share the order by
+    D'Hondt's rule (a class's k-th entry weighs 1/k)."""
     from pipeline.masking import review_order
 
     frequent = np.array([0.0, -4, -4, -4, -4, 4, -4])  # median −4 → shifted 3, −1 ×4, 7, −1: mean p 0.47
     rare = np.array([0.0, 4, 4, 4, 4, -4, -4])  # median 4 → shifted −5, −1 ×4, −9 ×2: mean p 0.15
     logits = np.stack([frequent, rare], axis=1).astype(np.float32)
     rows, cols = np.unravel_index(review_order(logits, np.ones(7, bool)), logits.shape)
-    # rows 1–4 sit at −1 in both classes; row-major order alone would interleave them
-    assert list(zip(rows[:8], cols[:8], strict=True)) == [(1, 1), (2, 1), (3, 1), (4, 1),
-                                                           (1, 0), (2, 0), (3, 0), (4, 0)]
+    # rows 1–4 sit at −1 in both classes, gain p(1 − p) / share 1.31 (rare) and 0.42 (frequent); the rare
+    # class's third (1.31 / 3) still outweighs the frequent one's first, its fourth (1.31 / 4) not
+    assert list(zip(rows[:8], cols[:8], strict=True)) == [(1, 1), (2, 1), (3, 1), (1, 0),
+                                                           (4, 1), (2, 0), (3, 0), (4, 0)]
+
+
+def test_one_unsure_class_does_not_take_the_whole_review():
+    """A class with many entries at its P(present) ½ and one whose unsure entries are less unsure: the order
+    takes from both, the unsurer class more; the answers a class has already had count against its next."""
+    from pipeline.masking import review_order
+
+    # raw 0 × 60, −1 × 140: median −1, shifted 0 and −1 (gain 0.74); raw 0 × 20, −5 × 180: shifted 4 and −1
+    # (gain 0.58); by gain alone the first class's 60 would all come first
+    unsure = np.array([0.0] * 60 + [-1.0] * 140)
+    less = np.array([0.0] * 20 + [-5.0] * 180)
+    logits = np.stack([unsure, less], axis=1).astype(np.float32)
+    train = np.ones(200, bool)
+    cols = np.unravel_index(review_order(logits, train), logits.shape)[1]
+    assert 20 < (cols[:40] == 0).sum() < 30  # shared by the gains' ratio
+
+    twins = np.stack([less, less], axis=1).astype(np.float32)
+    answered = np.zeros(twins.shape, bool)
+    answered[[0, 1], 0] = True  # two answers of class 0, as its labels have them (present, at shifted 4)
+    order = review_order(twins, train, answered, answered.astype(np.int8))
+    # without them the tie would go to class 0 (row-major); with them class 1 gets its first two first
+    assert np.unravel_index(order[:2], twins.shape)[1].tolist() == [1, 1]
 
 
 def test_answers_recalibrate_their_class_only():
