@@ -22,9 +22,11 @@ repro: $(STAMP)
 lint: $(STAMP)
 	ruff check pipeline stages tests benchmarks docs
 
-# The README's screenshots of the report and the DVC plots, from the built project (headless Chromium).
+# The README's screenshots of the report, the DVC plots and the review page, from the built project
+# (headless Chromium).
 screenshots: $(STAMP)
 	python docs/screenshots.py
+	python benchmarks/review_page.py --screenshot docs/review.png
 
 # Two workers, one test file each and one thread each, taking the files in tests/conftest.py's FILE_ORDER
 # (longest first; xdist's default would order them by their number of tests): the end-to-end files spend much

@@ -1,13 +1,14 @@
 """The review page's speed in a real headless Chromium: time to first paint and until its cards (up to 1,000
 images with their labels) are in the page, and how long an answer takes to be on disk.
 
-    python benchmarks/review_page.py [--project .] [--answers FILE]
+    python benchmarks/review_page.py [--project .] [--answers FILE] [--screenshot docs/review.png]
 
 Runs in a built project (`dvc repro` done: the refined labels and the manifest's images). Starts `mlpl
 review` on a free port with a scratch answers file (the project's data/answers.parquet is not touched
 unless --answers names it), opens the page through Selenium, answers 20 cards with the `c` key and reads
-the file after each. Ends with one JSON line: {"cards", "first_paint_s", "cards_ready_s", "answer_on_disk_s":
-{"mean", "max"}, "answers_on_disk"}.
+the file after each; `--screenshot` saves the page as first shown (the README's docs/review.png, from the
+default project after `make repro`). Ends with one JSON line: {"cards", "first_paint_s", "cards_ready_s",
+"answer_on_disk_s": {"mean", "max"}, "answers_on_disk"}.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--project", type=Path, default=Path("."), help="a built project")
     ap.add_argument("--answers", type=Path, help="answers file the server writes (default: a scratch file)")
+    ap.add_argument("--screenshot", type=Path, help="save the page as first shown here (PNG)")
     args = ap.parse_args()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -48,6 +50,8 @@ def main() -> None:
         ready = time.perf_counter() - start
         paint = driver.execute_script("return performance.getEntriesByName('first-contentful-paint')[0].startTime")
         cards = driver.find_elements(By.CSS_SELECTOR, ".card")
+        if args.screenshot is not None:
+            driver.save_screenshot(str(args.screenshot))
         body, status = driver.find_element(By.TAG_NAME, "body"), driver.find_element(By.ID, "status")
         waits = []
         for k in range(min(20, len(cards) - 1)):

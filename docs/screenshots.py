@@ -2,7 +2,8 @@
 docs/dvc_plots.png (`dvc plots show`), taken in the same headless Chromium as the page tests (tests/browser.py;
 Debian's package, installed on first use where missing), every network request refused.
 
-    make screenshots        # after `make repro`; docs/review.png comes from tests/test_review.py's browser test
+    make screenshots        # after `make repro`; it also saves docs/review.png through
+                            # `python benchmarks/review_page.py --screenshot docs/review.png`
 """
 
 from __future__ import annotations
