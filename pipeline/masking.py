@@ -112,7 +112,8 @@ def review_order(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray 
     answered = np.zeros(np.shape(logits), bool) if answered is None else np.asarray(answered, bool)
     labels = np.zeros(np.shape(logits), np.int8) if labels is None else labels
     x = calibrate_per_class(logits, REVIEW_MARGIN, rows=train)
-    p = answer_calibration(x, answered & train[:, None], labels)
+    answered_train = answered & train[:, None]
+    p = answer_calibration(x, answered_train, labels)
     share = p[train].mean(0, keepdims=True) if train.any() else np.ones((1, p.shape[1]))
     gain = p * (1 - p) / np.maximum(share, 1e-6)
     open_ = train[:, None] & ~answered
@@ -121,7 +122,7 @@ def review_order(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray 
     by_class = np.argsort(np.where(open_, -gain, np.inf), axis=0, kind="stable")
     seat = np.empty(gain.shape, np.float64)
     np.put_along_axis(seat, by_class, np.arange(gain.shape[0], dtype=np.float64)[:, None], axis=0)
-    had = (answered & train[:, None]).sum(0, keepdims=True)
+    had = answered_train.sum(0, keepdims=True)
     priority = gain / (had + seat + 1)
     flat = np.where(open_, -priority, np.inf).ravel()
     order = np.argsort(flat, kind="stable")
