@@ -237,7 +237,8 @@ def workspace_code(cwd: Path | None = None) -> Path | None:
     project copy, or another clone beside an editable install. DVC hashed that checkout's files for the
     stage, so its code is the one that must run; None where it already is (or cwd is no checkout)."""
     here = (cwd or Path.cwd()).resolve()
-    if here == Path(__file__).resolve().parents[1]:
+    # the same file, not the same folder: a checkout whose stages/ links to this one's must not exec forever
+    if (here / "stages" / "cli.py").resolve() == Path(__file__).resolve():
         return None
     marks = ("dvc.yaml", "stages/cli.py", "pipeline/__init__.py")
     return here if all((here / m).is_file() for m in marks) else None

@@ -51,3 +51,10 @@ def test_mlpl_runs_the_code_of_the_checkout_it_runs_in(tmp_path):
     elsewhere = subprocess.run([mlpl, "--version"], cwd=tmp_path, capture_output=True, text=True).stdout
     assert elsewhere.startswith("mlpl ") and "copy" not in elsewhere
     assert workspace_code(copy) == copy.resolve() and workspace_code(root) is None and workspace_code(tmp_path) is None
+    linked = tmp_path / "linked"  # a project whose code links to this checkout's: already running, no exec loop
+    linked.mkdir()
+    shutil.copy2(root / "dvc.yaml", linked / "dvc.yaml")
+    for package in ("stages", "pipeline"):
+        (linked / package).symlink_to(root / package)
+    assert workspace_code(linked) is None
+    assert subprocess.run([mlpl, "--version"], cwd=linked, capture_output=True, text=True, timeout=60).returncode == 0
