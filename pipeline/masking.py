@@ -91,21 +91,13 @@ def answer_calibration(x: np.ndarray, answered: np.ndarray, labels: np.ndarray) 
     return sigmoid(np.clip(z, -50.0, 50.0))
 
 
-def review_order(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray | None = None,
-                 labels: np.ndarray | None = None) -> np.ndarray:
-    """Unanswered train entries (flat indices into [N, C], row-major), the one whose answer would help most
-    first: what a review shows first.
-
-    Per class the logits are shifted as `correct.calibration: median` shifts them (the class's median train
-    entry at −REVIEW_MARGIN), so a class whose every entry Eq. 7 lifts is not taken for sure, and the answers
-    so far (`answered`, `labels`) recalibrate that shift into P(present) (`answer_calibration`). An entry's
-    gain is p(1 − p), how unsure the labels are of it, over its class's expected share of positives (the
-    mean p over the train entries): a class's AP is the mean precision over its positives, so a wrong label
-    moves a rare class's AP more. The classes share the review as seats are apportioned by D'Hondt's rule:
-    a class's k-th answer (counting those it has) weighs its gain by 1/k, because what a class's answers
-    mostly buy is its calibration (`correct.calibration: known` fits each class to its known entries), which
-    its first answers inform most; without it one class whose P(present) sits near ½ over many entries took
-    most of a 2 % review (README). Answered entries leave the order; ties keep row-major order."""
+def review_priority(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray | None = None,
+                    labels: np.ndarray | None = None, depth: int | None = None) -> np.ndarray:
+    """float64 [N, C]: how much each unanswered train entry's answer would help (`review_order` says how it is
+    ranked), −inf where an entry is answered or not a train entry. With `depth`, only each class's first
+    `depth` entries (and any tied with the last of them) get theirs, enough for the order's first `depth`:
+    a class's priorities fall strictly along its seats wherever its gain is above 0, so an entry further
+    down its class is never before them (a COCO-sized [N, C] no longer sorts every class whole)."""
     if (answered is None) != (labels is None):
         raise ValueError("review_order takes the answered entries and their labels together")
     train = np.asarray(is_train, bool)
@@ -117,16 +109,54 @@ def review_order(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray 
     share = p[train].mean(0, keepdims=True) if train.any() else np.ones((1, p.shape[1]))
     gain = p * (1 - p) / np.maximum(share, 1e-6)
     open_ = train[:, None] & ~answered
+    had = answered_train.sum(0)
     # per class, its open entries by gain (ties row-major), the j-th (from 0) after the class's a answers
     # weighted 1 / (a + j + 1)
-    by_class = np.argsort(np.where(open_, -gain, np.inf), axis=0, kind="stable")
-    seat = np.empty(gain.shape, np.float64)
-    np.put_along_axis(seat, by_class, np.arange(gain.shape[0], dtype=np.float64)[:, None], axis=0)
-    had = answered_train.sum(0, keepdims=True)
-    priority = gain / (had + seat + 1)
-    flat = np.where(open_, -priority, np.inf).ravel()
-    order = np.argsort(flat, kind="stable")
-    return order[: int(open_.sum())]
+    keys = np.ascontiguousarray(np.where(open_, -gain, np.inf).T)  # a class's entries contiguous: fast sorts
+    priority = np.full(gain.shape, -np.inf)
+    for c, n_open in enumerate(open_.sum(0).tolist()):
+        k = n_open if depth is None else min(int(depth), n_open)
+        if k == 0:
+            continue
+        if k < n_open:  # the first k by a partition, with every entry tied with the k-th
+            rows = np.flatnonzero(keys[c] <= np.partition(keys[c], k - 1)[k - 1])
+            rows = rows[np.argsort(keys[c, rows], kind="stable")]
+        else:
+            rows = np.argsort(keys[c], kind="stable")[:n_open]
+        priority[rows, c] = gain[rows, c] / (had[c] + np.arange(len(rows), dtype=np.float64) + 1)
+    return priority
+
+
+def first_by_priority(priority: np.ndarray, limit: int | None = None) -> np.ndarray:
+    """Flat indices of the entries of `priority` above −inf, the highest first (ties in index order), at most
+    `limit` of them: the head of the full stable sort, found by a partition where it is short."""
+    keys = -np.asarray(priority, np.float64).ravel()
+    n = int(np.isfinite(keys).sum())
+    k = n if limit is None else max(0, min(int(limit), n))
+    if k == 0:
+        return np.zeros(0, np.intp)
+    if k < n:
+        candidates = np.flatnonzero(keys <= np.partition(keys, k - 1)[k - 1])  # ties at the k-th kept, in order
+        return candidates[np.argsort(keys[candidates], kind="stable")[:k]]
+    return np.argsort(keys, kind="stable")[:n]
+
+
+def review_order(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray | None = None,
+                 labels: np.ndarray | None = None, limit: int | None = None) -> np.ndarray:
+    """Unanswered train entries (flat indices into [N, C], row-major), the one whose answer would help most
+    first: what a review shows first (only the first `limit` if given).
+
+    Per class the logits are shifted as `correct.calibration: median` shifts them (the class's median train
+    entry at −REVIEW_MARGIN), so a class whose every entry Eq. 7 lifts is not taken for sure, and the answers
+    so far (`answered`, `labels`) recalibrate that shift into P(present) (`answer_calibration`). An entry's
+    gain is p(1 − p), how unsure the labels are of it, over its class's expected share of positives (the
+    mean p over the train entries): a class's AP is the mean precision over its positives, so a wrong label
+    moves a rare class's AP more. The classes share the review as seats are apportioned by D'Hondt's rule:
+    a class's k-th answer (counting those it has) weighs its gain by 1/k, because what a class's answers
+    mostly buy is its calibration (`correct.calibration: known` fits each class to its known entries), which
+    its first answers inform most; without it one class whose P(present) sits near ½ over many entries took
+    most of a 2 % review (README). Answered entries leave the order; ties keep row-major order."""
+    return first_by_priority(review_priority(logits, is_train, answered, labels, depth=limit), limit)
 
 
 def reviewed_mask(logits: np.ndarray, is_train: np.ndarray, budget: float, truth: np.ndarray,
@@ -140,7 +170,7 @@ def reviewed_mask(logits: np.ndarray, is_train: np.ndarray, budget: float, truth
     labels = (np.asarray(truth) > 0).astype(np.int8)
     for start in range(0, n, batch):
         take = min(batch, n - start)
-        known.ravel()[review_order(logits, train, known, np.where(known, labels, 0))[:take]] = True
+        known.ravel()[review_order(logits, train, known, np.where(known, labels, 0), limit=take)] = True
     return known.astype(np.int8)
 
 

@@ -23,20 +23,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.logits import sigmoid
-from pipeline.masking import ANSWERS_SCHEMA, empty_answers, merge_answers, review_order
+from pipeline.masking import ANSWERS_SCHEMA, empty_answers, first_by_priority, merge_answers, review_priority
 from pipeline.storage import DataError, atomic_path
 
 
 def review_queue(logits: np.ndarray, answered: np.ndarray, labels: np.ndarray,
-                 class_index: int | None = None) -> list[tuple[int, int]]:
-    """(row, class) of every unanswered entry, the one whose answer helps most first (`review_order` over
-    every row of `logits`, [N, C], with the answers `answered` bool [N, C] and their 0/1 `labels`); only
-    class `class_index` if given."""
-    order = review_order(logits, np.ones(len(logits), bool), answered, labels)
-    rows, cols = np.unravel_index(order, logits.shape)
-    if class_index is not None:
-        rows, cols = rows[cols == class_index], cols[cols == class_index]
+                 class_index: int | None = None, limit: int | None = None) -> list[tuple[int, int]]:
+    """(row, class) of the unanswered entries, the one whose answer helps most first (`review_order` over every
+    row of `logits`, [N, C], with the answers `answered` bool [N, C] and their 0/1 `labels`); only class
+    `class_index` if given; the first `limit` if given (`queue_length` counts them all)."""
+    priority = review_priority(logits, np.ones(len(logits), bool), answered, labels, depth=limit)
+    if class_index is not None:  # one class's entries keep their order in the whole queue
+        priority = np.where(np.arange(priority.shape[1]) == class_index, priority, -np.inf)
+    rows, cols = np.unravel_index(first_by_priority(priority, limit), logits.shape)
     return list(zip(rows.tolist(), cols.tolist(), strict=True))
+
+
+def queue_length(answered: np.ndarray, class_index: int | None = None) -> int:
+    """How many entries `review_queue` holds in all: the unanswered ones (of class `class_index` if given)."""
+    answered = np.asarray(answered, bool)
+    return int((~(answered if class_index is None else answered[:, class_index])).sum())
 
 
 class AnswerBook:

@@ -16,7 +16,7 @@ import numpy as np
 from flask import Flask, abort, jsonify, request, send_file
 
 from pipeline.masking import REVIEW_BATCH
-from pipeline.review import AnswerBook, confidences, review_queue
+from pipeline.review import AnswerBook, confidences, queue_length, review_queue
 from pipeline.storage import DataError, Table, manifest_paths
 from stages.common import ANSWERS, MANIFEST, REFINED
 
@@ -53,10 +53,12 @@ def create_app(answers: Path = ANSWERS, limit: int = 1000) -> Flask:
             return jsonify(error=f"class {name!r} is not one of {classes}"), 400
         n = min(int(request.args.get("limit", limit)), limit)
         answered, labels = book.answers()
-        entries = review_queue(logits, answered, labels, None if name is None else classes.index(name))
+        class_index = None if name is None else classes.index(name)
+        entries = review_queue(logits, answered, labels, class_index, limit=n)
         items = [{"image_id": image_ids[i], "class": classes[c], "p": round(float(p[i, c]), 3),
-                  "label": int(p[i, c] >= 0.5)} for i, c in entries[:n]]
-        return jsonify(classes=classes, ranking=RANKING, rerank_every=REVIEW_BATCH, items=items, remaining=len(entries),
+                  "label": int(p[i, c] >= 0.5)} for i, c in entries]
+        return jsonify(classes=classes, ranking=RANKING, rerank_every=REVIEW_BATCH, items=items,
+                       remaining=queue_length(answered, class_index),
                        answered=len(book.latest()), answers=str(answers))
 
     @app.post("/api/answer")

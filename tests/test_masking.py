@@ -203,6 +203,31 @@ def test_one_unsure_class_does_not_take_the_whole_review():
     assert np.unravel_index(order[:2], twins.shape)[1].tolist() == [1, 1]
 
 
+def test_the_first_entries_of_the_order_are_the_head_of_the_whole_order():
+    """`limit` (the page's 1,000 cards, a simulated review's batch) gives the whole order's first entries, ties
+    included: rounded logits tie within a class, and saturated ones (gain 0, all tied at the tail) are ordered
+    row-major; the queue of one class with a limit is that class's part of the whole queue, cut."""
+    from pipeline.masking import review_order
+    from pipeline.review import review_queue
+
+    rng = np.random.default_rng(3)
+    for case in range(12):
+        n, c = int(rng.integers(5, 60)), int(rng.integers(1, 6))
+        logits = np.round(rng.normal(0, 3, (n, c))).astype(np.float32)
+        if case % 2:
+            logits[rng.random((n, c)) < 0.4] = 60.0  # σ = 1 in float64: no gain, all tied
+        train = rng.random(n) < 0.8
+        answered = rng.random((n, c)) < 0.2
+        labels = (answered & (rng.random((n, c)) < 0.5)).astype(np.int8)
+        whole = review_order(logits, train, answered, labels)
+        for k in (0, 1, 3, 7, len(whole) - 1, len(whole) + 5):
+            assert np.array_equal(review_order(logits, train, answered, labels, limit=k), whole[:max(k, 0)])
+        queue = review_queue(logits, answered, labels)
+        for k in (1, 4, 50):
+            assert review_queue(logits, answered, labels, class_index=c - 1, limit=k) == [
+                e for e in queue if e[1] == c - 1][:k]
+
+
 def test_answers_recalibrate_their_class_only():
     """A class whose answers say present at and below its shifted 0 gets a higher P(present) there than σ(x); a
     class without answers keeps σ(x); answers of one kind never turn the order of a class's logits round."""
