@@ -83,10 +83,15 @@ METHODS: dict[str, list[str]] = {
     # rest are unlabelled; the setting's baseline is AN, as in single-positive learning (Cole et al. 2021)
     "an_single": ["known=single_positive", "unknown=negative"],
     "plmcl_single": ["known=single_positive", "unknown=negative", "method=plmcl"],
+    # the two label-updating rules on AN at the random 10 % (the setting's baseline `an`): their first epoch is
+    # AN's and ŷ(0) its outputs, as in `plmcl_single`, where PLMCL led AN on every draw
+    "plmcl_an": ["unknown=negative", "method=plmcl"],
+    "g2netpl_an": ["unknown=negative", "method=g2netpl"],
 }
 # each method in its paper's setting against that setting's baseline
 PAPER_BASELINES = {"large_loss_an": "an", "plmcl_paper": "pbce", "g2netpl_paper": "pbce", "hst_paper": "pbce",
-                   "hst_ist_paper": "pbce", "trm_paper": "pbce", "plmcl_single": "an_single"}
+                   "hst_ist_paper": "pbce", "trm_paper": "pbce", "plmcl_single": "an_single",
+                   "plmcl_an": "an", "g2netpl_an": "an"}
 FIGURES = {"corrected": "labels.corrected.map", "refined": "labels.refined.map", "student": "test.student.map",
            "ceiling": "test.ceiling.map", "gap_closure": "gap_closure", "raised": "transfer.raised",
            "raised_right": "transfer.raised_right", "lowered": "transfer.lowered",

@@ -12,7 +12,9 @@ reads `ratio`, `seed`, `unknown` or a method). The rows, in TailorCLIP's groups:
 - weakly supervised at `--ratio`, each method in its paper's setting (top-level `unknown`: no CLIP label):
   `pbce` (partial BCE) and `an` (assume negative), then LL-R on AN, PLMCL, G2NetPL, HST and TRM-ML on partial
   BCE; PLMCL's own setting (000 §III.A, `known: single_positive`: a `--ratio` share of the images knows one
-  positive each, the rest are unlabelled) as `plmcl_single` against AN there (`an_single`); `mulsupconld`
+  positive each, the rest are unlabelled) as `plmcl_single` against AN there (`an_single`); PLMCL and G2NetPL
+  on AN at the random `--ratio` (`plmcl_an`, `g2netpl_an`: their first epoch AN's, as in PLMCL's own
+  setting) against `an`; `mulsupconld`
   is its paper's setting, every label known (`ratio` 1.0), over dataset seeds (the known-label draw is then
   fixed), against the ceiling's plain BCE of the same runs (`ceiling_bce`);
 - without labels: `zero_shot` (CLIP's global scores), `cdul_estimator` (CDUL's global-local aggregate),
@@ -69,7 +71,7 @@ EXPERIMENTS: dict[str, tuple[float | None, list[str], bool]] = {
     "mulsupconld": (1.0, ["method=label_distribution", "method_gate.mode=none"], True),
     **{name: (None, METHODS[name], False) for name in
        ("pbce", "an", "large_loss_an", "plmcl_paper", "g2netpl_paper", "hst_paper", "trm_paper", "an_single",
-        "plmcl_single")},
+        "plmcl_single", "plmcl_an", "g2netpl_an")},
     "ours_known": (None, [], False),
     **{f"ours_{name}": (None, METHODS[name], False) for name in
        ("plmcl", "g2netpl", "large_loss", "label_distribution", "hst", "hst_ist", "trm", "cooccurrence_dtl",
@@ -85,7 +87,9 @@ ROWS: dict[str, Row] = {
     "plmcl_paper": Row(WEAK, "plmcl_paper", "student", "PLMCL, on partial BCE"),
     "an_single": Row(WEAK, "an_single", "student", "AN, one known positive on a share of the images"),
     "plmcl_single": Row(WEAK, "plmcl_single", "student", "PLMCL in its own setting (000 §III.A), on AN"),
+    "plmcl_an": Row(WEAK, "plmcl_an", "student", "PLMCL on AN"),
     "g2netpl_paper": Row(WEAK, "g2netpl_paper", "student", "G2NetPL"),
+    "g2netpl_an": Row(WEAK, "g2netpl_an", "student", "G2NetPL on AN"),
     "hst_paper": Row(WEAK, "hst_paper", "student", "HST"),
     "trm_paper": Row(WEAK, "trm_paper", "student", "TRM-ML"),
     "mulsupconld": Row(WEAK, "mulsupconld", "student", "MulSupConLD (every label known)"),
@@ -101,7 +105,8 @@ ROWS: dict[str, Row] = {
 }
 # each weakly supervised method against its own setting's baseline
 SETTING_BASELINE = {"large_loss_an": "an", "plmcl_paper": "pbce", "g2netpl_paper": "pbce", "hst_paper": "pbce",
-                    "trm_paper": "pbce", "mulsupconld": "ceiling_bce", "plmcl_single": "an_single"}
+                    "trm_paper": "pbce", "mulsupconld": "ceiling_bce", "plmcl_single": "an_single",
+                    "plmcl_an": "an", "g2netpl_an": "an"}
 FIGURES = {"student": "map", "cf1": "cf1", "of1": "of1"}
 
 
