@@ -115,7 +115,7 @@ def review_priority(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarr
     keys = np.ascontiguousarray(np.where(open_, -gain, np.inf).T)  # a class's entries contiguous: fast sorts
     priority = np.full(gain.shape, -np.inf)
     for c, n_open in enumerate(open_.sum(0).tolist()):
-        k = n_open if depth is None else min(int(depth), n_open)
+        k = n_open if depth is None else max(0, min(int(depth), n_open))
         if k == 0:
             continue
         if k < n_open:  # the first k by a partition, with every entry tied with the k-th
