@@ -118,27 +118,25 @@ def review_priority(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarr
         k = n_open if depth is None else max(0, min(int(depth), n_open))
         if k == 0:
             continue
-        if k < n_open:  # the first k by a partition, with every entry tied with the k-th
-            rows = np.flatnonzero(keys[c] <= np.partition(keys[c], k - 1)[k - 1])
-            rows = rows[np.argsort(keys[c, rows], kind="stable")]
-        else:
-            rows = np.argsort(keys[c], kind="stable")[:n_open]
+        rows = smallest_first(keys[c], k)
         priority[rows, c] = gain[rows, c] / (had[c] + np.arange(len(rows), dtype=np.float64) + 1)
     return priority
 
 
+def smallest_first(keys: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k smallest of the 1-d `keys` (k ≥ 1) and of every one tied with the k-th, in the order of
+    a stable sort: the head of that sort, found by a partition."""
+    rows = np.flatnonzero(keys <= np.partition(keys, k - 1)[k - 1])
+    return rows[np.argsort(keys[rows], kind="stable")]
+
+
 def first_by_priority(priority: np.ndarray, limit: int | None = None) -> np.ndarray:
     """Flat indices of the entries of `priority` above −inf, the highest first (ties in index order), at most
-    `limit` of them: the head of the full stable sort, found by a partition where it is short."""
+    `limit` of them: the head of the full stable sort."""
     keys = -np.asarray(priority, np.float64).ravel()
     n = int(np.isfinite(keys).sum())
     k = n if limit is None else max(0, min(int(limit), n))
-    if k == 0:
-        return np.zeros(0, np.intp)
-    if k < n:
-        candidates = np.flatnonzero(keys <= np.partition(keys, k - 1)[k - 1])  # ties at the k-th kept, in order
-        return candidates[np.argsort(keys[candidates], kind="stable")[:k]]
-    return np.argsort(keys, kind="stable")[:n]
+    return smallest_first(keys, k)[:k] if k else np.zeros(0, np.intp)
 
 
 def review_order(logits: np.ndarray, is_train: np.ndarray, answered: np.ndarray | None = None,
