@@ -75,6 +75,18 @@ def test_answers_are_known_labels_and_rerun_from_mask(project):
     corrected = Table(project / "data" / "labels" / "corrected.parquet").column("corrected")
     assert ((corrected[train, 0] > 0) == (observed.column("labels")[train, 0] > 0)).all()  # they win in correct
 
+    # an answer naming a class the dataset lacks stops the run in mask, the first stage that knows the train
+    # images, with its row named; the last run's known labels stay in the cache, for `dvc checkout`
+    observed_path = project / "data" / "prepared" / "observed.parquet"
+    before = observed_path.read_bytes()
+    rows.append({**rows[0], "class": "no-such-class"})
+    pq.write_table(pa.Table.from_pylist(rows, schema=ANSWERS_SCHEMA), project / "data" / "answers.parquet")
+    r = sh("dvc exp run -S known=answers", project, check=False)
+    assert r.returncode != 0 and "row 4 names class 'no-such-class'" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert stages_run(r.stdout) == {"mask"}, r.stdout
+    sh("dvc checkout -q data/prepared/observed.parquet", project)
+    assert observed_path.read_bytes() == before
+
 
 def test_a_simulated_review_knows_the_entries_the_page_shows_first(project):
     """known: uncertain answers the budget share of train entries a review of the initial estimate shows first
