@@ -1,15 +1,11 @@
 """End to end through the real `dvc` CLI in a temporary git repository, on a tiny config."""
 
 import re
-import shutil
-import signal
-import subprocess
-import time
 
 import pytest
 import yaml
 
-from benchmarks.project import env, sh, stages_run
+from benchmarks.project import sh, stages_run
 
 pytestmark = pytest.mark.e2e
 
@@ -144,29 +140,6 @@ def test_invalid_params_fail_before_anything_is_touched(project):
     assert "known: uncertain answers the budget share of the train entries, and budget: 0 is none" in out
     assert snapshot() == before
     assert stages_run(sh("dvc repro", project).stdout) == set()
-
-
-def test_killed_scoring_resumes_byte_identical(project):
-    store = project / "data" / "scores.zarr"
-    reference = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
-    shutil.rmtree(store)
-    work = project / "data" / ".scores.work" / "done"
-    proc = subprocess.Popen(["mlpl", "score"], cwd=project, env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not any(work.glob("shard-*")):
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not store.exists(), "scoring finished before it could be killed"
-    assert 0 < len(list(work.glob("shard-*"))) < 9
-    r = sh("mlpl score", project)
-    assert "resuming" in r.stdout + r.stderr
-    resumed = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
-    assert resumed.keys() == reference.keys()
-    for k in reference:
-        assert resumed[k] == reference[k], k
-    assert not (project / "data" / ".scores.work").exists()
 
 
 def test_report_and_dvc_plots_render_offline_in_a_browser(project, tmp_path):
