@@ -191,7 +191,7 @@ def test_parallel_queue_equals_sequential_runs(project):
             if "Failed" in sh("dvc queue status", project).stdout:
                 break
         time.sleep(0.5)
-    while True:  # the ref is written just before the task is marked done
+    while True:  # the ref may come before the task is marked done
         status = sh("dvc queue status", project).stdout
         if ("Queued" not in status and "Running" not in status) or time.time() > deadline:
             break
