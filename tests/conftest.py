@@ -6,10 +6,9 @@ import torch
 from benchmarks.project import sh
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-# Every `dvc` command ends by starting a detached `dvc daemon analytics` process (~0.8 s of CPU on the 2-core
-# AVX2 EPYC, for a usage report the offline test machines cannot deliver), beside the tests on the same 2
-# cores: `make test` took 11:43, 11:43 and 12:01 with them, 10:52 and 11:24 without. The tests' dvc commands
-# inherit this.
+# Every `dvc` command ends by starting a detached `dvc daemon analytics` process (~0.8 s of CPU, for a usage
+# report the offline test machines cannot deliver) on the cores the tests share; the tests' dvc commands
+# inherit this (the run times with and without it: README, Development).
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # Under pytest-xdist (`make test`: two workers on two cores) each worker, and every process it starts (the
 # tests' dvc/mlpl commands inherit the environment), computes on one thread: two threads each oversubscribe
