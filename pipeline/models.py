@@ -16,6 +16,7 @@ Every module built here takes uint8 images [B, 3, S, S] and returns logits [B, C
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,8 +187,32 @@ def student_of_adapter(path: str | Path) -> dict:
     spec, ckpt = read_spec(path)
     if not isinstance(spec, AdapterSpec):
         raise ValueError(f"{path}: expected an adapter checkpoint, got kind {spec.kind!r}")
-    tower = clip.load_described(spec.backbone)
-    return FrozenTowerSpec.from_adapter(spec).joined(tower.visual.state_dict(), ckpt["state_dict"])
+    return FrozenTowerSpec.from_adapter(spec).joined(tower_state_dict(spec.backbone), ckpt["state_dict"])
+
+
+def tower_state_dict(descriptor: dict) -> dict[str, torch.Tensor]:
+    """`clip.load_described(descriptor).visual.state_dict()`, the same bytes once saved (keys, strides, module
+    metadata). The embedded teacher's weights file is our own plain state dict
+    (pipeline.toy_teacher.save_embedded_teacher), so its tower is read from it without building the model or
+    importing open_clip (~3 s of every `distill`); other weights are loaded into the model."""
+    if descriptor.get("pretrained") != "embedded":
+        return clip.load_described(descriptor).visual.state_dict()
+    state = torch.load(descriptor["weights"], map_location="cpu", weights_only=True)["state_dict"]
+    return submodule_state(state, "visual")
+
+
+def submodule_state(state: Mapping[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The part of a module's state dict that its submodule `name` gives as its own `state_dict()`: in
+    contiguous tensors (a loaded tensor keeps the layout it was saved in: the toy teacher trains channels_last),
+    with the submodules' metadata (versions) that load_state_dict reads."""
+    prefix = name + "."
+    out = OrderedDict((k[len(prefix):], v.new_empty(v.shape).copy_(v)) for k, v in state.items()
+                      if k.startswith(prefix))
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        out._metadata = OrderedDict(("" if k == name else k[len(prefix):], v) for k, v in metadata.items()
+                                    if k == name or k.startswith(prefix))
+    return out
 
 
 def read_spec(path: str | Path) -> tuple[ModelSpec, dict]:

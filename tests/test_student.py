@@ -7,7 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.adapter import Adapter, AdapterConfig, FrozenTowerClassifier, adapter_for
-from pipeline.clip import cell_projection
+from pipeline.clip import cell_projection, load_described
 from pipeline.images import ResizedImages
 from pipeline.methods import RULES
 from pipeline.models import (
@@ -18,6 +18,8 @@ from pipeline.models import (
     load_checkpoint,
     load_student,
     save_checkpoint,
+    tower_state_dict,
+    write_checkpoint,
 )
 from pipeline.report import render_report
 from pipeline.student import StudentTraining, augment, predict_paths, train_small_cnn
@@ -82,6 +84,25 @@ def test_frozen_tower_student_roundtrip(tmp_path, tiny_model, prediction):
     module, classes, size = load_student(tmp_path / "student.pt")  # the tower's weights travel with it
     assert classes == ["a", "b", "c"] and size == 32
     assert np.allclose(predict_paths(module, size, paths, batch_size=3), direct, atol=1e-5)
+
+
+def test_the_embedded_teachers_tower_is_read_from_its_file_as_the_loaded_model_gives_it(tmp_path, tiny_model):
+    """`distill` writes the tower's state as read from the embedded teacher's file: the file it saves has the
+    bytes it had when the tower was built and loaded, though the teacher trains channels_last."""
+    import copy
+
+    from pipeline.toy_teacher import save_embedded_teacher
+
+    trained = copy.deepcopy(tiny_model).to(memory_format=torch.channels_last)
+    assert any(not p.is_contiguous() for p in trained.visual.parameters())  # the case the copy is for
+    descriptor = save_embedded_teacher(trained, TINY_MODEL, ["a"], tmp_path / "teacher.pt",
+                                       str(tmp_path / "teacher.pt"), 1.0)
+    for name, state in (("built", load_described(descriptor).visual.state_dict()),
+                        ("read", tower_state_dict(descriptor))):
+        (tmp_path / name).mkdir()
+        write_checkpoint(tmp_path / name / "tower.pt", {"visual_state_dict": state})
+    assert (tmp_path / "built" / "tower.pt").read_bytes() == (tmp_path / "read" / "tower.pt").read_bytes()
+    assert tower_state_dict({**descriptor, "pretrained": "file"}).keys() == state.keys()
 
 
 def test_models_over_one_tower_share_its_pass(tmp_path, tiny_model):
