@@ -84,7 +84,7 @@ def train_cdul_student(images: Dataset, initial_logit: np.ndarray, image_size: i
     gen = torch.Generator().manual_seed(training.seed)
     n, n_cls = initial_logit.shape
     model = SmallCNN(n_cls, training.width, image_size, log_softmax=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=1e-4, foreach=True)
     labels = torch.sigmoid(torch.tensor(np.asarray(initial_logit), dtype=torch.float32)).clamp(EPS, 1 - EPS)
     state, start, step = restore_training(checkpointer, model, opt, gen)
     if state is not None:

@@ -131,7 +131,7 @@ def em_optimizer(adapter: torch.nn.Module, z: torch.nn.Parameter, settings: SewS
         own, thresholds = transfer.optimizer_groups(settings.lr, settings.weight_decay)
         scheduled.append(len(groups))
         groups += [own] + ([thresholds] if thresholds else [])
-    return torch.optim.AdamW(groups), scheduled
+    return torch.optim.AdamW(groups, foreach=True), scheduled
 
 
 def restore_em(checkpointer: Checkpointer | None, state: EmState, adapter: torch.nn.Module,

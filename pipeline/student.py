@@ -137,7 +137,7 @@ def train_small_cnn(images: Dataset, targets_logit: np.ndarray, image_size: int,
     gen = torch.Generator().manual_seed(training.seed)
     n, n_cls = targets_logit.shape
     model = SmallCNN(n_cls, training.width, image_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=training.lr, weight_decay=1e-4, foreach=True)
     targets = torch.sigmoid(torch.tensor(np.asarray(targets_logit), dtype=torch.float32))
     known_t = torch.zeros((n, n_cls), dtype=torch.bool) if known is None else torch.tensor(np.asarray(known, bool))
     w_all = None if weights is None else torch.tensor(np.asarray(weights), dtype=torch.float32)
