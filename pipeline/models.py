@@ -195,10 +195,11 @@ def tower_state_dict(descriptor: dict) -> dict[str, torch.Tensor]:
     metadata). The embedded teacher's weights file is our own plain state dict
     (pipeline.toy_teacher.save_embedded_teacher), so its tower is read from it without building the model or
     importing open_clip (~3 s of every `distill`); other weights are loaded into the model."""
-    if descriptor.get("pretrained") != "embedded":
-        return clip.load_described(descriptor).visual.state_dict()
-    state = torch.load(descriptor["weights"], map_location="cpu", weights_only=True)["state_dict"]
-    return submodule_state(state, "visual")
+    if descriptor.get("pretrained") == "embedded":
+        ckpt = torch.load(descriptor["weights"], map_location="cpu", weights_only=True)
+        if ckpt.get("model") == descriptor["model"]:  # else open_clip says what does not match
+            return submodule_state(ckpt["state_dict"], "visual")
+    return clip.load_described(descriptor).visual.state_dict()
 
 
 def submodule_state(state: Mapping[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:

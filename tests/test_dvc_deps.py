@@ -118,7 +118,7 @@ def test_the_closure_follows_imports_transitively():
 
 def test_dvc_reads_our_yaml_with_the_c_parser_and_the_same_values():
     """Every DVC command reads dvc.yaml, dvc.lock and params.yaml many times (~100 reads per experiment); in
-    pure Python each read of dvc.lock takes ~0.4 s. The C parser (ruamel.yaml.clib, a dependency) must be in
+    pure Python each read of dvc.lock takes ~0.46 s. The C parser (ruamel.yaml.clib, a dependency) must be in
     use and must read our files as the pure-Python one does."""
     from ruamel.yaml import YAML
 

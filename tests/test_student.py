@@ -86,23 +86,33 @@ def test_frozen_tower_student_roundtrip(tmp_path, tiny_model, prediction):
     assert np.allclose(predict_paths(module, size, paths, batch_size=3), direct, atol=1e-5)
 
 
-def test_the_embedded_teachers_tower_is_read_from_its_file_as_the_loaded_model_gives_it(tmp_path, tiny_model):
-    """`distill` writes the tower's state as read from the embedded teacher's file: the file it saves has the
-    bytes it had when the tower was built and loaded, though the teacher trains channels_last."""
+def test_the_embedded_teachers_tower_is_read_from_its_file_as_the_loaded_model_gives_it(tmp_path, tiny_model,
+                                                                                         monkeypatch):
+    """`distill` writes the tower's state as read from the embedded teacher's file, without building the model:
+    the file it saves has the bytes it had when the tower was built and loaded, though the teacher trains
+    channels_last. Other weights still go through the model."""
     import copy
 
+    from pipeline import clip
     from pipeline.toy_teacher import save_embedded_teacher
 
     trained = copy.deepcopy(tiny_model).to(memory_format=torch.channels_last)
     assert any(not p.is_contiguous() for p in trained.visual.parameters())  # the case the copy is for
     descriptor = save_embedded_teacher(trained, TINY_MODEL, ["a"], tmp_path / "teacher.pt",
                                        str(tmp_path / "teacher.pt"), 1.0)
-    for name, state in (("built", load_described(descriptor).visual.state_dict()),
-                        ("read", tower_state_dict(descriptor))):
+    built = load_described(descriptor).visual.state_dict()
+
+    def no_model(_):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(clip, "load_described", no_model)
+    for name, state in (("built", built), ("read", tower_state_dict(descriptor))):
         (tmp_path / name).mkdir()
         write_checkpoint(tmp_path / name / "tower.pt", {"visual_state_dict": state})
     assert (tmp_path / "built" / "tower.pt").read_bytes() == (tmp_path / "read" / "tower.pt").read_bytes()
-    assert tower_state_dict({**descriptor, "pretrained": "file"}).keys() == state.keys()
+    for other in ({**descriptor, "pretrained": "file"}, {**descriptor, "model": "mlpl-tiny-vit"}):
+        with pytest.raises(AssertionError, match="the model was built"):
+            tower_state_dict(other)
 
 
 def test_models_over_one_tower_share_its_pass(tmp_path, tiny_model):
