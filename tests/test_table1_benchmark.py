@@ -1,4 +1,4 @@
-from benchmarks.table1 import EXPERIMENTS, ROWS, checks, row_figures, table
+from benchmarks.table1 import EXPERIMENTS, ROWS, SETTING_BASELINE, checks, row_figures, table
 
 
 def _fig(mean: float, sd: float = 0.001) -> dict:
@@ -21,6 +21,16 @@ def test_every_row_reads_a_queued_experiment():
         # a paper's own setting has no held-out gate of ours (it acts only with unknown: pseudo, the default)
         if ROWS.get(name) is not None and ROWS[name].group.startswith("weakly"):
             assert paper or "method_gate.mode=none" in flags, name
+
+
+def test_a_method_runs_in_its_baselines_setting():
+    """A method and its setting's baseline share the ratio and the known-label source (LL-R's single positive on
+    every image is not PLMCL's on a share of them)."""
+    for name, base in SETTING_BASELINE.items():
+        (ratio, flags, _), (base_ratio, base_flags, _) = (EXPERIMENTS[ROWS[n].experiment] for n in (name, base))
+        assert ratio == base_ratio, name
+        assert [f for f in flags if f.startswith("known=")] == [f for f in base_flags if f.startswith("known=")], name
+    assert EXPERIMENTS["large_loss_single"][0] == 1.0  # one positive on every train image
 
 
 def test_checks_of_the_table1_issue():
