@@ -73,7 +73,9 @@ METHODS: dict[str, list[str]] = {
     # entries carry no loss (partial BCE) or are assumed negative (AN), and each method acts on that
     "pbce": ["unknown=ignore"],
     "an": ["unknown=negative"],
-    "large_loss_an": ["unknown=negative", "method=large_loss", "large_loss.delta=0.1"],  # LL-R as its paper: on AN
+    # LL-R on AN at the random `--ratio`, its paper's rate (its paper's labels, one positive on every image: table1.py's
+    # `large_loss_single`)
+    "large_loss_an": ["unknown=negative", "method=large_loss", "large_loss.delta=0.1"],
     "plmcl_paper": ["unknown=ignore", "method=plmcl"],  # ŷ(0) from the network, τ(t) curriculum
     "g2netpl_paper": ["unknown=ignore", "method=g2netpl"],
     "hst_paper": ["unknown=ignore", "method=hst", "hst.modules=both"],
@@ -83,11 +85,6 @@ METHODS: dict[str, list[str]] = {
     # rest are unlabelled; the setting's baseline is AN, as in single-positive learning (Cole et al. 2021)
     "an_single": ["known=single_positive", "unknown=negative"],
     "plmcl_single": ["known=single_positive", "unknown=negative", "method=plmcl"],
-    # LL-R's own setting (single-positive learning, Cole et al. 2021): one known positive per image, on AN
-    "large_loss_single": ["known=single_positive", "unknown=negative", "method=large_loss", "large_loss.delta=0.1"],
-    # the same at the rate chosen on the tuning world (contexts world 2): most false negatives rejected by the end
-    "large_loss_single_delta05": ["known=single_positive", "unknown=negative", "method=large_loss",
-                                  "large_loss.delta=0.5"],
     # the two label-updating rules on AN at the random 10 % (the setting's baseline `an`): their first epoch is
     # AN's and ŷ(0) its outputs, as in `plmcl_single`, where PLMCL led AN on every draw
     "plmcl_an": ["unknown=negative", "method=plmcl"],
@@ -96,8 +93,7 @@ METHODS: dict[str, list[str]] = {
 # each method in its paper's setting against that setting's baseline
 PAPER_BASELINES = {"large_loss_an": "an", "plmcl_paper": "pbce", "g2netpl_paper": "pbce", "hst_paper": "pbce",
                    "hst_ist_paper": "pbce", "trm_paper": "pbce", "plmcl_single": "an_single",
-                   "large_loss_single": "an_single", "large_loss_single_delta05": "an_single", "plmcl_an": "an",
-                   "g2netpl_an": "an"}
+                   "plmcl_an": "an", "g2netpl_an": "an"}
 FIGURES = {"corrected": "labels.corrected.map", "refined": "labels.refined.map", "student": "test.student.map",
            "ceiling": "test.ceiling.map", "gap_closure": "gap_closure", "raised": "transfer.raised",
            "raised_right": "transfer.raised_right", "lowered": "transfer.lowered",
