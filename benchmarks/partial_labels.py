@@ -76,7 +76,7 @@ METHODS: dict[str, list[str]] = {
     # LL-R on AN at the random `--ratio`, its paper's rate (its paper's labels, one positive on every image: table1.py's
     # `large_loss_single`)
     "large_loss_an": ["unknown=negative", "method=large_loss", "large_loss.delta=0.1"],
-    "plmcl_paper": ["unknown=ignore", "method=plmcl"],  # ŷ(0) from the network, τ(t) curriculum
+    "plmcl_paper": ["unknown=ignore", "method=plmcl"],  # ŷ(0) from the network (τ(t): plmcl.curriculum=true)
     "g2netpl_paper": ["unknown=ignore", "method=g2netpl"],
     "hst_paper": ["unknown=ignore", "method=hst", "hst.modules=both"],
     "hst_ist_paper": ["unknown=ignore", "method=hst", "hst.modules=ist"],
