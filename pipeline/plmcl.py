@@ -17,8 +17,6 @@ The loss L_sne(p, y ⊙ ŷ) + λ·L_ae(ŷ) is the BCE over the known entries plu
 pseudo-labelled ones. The confidence-aware curriculum τ(t) (`curriculum`, papers' settings only) is garbled in
 the summary ("a per-class threshold based on the expected prediction margin"); ours is
 pipeline.rules.curriculum_mask: an entry trains once its margin |2ŷ − 1| reaches (1 − t)·its class's mean margin.
-It is off by default: on AN at a random 10 % (the tuning world, contexts world 2) every entry training from the
-second epoch on scored above it on every draw (0.746 against 0.723 test mAP); README, "PLMCL and G2NetPL on AN".
 """
 
 from __future__ import annotations
@@ -49,7 +47,7 @@ class Plmcl(Rule):
     alpha: float = setting(0.9, ge=0.0, le=1.0)  # α: momentum
     beta: float = setting(0.5, ge=0.0, le=1.0)  # β: velocity damping
     weight: float = setting(1.0, ge=0.0)  # λ: weight of the pseudo-labelled entries' BCE
-    curriculum: bool = setting(False)  # τ(t): confident pseudo labels first (ignore / negative only)
+    curriculum: bool = setting(True)  # τ(t): confident pseudo labels first (ignore / negative only)
 
     NAME: ClassVar[str] = "plmcl"
     PARAMS_KEYS: ClassVar[dict[str, str]] = {

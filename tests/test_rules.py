@@ -164,9 +164,9 @@ def test_g2netpl_l1_term_by_hand():
 
 
 def test_curriculum_and_lambda_apply_where_the_papers_do():
-    assert not Plmcl(curriculum=True).uses_curriculum  # with CLIP's labels as ŷ(0) every entry trains
-    assert Plmcl(unknown="ignore", curriculum=True).uses_curriculum and G2netpl(unknown="negative").uses_curriculum
-    assert not Plmcl(unknown="ignore").uses_curriculum  # off by default: it cost PLMCL on AN (README)
+    assert not Plmcl().uses_curriculum  # with CLIP's labels as ŷ(0) every entry trains
+    assert Plmcl(unknown="ignore").uses_curriculum and G2netpl(unknown="negative").uses_curriculum
+    assert not Plmcl(unknown="ignore", curriculum=False).uses_curriculum
     assert not LargeLoss(unknown="ignore").uses_curriculum
     assert Plmcl(weight=0.3).pseudo_weight == 0.3 and G2netpl().pseudo_weight == 1
     with pytest.raises(ValueError, match="unknown must be one of"):
