@@ -25,7 +25,8 @@ def test_g2netpl_step_by_hand_and_fixed_point():
     y, p = np.array([0.6]), np.array([0.7])
     zy, zp = np.log(0.6 / 0.4), np.log(0.7 / 0.3)
     grad = -zy + 2.0 * (zy - zp)
-    assert g2netpl_update(y, p, eta=2.0, lr=0.1, steps=1)[0] == pytest.approx(0.6 - 0.1 * grad)
+    # one step moves the logit of ŷ by −lr·dΦ/dŷ
+    assert g2netpl_update(y, p, eta=2.0, lr=0.1, steps=1)[0] == pytest.approx(1 / (1 + np.exp(-(zy - 0.1 * grad))))
     # many steps reach the sharpened fixed point S⁻¹(ŷ) = η/(η − 1)·S⁻¹(p)
     out = g2netpl_update(np.array([0.5, 0.5]), np.array([0.7, 0.2]), eta=3.0, lr=0.02, steps=3000)
     target = 1 / (1 + np.exp(-1.5 * np.log(np.array([0.7, 0.2]) / np.array([0.3, 0.8]))))
@@ -160,7 +161,27 @@ def test_g2netpl_l1_term_by_hand():
     y, p = np.array([0.6, 0.4]), np.array([0.7, 0.3])
     zy, zp = np.log(y / (1 - y)), np.log(p / (1 - p))
     grad = -zy + 2.0 * (zy - zp) + 0.5 * np.sign(y - p)
-    assert g2netpl_update(y, p, eta=2.0, lr=0.1, steps=1, l1=0.5) == pytest.approx(y - 0.1 * grad)
+    assert g2netpl_update(y, p, eta=2.0, lr=0.1, steps=1, l1=0.5) == pytest.approx(1 / (1 + np.exp(-(zy - 0.1 * grad))))
+
+
+def test_g2netpl_player_descends_steadily_on_confident_entries():
+    """Near 0 and 1 Φ's curvature (η − 1)/(ŷ(1 − ŷ)) is large: a step on ŷ itself at lr 0.05 overshot there (p = 0.05
+    went 0.0001, 0.19, 0.0001, …). Every step must lower Φ and move ŷ the same way, towards the sharpened point."""
+    p = np.array([0.01, 0.05, 0.1, 0.3, 0.7, 0.9, 0.99])
+    eta, l1 = 2.0, 0.5
+
+    def phi(y: np.ndarray) -> np.ndarray:
+        kl = y * np.log(y / p) + (1 - y) * np.log((1 - y) / (1 - p))
+        return -(y * np.log(y) + (1 - y) * np.log(1 - y)) + eta * kl + l1 * np.abs(y - p)
+
+    path = [p.copy()]
+    for _ in range(30):
+        path.append(g2netpl_update(path[-1], p, eta=eta, lr=0.05, steps=1, l1=l1))
+    path = np.array(path)
+    steps = np.diff(path, axis=0)
+    sharper = np.where(p > 0.5, 1.0, -1.0)
+    assert (steps * sharper >= 0).all()  # monotone, towards 0 below ½ and 1 above
+    assert (np.diff(np.array([phi(y) for y in path]), axis=0) <= 1e-12).all()
 
 
 def test_curriculum_and_lambda_apply_where_the_papers_do():
