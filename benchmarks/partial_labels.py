@@ -80,6 +80,8 @@ METHODS: dict[str, list[str]] = {
     "g2netpl_paper": ["unknown=ignore", "method=g2netpl"],
     "hst_paper": ["unknown=ignore", "method=hst", "hst.modules=both"],
     "hst_ist_paper": ["unknown=ignore", "method=hst", "hst.modules=ist"],
+    # HST with DTL as the authors' code trains it (clamp(s − θ, 0, 1) into the network; pipeline/hst.py)
+    "hst_paper_clamp": ["unknown=ignore", "method=hst", "hst.modules=both", "hst.dtl=clamp"],
     "trm_paper": ["unknown=ignore", "method=trm", "sew.adapter.heads=1"],  # §4.1: one attention head
     # PLMCL's own known labels (000 §III.A): a `ratio` share of the images carries one observed positive, the
     # rest are unlabelled; the setting's baseline is AN, as in single-positive learning (Cole et al. 2021)
@@ -94,7 +96,7 @@ METHODS: dict[str, list[str]] = {
 }
 # each method in its paper's setting against that setting's baseline
 PAPER_BASELINES = {"large_loss_an": "an", "plmcl_paper": "pbce", "g2netpl_paper": "pbce", "hst_paper": "pbce",
-                   "hst_ist_paper": "pbce", "trm_paper": "pbce", "plmcl_single": "an_single",
+                   "hst_ist_paper": "pbce", "hst_paper_clamp": "pbce", "trm_paper": "pbce", "plmcl_single": "an_single",
                    "plmcl_an": "an", "g2netpl_an": "an"}
 FIGURES = {"corrected": "labels.corrected.map", "refined": "labels.refined.map", "student": "test.student.map",
            "ceiling": "test.ceiling.map", "gap_closure": "gap_closure", "raised": "transfer.raised",

@@ -16,17 +16,22 @@
   cosine to its class's prototypes (eq. 7–8) and is raised when that reaches θ_cross. The ranking loss
   (eq. 9–11) pulls f_c of two images where c is a known positive together and pushes every other pair of
   images where c is known apart.
-- DTL (§3.4): θ_intra and θ_cross, one scalar each, start at 1 (the authors' code: nothing is raised) and
-  learn from the known entries by the partial BCE (eq. 16) of d = s − θ (eq. 12–15), here as σ(d / τ): the
-  scores are cosines and means of probabilities whose gaps are ~0.1, so at τ = 1 (the paper) σ(d) is nearly
-  flat and θ settles where the class balance puts it, above every score (measured: nothing is raised).
-  Only θ learns from this loss (the scores are detached); a known entry's IST score leaves out its own
-  diagonal, so it is scored as an unknown one would be. Not the authors' code's form, and why: it takes the
-  BCE of clamp(s − θ, 0, 1) and lets it reach the network, a known entry's own pair p_ii included. With θ
-  starting at 1 every score is below it (means of sigmoids and cosines, p_ii too), so s − θ < 0 everywhere
-  and the clamp passes no gradient to θ or to the network: θ stays at 1, nothing is ever raised, and HST is
-  its losses without its pseudo labels, which the README measures as `hst.start_epoch: 1000` (measured
-  here: over 1,000 scores, own-pair scores near 1 among them, dθ = 0 and every ds = 0).
+- DTL (§3.4): θ_intra and θ_cross, one scalar each, start at 1 (the authors' code) and learn from the known
+  entries by the partial BCE (eq. 16) of d = s − θ (eq. 12–15), in one of two forms (`dtl`):
+  - `sigmoid` (ours, the default): σ(d / τ). The scores are cosines and means of probabilities whose gaps
+    are ~0.1, so at τ = 1 (the paper) σ(d) is nearly flat and θ settles where the class balance puts it,
+    above every score (measured: nothing is raised). Only θ learns from this loss (the scores are
+    detached); a known entry's IST score leaves out its own diagonal, so it is scored as an unknown one
+    would be, and an entry is raised when s ≥ θ.
+  - `clamp` (the authors' code, `loss/HST.py`: getIntraPseudoLabel, getInterPseudoLabel, BCELoss): the BCE
+    with logits of clamp(s − θ, 0, 1) against the known entries, reaching θ and the network through s; a
+    known positive's IST score counts its own pair as p_ii = 1 and divides by all the image's known
+    positives; an entry is raised when s > θ. Under torch ≤ 2.13, which the authors ran, clamp's gradient is
+    1 on the closed interval [0, 1]: an image's only known positive scores exactly 1 = θ(0), so it starts θ
+    moving down. torch 2.14 passes no gradient at the bounds, and with it θ would stay at 1 and nothing
+    would ever be raised (our earlier reading of that code, measured on 2.14); `closed_clamp` keeps the
+    authors' subgradient. θ_cross does stay at 1 there (a mean cosine to K-means prototypes is below 1), so
+    CST raises nothing in that form, as in the authors' code, and only its losses act.
 - Loss (eq. 17–18): from `start_epoch` the raised entries are positives of the classification loss (their
   target is σ(raise_logit) instead of the pseudo label); λ1·L_ist + λ2·L_cst + λ3·(L_dtl,intra + L_dtl,cross)
   with λ = 10, 0.05, 0.1 (§3.5). After training, the raised entries of the plain images are raised in the
@@ -52,6 +57,7 @@ from pipeline.settings import Settings, setting
 from pipeline.transfer import spherical_kmeans
 
 MODULES = ("ist", "cst", "both")
+DTL_FORMS = ("sigmoid", "clamp")
 
 
 @register_method
@@ -67,6 +73,7 @@ class HstSettings(Settings):
     intra_weight: float = setting(10.0, ge=0.0)  # λ1
     cross_weight: float = setting(0.05, ge=0.0)  # λ2
     threshold_weight: float = setting(0.1, ge=0.0)  # λ3
+    dtl: str = setting("sigmoid", choices=DTL_FORMS)  # sigmoid: σ((s − θ)/τ), θ alone learns | clamp: the authors'
     temperature: float = setting(0.05, gt=0.0)  # τ of the DTL loss σ((s − θ)/τ); 1 is the paper's
     threshold_lr: float = setting(0.01, ge=0.0)  # θ_intra and θ_cross (Adam)
     raise_logit: float = setting(4.0, ge=0.0)  # a raised entry's target: at least this logit
@@ -115,11 +122,15 @@ def asymmetric_loss(logits: torch.Tensor, positive: torch.Tensor, gamma_pos: flo
     return torch.where(positive, pos, neg).mean()
 
 
-def intra_scores(cooccurrence: torch.Tensor, known_sign: torch.Tensor) -> torch.Tensor:
+def intra_scores(cooccurrence: torch.Tensor, known_sign: torch.Tensor, own_pair: bool = False) -> torch.Tensor:
     """s[b, i]: the mean of p_ij over image b's known positives j ≠ i (HST eq. 4, averaged); 0 where there is
-    no such j. cooccurrence [B, C, C] with a zero diagonal, known_sign [B, C] in {−1, 0, 1}."""
+    no such j. With `own_pair` (the authors' code) a known positive's own pair counts as p_ii = 1 and the mean
+    is over all the image's known positives. cooccurrence [B, C, C] with a zero diagonal, known_sign [B, C] in
+    {−1, 0, 1}."""
     pos = (known_sign > 0).to(cooccurrence.dtype)
     total = torch.einsum("bij,bj->bi", cooccurrence, pos)
+    if own_pair:
+        return (total + pos) / pos.sum(1, keepdim=True).clamp(min=1)
     others = pos.sum(1, keepdim=True) - pos  # known positives other than i itself
     return total / others.clamp(min=1)
 
@@ -159,6 +170,22 @@ def threshold_loss(scores: torch.Tensor, theta: torch.Tensor, known_sign: torch.
     if not bool(mask.any()):
         return theta.sum() * 0.0
     d = (scores.detach()[mask] - theta) / temperature
+    return F.binary_cross_entropy_with_logits(d, (known_sign[mask] > 0).to(d.dtype))
+
+
+def closed_clamp(x: torch.Tensor, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """clamp(x, low, high) with gradient 1 on the closed interval [low, high] and 0 outside: torch's subgradient
+    up to 2.13 (2.14 passes none at the bounds)."""
+    return torch.where((x >= low) & (x <= high), x, x.detach().clamp(low, high))
+
+
+def clamped_threshold_loss(scores: torch.Tensor, theta: torch.Tensor, known_sign: torch.Tensor) -> torch.Tensor:
+    """DTL as the authors' code trains it: the BCE with logits of clamp(s − θ, 0, 1) against the known entries
+    (mean), into θ and through s into the network. 0 without known entries."""
+    mask = known_sign != 0
+    if not bool(mask.any()):
+        return theta.sum() * 0.0
+    d = closed_clamp(scores[mask] - theta)
     return F.binary_cross_entropy_with_logits(d, (known_sign[mask] > 0).to(d.dtype))
 
 
@@ -230,9 +257,12 @@ class Hst(OnlineTransfer):
                pair_logits: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{module: (scores [B, C], where they are defined [B, C])} for the modules on."""
         s, out = self.settings, {}
+        authors = s.dtl == "clamp"  # every entry scored, as the authors' code scores them
         if s.ist:
             logits = self.head.pair_logits(features) if pair_logits is None else pair_logits
-            out["intra"] = (intra_scores(self.head.cooccurrence(logits), known_sign), has_intra_evidence(known_sign))
+            score = intra_scores(self.head.cooccurrence(logits), known_sign, own_pair=authors)
+            out["intra"] = (score, torch.ones_like(score, dtype=torch.bool) if authors
+                            else has_intra_evidence(known_sign))
         if s.cst and self.head.has_prototypes:
             counts = self.head.prototype_counts
             defined = (counts > 0).unsqueeze(0).expand_as(known_sign)
@@ -245,7 +275,8 @@ class Hst(OnlineTransfer):
         raised = torch.zeros_like(known_sign, dtype=torch.bool)
         thetas = {"intra": self.head.theta_intra, "cross": self.head.theta_cross}
         for name, (score, defined) in scores.items():
-            raised |= defined & (score.detach() >= thetas[name].detach())
+            theta = thetas[name].detach()
+            raised |= defined & (score.detach() > theta if self.settings.dtl == "clamp" else score.detach() >= theta)
         return raised & (known_sign == 0)
 
     def epoch_start(self, epoch: int, known_positive_features: Callable[[], torch.Tensor], known_sign: torch.Tensor
@@ -273,8 +304,9 @@ class Hst(OnlineTransfer):
         scores = self.scores(features, known_sign, pair_logits)
         thetas = {"intra": self.head.theta_intra, "cross": self.head.theta_cross}
         for name, (score, defined) in scores.items():
-            loss = loss + s.threshold_weight * threshold_loss(score, thetas[name], known_sign, defined,
-                                                              s.temperature)
+            dtl = (clamped_threshold_loss(score, thetas[name], known_sign) if s.dtl == "clamp"
+                   else threshold_loss(score, thetas[name], known_sign, defined, s.temperature))
+            loss = loss + s.threshold_weight * dtl
         return TransferStep(loss, self.raise_mask(scores, known_sign), none)
 
     @torch.no_grad()

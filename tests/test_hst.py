@@ -11,6 +11,8 @@ from pipeline.hst import (
     Hst,
     HstSettings,
     asymmetric_loss,
+    clamped_threshold_loss,
+    closed_clamp,
     cross_scores,
     has_intra_evidence,
     intra_scores,
@@ -32,6 +34,35 @@ def test_intra_score_is_the_mean_over_the_other_known_positives():
     assert has_intra_evidence(sign).tolist() == [[True, True, True, True]]
     alone = torch.tensor([[0, 1, 0, 0]], dtype=torch.int8)
     assert has_intra_evidence(alone).tolist() == [[True, False, True, True]]  # 1 has no other known positive
+
+
+def test_intra_score_with_its_own_pair_as_the_authors_code():
+    p = torch.zeros(1, 4, 4)
+    for (i, j), v in {(0, 1): 0.9, (0, 2): 0.3, (1, 2): 0.5, (3, 1): 0.2, (3, 2): 0.6}.items():
+        p[0, i, j] = p[0, j, i] = v
+    sign = torch.tensor([[0, 1, 1, -1]], dtype=torch.int8)
+    # a known positive counts its own pair as 1 and divides by both known positives: (1 + p12) / 2
+    assert torch.allclose(intra_scores(p, sign, own_pair=True), torch.tensor([[0.6, 0.75, 0.75, 0.4]]))
+    alone = torch.tensor([[0, 1, 0, -1]], dtype=torch.int8)
+    assert intra_scores(p, alone, own_pair=True)[0, 1].item() == 1.0  # an image's only known positive: exactly 1
+
+
+def test_authors_dtl_moves_theta_from_an_only_known_positive():
+    x = torch.tensor([0.0, 0.5, 1.0, 1.5, -0.5], requires_grad=True)
+    y = closed_clamp(x)
+    y.sum().backward()
+    assert y.tolist() == [0.0, 0.5, 1.0, 1.0, 0.0]
+    assert x.grad.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]  # the bounds pass gradient, as torch ≤ 2.13's clamp
+    sign = torch.tensor([[1, -1, -1]], dtype=torch.int8)
+    theta = torch.nn.Parameter(torch.tensor(1.0))
+    s = torch.tensor([[1.0, 0.4, 0.2]], requires_grad=True)  # the only known positive scores exactly θ(0) = 1
+    clamped_threshold_loss(s, theta, sign).backward()
+    # BCE(0, 1) / 3 entries: dθ = (1 − σ(0)) / 3 > 0, so descent lowers θ; the positive's score is pushed up
+    assert theta.grad.item() == pytest.approx(0.5 / 3)
+    assert s.grad[0, 0].item() == pytest.approx(-0.5 / 3) and s.grad[0, 1:].tolist() == [0.0, 0.0]
+    below = torch.nn.Parameter(torch.tensor(1.0))
+    clamped_threshold_loss(torch.tensor([[0.9, 0.4, 0.2]]), below, sign).backward()
+    assert below.grad.item() == 0.0  # every score below θ: nothing moves
 
 
 def test_asymmetric_loss_ignores_easy_negatives_and_focuses_positives():
@@ -104,15 +135,16 @@ def _features(n: int = 12, classes: int = 3, seed: int = 0) -> tuple[dict, np.nd
     return {GRID: grid}, truth
 
 
-@pytest.mark.parametrize("modules", ["ist", "cst", "both"])
-def test_hst_trains_with_the_adapter_deterministically(modules):
+@pytest.mark.parametrize(("modules", "dtl"), [("ist", "sigmoid"), ("cst", "sigmoid"), ("both", "sigmoid"),
+                                             ("both", "clamp")])
+def test_hst_trains_with_the_adapter_deterministically(modules, dtl):
     arrays, truth = _features()
     s = SewSettings(epochs=4, batch_size=4, max_overlays=0, e_weight=0.0)
     z = np.where(truth, 1.0, -1.0).astype(np.float32) * 0.2
     frozen = np.zeros_like(truth)
     frozen[::2] = True
     z = np.where(frozen, np.where(truth, 9.2, -9.2), z).astype(np.float32)
-    settings = HstSettings(modules=modules, start_epoch=1, prototype_every=2, prototypes=2, hidden=8)
+    settings = HstSettings(modules=modules, start_epoch=1, prototype_every=2, prototypes=2, hidden=8, dtl=dtl)
 
     def run():
         torch.manual_seed(0)
@@ -127,6 +159,8 @@ def test_hst_trains_with_the_adapter_deterministically(modules):
     assert np.array_equal(refined, again)
     if settings.ist:
         assert hst.head.theta_intra.item() != 1.0  # DTL moved it once pseudo labelling began
+    if dtl == "clamp":  # the authors' form: θ_cross stays at 1 (no mean cosine reaches it), nothing from CST
+        assert hst.head.theta_cross.item() == 1.0
     if settings.cst:
         assert hst.head.has_prototypes and torch.equal(hst.head.prototypes, hst2.head.prototypes)
         counts = hst.head.prototype_counts.numpy()
