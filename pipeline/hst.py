@@ -73,7 +73,7 @@ class HstSettings(Settings):
     intra_weight: float = setting(10.0, ge=0.0)  # λ1
     cross_weight: float = setting(0.05, ge=0.0)  # λ2
     threshold_weight: float = setting(0.1, ge=0.0)  # λ3
-    dtl: str = setting("sigmoid", choices=DTL_FORMS)  # sigmoid: σ((s − θ)/τ), θ alone learns | clamp: the authors'
+    dtl: str = setting("sigmoid", choices=DTL_FORMS)  # sigmoid: σ((s − θ)/τ) into θ | clamp: the authors' code's
     temperature: float = setting(0.05, gt=0.0)  # τ of the DTL loss σ((s − θ)/τ); 1 is the paper's
     threshold_lr: float = setting(0.01, ge=0.0)  # θ_intra and θ_cross (Adam)
     raise_logit: float = setting(4.0, ge=0.0)  # a raised entry's target: at least this logit
