@@ -11,7 +11,8 @@ reads `ratio`, `seed`, `unknown` or a method). The rows, in TailorCLIP's groups:
 - fully supervised: `ceiling` (the adapter on the true labels, from the `ours` runs);
 - weakly supervised at `--ratio`, each method in its paper's setting (top-level `unknown`: no CLIP label): `pbce`
   (partial BCE) and `an` (assume negative), then LL-R on AN, PLMCL, G2NetPL, HST (`hst_paper`; with DTL as the
-  authors' code trains it, `hst_paper_clamp`) and TRM-ML on partial BCE; PLMCL's
+  authors' code trains it, `hst_paper_clamp`) and TRM-ML (its decoder's one attention head, `trm_paper`; our
+  decoder's four, `trm_paper_heads4`) on partial BCE; PLMCL's
   own setting (000 §III.A, `known: single_positive`: a `--ratio` share of the images knows one positive each, the
   rest are unlabelled) as `plmcl_single` against AN there (`an_single`); PLMCL and G2NetPL on AN at the random
   `--ratio` (`plmcl_an`, `g2netpl_an`: their first epoch AN's, as in PLMCL's own setting; both without the
@@ -75,7 +76,7 @@ EXPERIMENTS: dict[str, tuple[float | None, list[str], bool]] = {
     "mulsupconld": (1.0, ["method=label_distribution", "method_gate.mode=none"], True),
     **{name: (None, METHODS[name], False) for name in
        ("pbce", "an", "large_loss_an", "plmcl_paper", "g2netpl_paper", "hst_paper", "trm_paper", "an_single",
-        "plmcl_single", "plmcl_an", "g2netpl_an", "hst_paper_clamp")},
+        "plmcl_single", "plmcl_an", "g2netpl_an", "hst_paper_clamp", "trm_paper_heads4")},
     # LL-R's own setting (single-positive learning): every train image knows one of its positives; its paper's
     # rate, and the rate chosen on the tuning world (contexts world 2)
     "an_single_all": (1.0, METHODS["an_single"], False),
@@ -106,6 +107,7 @@ ROWS: dict[str, Row] = {
     "hst_paper": Row(WEAK, "hst_paper", "student", "HST"),
     "hst_paper_clamp": Row(WEAK, "hst_paper_clamp", "student", "HST, DTL as the authors' code trains it"),
     "trm_paper": Row(WEAK, "trm_paper", "student", "TRM-ML"),
+    "trm_paper_heads4": Row(WEAK, "trm_paper_heads4", "student", "TRM-ML, our decoder's four heads"),
     "mulsupconld": Row(WEAK, "mulsupconld", "student", "MulSupConLD (every label known)"),
     "ceiling_bce": Row(WEAK, "mulsupconld", "ceiling", "its baseline: BCE, every label known"),
     "zero_shot": Row(FREE, "ours", "zero_shot", "CLIP zero-shot"),

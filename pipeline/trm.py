@@ -37,7 +37,9 @@ repository holds a README only), so where the paper leaves a choice open we say 
   features of its known positives in the batch and its bank's cells as positives, those of the other
   classes as negatives, temperature `nce_temperature`.
 - Loss (eq. 15): L_cls + β·L_KD + γ·L_NCE (β = `kd_weight`, γ = `nce_weight`), with the paper's defaults (§4.1:
-  α = 1, β = 0.05, γ = 0.01; its decoder has one attention head, `sew.adapter.heads: 1`).
+  α = 1, β = 0.05, γ = 0.01; its decoder has one attention head, `sew.adapter.heads: 1`). Its decoder is not
+  ours (TailorCLIP's adapter): in ours one head costs partial BCE itself 0.11 on contexts world 2 (the tuning
+  world), so the Table-1 row `trm_paper_heads4` runs TRM-ML on our four heads beside `trm_paper` on one.
 """
 
 from __future__ import annotations
