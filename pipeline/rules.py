@@ -13,12 +13,12 @@ What an unknown train entry is, top-level `unknown` (`Rule.unknown`):
   The refined labels of the unknown entries are then the trained network's outputs (or the rule's ŷ).
 
 The rules, each in its own module with its paper's section and equations: pipeline.plmcl (PLMCL),
-pipeline.g2netpl (G2NetPL), pipeline.large_loss (LL-R), pipeline.label_distribution (MulSupConLD). A rule
-changes the training through the hooks of `Rule`: an epoch-end label step (`update`), entries left out of
-the loss (`keep`), per-entry loss weights (`entry_weights`), a loss on the network's image representation
-(`representation_loss`, which then reads the entry weights instead of the BCE), the weight of
-pseudo-labelled entries (`pseudo_weight`) and the curriculum (`uses_curriculum`). Known labels are never
-changed by any rule and always supervise.
+pipeline.g2netpl (G2NetPL), pipeline.large_loss (LL-R, LL-Ct), pipeline.label_distribution (MulSupConLD). A
+rule changes the training through the hooks of `Rule`: an epoch-end label step (`update`), entries left out of
+the loss (`keep`) or, for a rule that `corrects`, trained on their flipped label instead, per-entry loss weights
+(`entry_weights`), a loss on the network's image representation (`representation_loss`, which then reads the
+entry weights instead of the BCE), the weight of pseudo-labelled entries (`pseudo_weight`) and the curriculum
+(`uses_curriculum`). Known labels are never changed by any rule and always supervise.
 """
 
 from __future__ import annotations
@@ -79,8 +79,13 @@ class Rule(Settings):
         return y
 
     def keep(self, loss: torch.Tensor, unknown: torch.Tensor, epoch: int) -> torch.Tensor | None:
-        """bool like `loss`: the entries that stay in this batch's loss, or None (all)."""
+        """bool like `loss`: the entries that stay in this batch's loss as they are, or None (all)."""
         return None
+
+    @property
+    def corrects(self) -> bool:
+        """Whether the entries `keep` leaves out train on their flipped label (1 − target) instead (LL-Ct)."""
+        return False
 
     def entry_weights(self, targets_logit: np.ndarray, scores: str | Path, rows: np.ndarray) -> np.ndarray | None:
         """Per-entry loss weights [len(rows), C] of the train images at the score store's `rows`, or None."""
@@ -141,7 +146,9 @@ def rule_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, 
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     w = torch.ones_like(loss) if labelled is None else labelled.float()
     keep = rule.keep(loss, ~known, epoch)
-    if keep is not None:
+    if keep is not None and rule.corrects:
+        loss = torch.where(keep, loss, F.binary_cross_entropy_with_logits(logits, 1.0 - targets, reduction="none"))
+    elif keep is not None:
         w = w * keep
     if weights is not None:
         w = w * weights

@@ -56,6 +56,25 @@ def test_rule_loss_large_loss_ignores_rejected_entries():
     assert R.rule_loss(logits, targets, known, rule, epoch=1).item() == pytest.approx((per[0] + per[2]).item() / 2)
 
 
+def test_rule_loss_large_loss_corrects_picked_entries():
+    """LL-Ct: the picked entry trains on its flipped label (the reference's corrected_loss_matrix), not dropped."""
+    logits = torch.tensor([[3.0, -1.0, 0.5]])
+    targets = torch.tensor([[0.0, 0.0, 1.0]])  # under AN: entry 0 (logit 3, target 0) has the largest loss
+    known = torch.tensor([[False, False, True]])
+    rule = LargeLoss(delta=30.0, max_rate=1.0, scheme="LL-Ct")
+    per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")[0]
+    flipped = F.binary_cross_entropy_with_logits(logits[0, 0], torch.tensor(1.0))
+    assert R.rule_loss(logits, targets, known, rule, epoch=0).item() == pytest.approx(per.mean().item())
+    got = R.rule_loss(logits, targets, known, rule, epoch=1)  # ⌈0.3 · 3⌉ = 1 entry: entry 0
+    assert got.item() == pytest.approx((flipped + per[1] + per[2]).item() / 3)
+    rejected = R.rule_loss(logits, targets, known, LargeLoss(delta=30.0, max_rate=1.0), epoch=1)
+    assert rejected.item() == pytest.approx((per[1] + per[2]).item() / 2)
+    # flipped, the picked entry's loss pushes its logit up
+    x = logits.clone().requires_grad_(True)
+    R.rule_loss(x, targets, known, rule, epoch=1).backward()
+    assert x.grad[0, 0] < 0
+
+
 def test_no_rule_is_plain_bce():
     logits, targets = torch.randn(4, 3), torch.rand(4, 3)
     got = R.rule_loss(logits, targets, torch.zeros(4, 3, dtype=torch.bool), NO_RULE, 3)
