@@ -16,7 +16,7 @@ reads `ratio`, `seed`, `unknown` or a method). The rows, in TailorCLIP's groups:
   own setting (000 §III.A, `known: single_positive`: a `--ratio` share of the images knows one positive each, the
   rest are unlabelled) as `plmcl_single` against AN there (`an_single`); PLMCL and G2NetPL on AN at the random
   `--ratio` (`plmcl_an`, `g2netpl_an`: their first epoch AN's, as in PLMCL's own setting; both without the
-  curriculum τ(t) / scheduler, chosen on the tuning world) against `an`; LL-R's own
+  curriculum τ(t) / scheduler, and G2NetPL at η 20, chosen on the tuning world) against `an`; LL-R's own
   setting (single-positive learning, Cole et al. 2021: every train image knows one of its positives, `ratio` 1.0
   whatever `--ratio`) as `large_loss_single` (and at the rate chosen on the tuning world,
   `large_loss_single_delta05`) against AN there (`an_single_all`); `mulsupconld` is its paper's setting, every
@@ -103,7 +103,7 @@ ROWS: dict[str, Row] = {
                                      "the same, δ 0.5 (chosen on contexts world 2)"),
     "plmcl_an": Row(WEAK, "plmcl_an", "student", "PLMCL on AN, without τ(t)"),
     "g2netpl_paper": Row(WEAK, "g2netpl_paper", "student", "G2NetPL"),
-    "g2netpl_an": Row(WEAK, "g2netpl_an", "student", "G2NetPL on AN, without its scheduler"),
+    "g2netpl_an": Row(WEAK, "g2netpl_an", "student", "G2NetPL on AN, without its scheduler, η 20"),
     "hst_paper": Row(WEAK, "hst_paper", "student", "HST"),
     "hst_paper_clamp": Row(WEAK, "hst_paper_clamp", "student", "HST, DTL as the authors' code trains it"),
     "trm_paper": Row(WEAK, "trm_paper", "student", "TRM-ML"),
