@@ -96,9 +96,7 @@ METHODS: dict[str, list[str]] = {
     # the two label-updating rules on AN at the random 10 % (the setting's baseline `an`): their first epoch is
     # AN's and ŷ(0) its outputs, as in `plmcl_single`, where PLMCL led AN on every draw; both without our
     # curriculum τ(t) / scheduler, chosen on the tuning world (contexts world 2: PLMCL 0.723 with, 0.746 without;
-    # G2NetPL 0.675 with, 0.686 without); G2NetPL's KL weight η at 20, chosen there at the current training
-    # (AVX2 fp32, draws 0–2: AN 0.652, η 5 0.722, η 20 0.749, PLMCL 0.746): its player then holds ŷ near p
-    # (logit ×20/19), where the default η 2 doubles p's logit and so hardens AN's negatives
+    # G2NetPL 0.675 with, 0.686 without); G2NetPL at η 20, chosen there too (pipeline/g2netpl.py says why)
     "plmcl_an": ["unknown=negative", "method=plmcl", "plmcl.curriculum=false"],
     "g2netpl_an": ["unknown=negative", "method=g2netpl", "g2netpl.curriculum=false", "g2netpl.eta=20"],
 }
