@@ -76,7 +76,9 @@ METHODS: dict[str, list[str]] = {
     # LL-R on AN at the random `--ratio`, its paper's rate (its paper's labels, one positive on every image: table1.py's
     # `large_loss_single`)
     "large_loss_an": ["unknown=negative", "method=large_loss", "large_loss.delta=0.1"],
-    "plmcl_paper": ["unknown=ignore", "method=plmcl"],  # ŷ(0) from the network, τ(t) curriculum
+    # ŷ(0) from the network, τ(t) curriculum; λ (the pseudo-labelled entries' weight, which 000 §III.A leaves
+    # open) 0.1, chosen on the tuning world (pipeline/plmcl.py says why)
+    "plmcl_paper": ["unknown=ignore", "method=plmcl", "plmcl.weight=0.1"],
     "g2netpl_paper": ["unknown=ignore", "method=g2netpl"],
     "hst_paper": ["unknown=ignore", "method=hst", "hst.modules=both"],
     "hst_ist_paper": ["unknown=ignore", "method=hst", "hst.modules=ist"],

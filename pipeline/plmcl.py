@@ -17,6 +17,13 @@ The loss L_sne(p, y ⊙ ŷ) + λ·L_ae(ŷ) is the BCE over the known entries plu
 pseudo-labelled ones. The confidence-aware curriculum τ(t) (`curriculum`, papers' settings only) is garbled in
 the summary ("a per-class threshold based on the expected prediction margin"); ours is
 pipeline.rules.curriculum_mask: an entry trains once its margin |2ŷ − 1| reaches (1 − t)·its class's mean margin.
+The summary gives no value for λ. At λ 1 on partial BCE (`unknown: ignore`) the unknown entries, nine to each
+known one at 10 %, train on labels the network made after one epoch on the known ones, and PLMCL fell below
+partial BCE (contexts world 0, AVX2 fp32: −0.069). Table 1's `plmcl_paper` row runs λ 0.1, so that an image's
+pseudo-labelled entries weigh about as much as its known ones, chosen on the tuning world (contexts world 2,
+bf16: partial BCE 0.564, λ 0.3 0.599, λ 0.1 0.624): above partial BCE on every draw of worlds 0 and 1 (README).
+The default stays 1, which the rows on AN and with `unknown: pseudo` run (on AN, where the unknown entries'
+targets replace AN's negatives, λ 2 beat 0.5 on the tuning world).
 """
 
 from __future__ import annotations
