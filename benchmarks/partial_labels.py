@@ -77,9 +77,10 @@ METHODS: dict[str, list[str]] = {
     # `large_loss_single`)
     "large_loss_an": ["unknown=negative", "method=large_loss", "large_loss.delta=0.1"],
     # ŷ(0) from the network, τ(t) curriculum; λ (the pseudo-labelled entries' weight, which 000 §III.A leaves
-    # open) 0.1, chosen on the tuning world (pipeline/plmcl.py says why)
+    # open, and §III.B's G2NetPL loss does not have) 0.1, chosen on the tuning world for each (pipeline/plmcl.py,
+    # pipeline/g2netpl.py say why)
     "plmcl_paper": ["unknown=ignore", "method=plmcl", "plmcl.weight=0.1"],
-    "g2netpl_paper": ["unknown=ignore", "method=g2netpl"],
+    "g2netpl_paper": ["unknown=ignore", "method=g2netpl", "g2netpl.weight=0.1"],
     "hst_paper": ["unknown=ignore", "method=hst", "hst.modules=both"],
     "hst_ist_paper": ["unknown=ignore", "method=hst", "hst.modules=ist"],
     # HST with DTL as the authors' code trains it (clamp(s − θ, 0, 1) into the network; pipeline/hst.py), θ at the

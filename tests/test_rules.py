@@ -209,6 +209,7 @@ def test_curriculum_and_lambda_apply_where_the_papers_do():
     assert not Plmcl(unknown="ignore", curriculum=False).uses_curriculum
     assert not LargeLoss(unknown="ignore").uses_curriculum
     assert Plmcl(weight=0.3).pseudo_weight == 0.3 and G2netpl().pseudo_weight == 1
+    assert G2netpl(weight=0.1).pseudo_weight == 0.1 and LargeLoss().pseudo_weight == 1
     with pytest.raises(ValueError, match="unknown must be one of"):
         Rule(unknown="maybe")
     with pytest.raises(ValueError, match=r"plmcl.eta must be in \[0.0, 1.0\]"):  # a rule's keys name its section

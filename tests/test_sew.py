@@ -400,3 +400,27 @@ def test_known_weight_pulls_the_adapter_to_the_known_labels_and_changes_nothing_
         states[name] = adapter.state_dict()
     assert out["k8"][:, 0].mean() > out["k1"][:, 0].mean() + 0.1
     assert all(torch.equal(states["none1"][k], states["none8"][k]) for k in states["none1"])  # bit for bit
+
+
+def test_lambda_weighs_the_pseudo_labelled_entries_in_the_papers_settings_only():
+    """PLMCL's and G2NetPL's λ (`weight`) is the BCE weight of an unknown entry trained on its pseudo label;
+    known entries, and unknown ones not yet in the curriculum, keep weight 1; with `unknown: pseudo` λ is off."""
+    from pipeline.em import EmState, composite_targets
+    from pipeline.g2netpl import G2netpl
+    from pipeline.plmcl import Plmcl
+
+    z = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    frozen = np.zeros_like(z, bool)
+    frozen[:, 0] = True
+    state = EmState.initial(z, frozen, paper=True)
+    state.pseudo = torch.zeros(6, 3, dtype=torch.bool)
+    state.pseudo[:4, 1:] = True  # the curriculum has taken four images' unknown entries
+    sources = torch.arange(6)[:, None]
+    expected = torch.ones(6, 3)
+    expected[:4, 1:] = 0.1
+    for rule in (Plmcl(unknown="ignore", weight=0.1), G2netpl(unknown="negative", weight=0.1)):
+        _, _, _, w, _ = composite_targets(state, sources, None, None, None, rule)
+        assert torch.equal(w, expected), rule
+    assert composite_targets(state, sources, None, None, None, G2netpl(unknown="ignore"))[3] is None
+    pseudo_state = EmState.initial(z, frozen, paper=False)
+    assert composite_targets(pseudo_state, sources, None, None, None, G2netpl(weight=0.1))[3] is None
