@@ -26,7 +26,8 @@ image's unknown entries, nine to each known one, outweigh its known ones nine to
 after one epoch on the known ones; on partial BCE G2NetPL fell below partial BCE (contexts world 0, AVX2 fp32:
 −0.072). `weight` (λ, ours, as PLMCL's `plmcl.weight`) weighs the pseudo-labelled entries' BCE; the default 1
 is the summary's loss. Table 1's `g2netpl_paper` row runs λ 0.1, chosen on the tuning world (contexts world 2,
-bf16: partial BCE 0.564, λ 1 0.504, λ 0.3 0.584, λ 0.1 0.620, λ 0.03 0.585), as PLMCL's row does (README).
+bf16: partial BCE 0.564, λ 1 0.504, λ 0.3 0.584, λ 0.1 0.620, λ 0.03 0.585), as PLMCL's row does: above
+partial BCE on every draw of worlds 0 and 1, by 2 sd on world 1 with AVX2 kernels in fp32 only (README).
 """
 
 from __future__ import annotations
