@@ -170,7 +170,7 @@ def composite_targets(state: EmState, sources: torch.Tensor, classes: torch.Tens
     source labels an entry; targets σ(zs); labelled, the entries with a target; the entries' loss weights
     or None; their BCE weights by whether they are known, the most weighted source that labels each, or
     None). In the papers' settings the host's unknown entries without a pseudo label carry none
-    (`ignore`) or are negatives (`negative`), and PLMCL's λ weighs the pseudo-labelled ones."""
+    (`ignore`) or are negatives (`negative`), and PLMCL's or G2NetPL's λ weighs the pseudo-labelled ones."""
     keep, z0, z = state.keep, state.z0, state.z
     rows = sources.clamp(min=0)  # gather the batch's rows first: never touch all N × C per step
     zs = max_over_sources(torch.where(keep[rows], z0[rows], z[rows]), sources, classes, hidden)

@@ -70,7 +70,7 @@ class Rule(Settings):
 
     @property
     def pseudo_weight(self) -> float:
-        """The loss weight of an unknown entry trained on its pseudo label (PLMCL's λ)."""
+        """The loss weight of an unknown entry trained on its pseudo label (PLMCL's and G2NetPL's λ)."""
         return 1.0
 
     def update(self, y: np.ndarray, y_prev: np.ndarray, p: np.ndarray) -> np.ndarray:
