@@ -22,8 +22,8 @@ known one at 10 %, train on labels the network made after one epoch on the known
 partial BCE (contexts world 0, AVX2 fp32: −0.069). Table 1's `plmcl_paper` row runs λ 0.1, so that an image's
 pseudo-labelled entries weigh about as much as its known ones, chosen on the tuning world (contexts world 2,
 bf16: partial BCE 0.564, λ 0.3 0.599, λ 0.1 0.624): above partial BCE on every draw of worlds 0 and 1 (README).
-The default stays 1, which the rows on AN and with `unknown: pseudo` run (on AN, where the unknown entries'
-targets replace AN's negatives, λ 2 beat 0.5 on the tuning world).
+The default stays 1, which the rows on AN run (on AN, where the unknown entries' targets replace AN's negatives,
+λ 2 beat 0.5 on the tuning world); with `unknown: pseudo` λ does not act (pipeline.em.composite_targets).
 """
 
 from __future__ import annotations
